@@ -1,0 +1,49 @@
+"""One stream of events per trial; every sink (Tune, W&B, MLflow, Parquet, progress) subscribes to it.
+
+GEPA swallows exceptions raised inside its callbacks, so the stream catches each sink's failure
+itself and reports it on stderr and in `failures`: a broken sink is visible, never silent, and
+never stops the other sinks or the compile."""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Event:
+    # trial_started | candidate | iteration | evaluation | trial_finished | trial_failed
+    kind: str
+    trial_id: str
+    data: dict[str, Any]
+    time: float = field(default_factory=time.time)
+
+
+class Sink(Protocol):
+    def handle(self, event: Event) -> None: ...
+
+
+class EventStream:
+    def __init__(self, trial_id: str, sinks: list[Sink] | None = None):
+        self.trial_id = trial_id
+        self.sinks: list[Sink] = list(sinks or [])
+        self.failures: Counter[str] = Counter()
+
+    def subscribe(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, kind: str, **data: Any) -> Event:
+        event = Event(kind, self.trial_id, data)
+        for sink in self.sinks:
+            try:
+                sink.handle(event)
+            except Exception as exc:  # report, count, carry on with the other sinks
+                name = type(sink).__name__
+                self.failures[name] += 1
+                print(f"[gepa_lab] sink {name} failed on '{kind}' (trial {self.trial_id}): {exc!r}", file=sys.stderr)
+                if self.failures[name] == 1:
+                    traceback.print_exc(file=sys.stderr)
+        return event

@@ -1,0 +1,5 @@
+"""Deterministic offline LM simulator speaking the OpenAI chat-completions API (see README_SECTION.md)."""
+
+from .launch import Simulator, SimulatorStartError, free_port, start_simulator
+
+__all__ = ["Simulator", "SimulatorStartError", "free_port", "start_simulator"]

@@ -1,0 +1,37 @@
+"""The results tables (output_dir/results/TABLE/*.parquet). README documents them."""
+import pyarrow as pa
+
+_ts = pa.timestamp("us", tz="UTC")
+_key = [("sweep_id", pa.string()), ("trial_id", pa.string())]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "sweeps": pa.schema([
+        ("sweep_id", pa.string()), ("name", pa.string()), ("started_at", _ts), ("ended_at", _ts),
+        ("trials_total", pa.int64()), ("trials_completed", pa.int64()), ("trials_failed", pa.int64()),
+        ("best_trial_id", pa.string()), ("best_val_score", pa.float64()), ("best_test_score", pa.float64()),
+        ("summary_json", pa.string()),
+    ]),
+    "trials": pa.schema([
+        *_key, ("status", pa.string()), ("task", pa.string()), ("config_json", pa.string()),
+        ("config_hash", pa.string()), ("corpus_manifest_hash", pa.string()), ("git_commit", pa.string()),
+        ("started_at", _ts), ("ended_at", _ts), ("error", pa.string()),
+        ("seed_val_score", pa.float64()), ("seed_test_score", pa.float64()),
+        ("best_val_score", pa.float64()), ("best_test_score", pa.float64()),
+        ("best_candidate_idx", pa.int64()), ("num_candidates", pa.int64()), ("metric_calls", pa.int64()),
+        ("lm_calls", pa.int64()), ("wall_seconds", pa.float64()), ("program_path", pa.string()),
+    ]),
+    "candidates": pa.schema([
+        *_key, ("candidate_idx", pa.int64()), ("iteration", pa.int64()), ("parents", pa.list_(pa.int64())),
+        ("val_score", pa.float64()), ("metric_calls", pa.int64()), ("instruction", pa.string()),
+        ("instructions_json", pa.string()), ("created_at", _ts),
+    ]),
+    "evaluations": pa.schema([
+        *_key, ("split", pa.string()), ("candidate_idx", pa.int64()), ("example_id", pa.int64()),
+        ("score", pa.float64()),
+    ]),
+    "lm_usage": pa.schema([
+        *_key, ("role", pa.string()), ("requests", pa.int64()), ("cache_hits", pa.int64()), ("errors", pa.int64()),
+        ("retries", pa.int64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+        ("latency_p50_s", pa.float64()), ("latency_p95_s", pa.float64()), ("cost_usd", pa.float64()),
+    ]),
+}

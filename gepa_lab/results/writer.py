@@ -1,0 +1,117 @@
+"""The Parquet sink: each trial writes its own files under results/TABLE/, atomically, so
+concurrent trials and nodes never clash and a reader never sees half a file."""
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gepa_lab import atomic
+from gepa_lab.events import Event
+from gepa_lab.results.schema import SCHEMAS
+
+
+
+def write_table(path: Path, table: str, rows: list[dict[str, Any]]) -> None:
+    """Rows -> one Parquet file with the table's schema (missing fields are null, unknown ones dropped)."""
+    schema = SCHEMAS[table]
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema), tmp)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class ResultsWriter:
+    """Buffers candidate/evaluation rows and flushes them at every GEPA iteration and at the end."""
+
+    def __init__(self, root: str | Path, sweep_id: str = "", trial_config: dict | None = None):
+        self.root = Path(root)
+        self.sweep_id = sweep_id
+        self.trial_config = trial_config
+        self.pending: dict[str, list[dict]] = defaultdict(list)
+        self.trial_row: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def handle(self, event: Event) -> None:
+        with self.lock:
+            getattr(self, f"_on_{event.kind}", lambda e: None)(event)
+
+    def _key(self, event: Event) -> dict[str, Any]:
+        return {"sweep_id": self.sweep_id, "trial_id": event.trial_id}
+
+    def _on_trial_started(self, event: Event) -> None:
+        d = event.data
+        self.trial_row = {
+            **self._key(event),
+            "task": d["config"]["task"]["name"],
+            "config_json": json.dumps(self.trial_config or d["config"], sort_keys=True),
+            "config_hash": d["config_hash"],
+            "corpus_manifest_hash": d["manifest_hash"],
+            "git_commit": d["git_commit"],
+            "started_at": _utc(event.time),
+        }
+        self._write_trial("running", event)
+
+    def _on_candidate(self, event: Event) -> None:
+        d = event.data
+        instructions = d["instructions"]
+        self.pending["candidates"].append(
+            {
+                **self._key(event),
+                "candidate_idx": d["candidate_idx"],
+                "iteration": d["iteration"],
+                "parents": d["parents"],
+                "val_score": d["val_score"],
+                "metric_calls": d["metric_calls"],
+                "instruction": next(iter(instructions.values()), ""),
+                "instructions_json": json.dumps(instructions, sort_keys=True),
+                "created_at": _utc(event.time),
+            }
+        )
+
+    def _on_evaluation(self, event: Event) -> None:
+        d = event.data
+        self.pending["evaluations"].extend(
+            {**self._key(event), "split": d["split"], "candidate_idx": d["candidate_idx"], "example_id": int(i), "score": s}
+            for i, s in d["scores"].items()
+        )
+
+    def _on_iteration(self, event: Event) -> None:
+        self._flush(event.trial_id)
+
+    def _on_trial_finished(self, event: Event) -> None:
+        summary = event.data["summary"]
+        for role, usage in summary["lm_usage"].items():
+            self.pending["lm_usage"].append({**self._key(event), "role": role, **usage})
+        self._flush(event.trial_id)
+        fields = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "best_candidate_idx",
+                  "num_candidates", "metric_calls", "lm_calls", "wall_seconds", "program_path")
+        self.trial_row.update({k: summary[k] for k in fields})
+        self._write_trial("completed", event)
+
+    def _on_trial_failed(self, event: Event) -> None:
+        self._flush(event.trial_id)
+        self.trial_row.setdefault("sweep_id", self.sweep_id)
+        self.trial_row.setdefault("trial_id", event.trial_id)
+        self._write_trial("failed", event, error=event.data["error"])
+
+    def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
+        row = {**self.trial_row, "status": status, "error": error}
+        row["ended_at"] = None if status == "running" else _utc(event.time)
+        write_table(self.root / "trials" / f"{event.trial_id}.parquet", "trials", [row])
+
+    def _flush(self, trial_id: str) -> None:
+        for table, rows in self.pending.items():
+            if rows:
+                folder = self.root / table
+                seq = len(list(folder.glob(f"{trial_id}-*.parquet"))) if folder.exists() else 0
+                write_table(folder / f"{trial_id}-{seq:05d}.parquet", table, rows)
+        self.pending.clear()

@@ -1,0 +1,42 @@
+"""python -m gepa_lab.sweep sweep=NAME [key=value ...] [output_dir=PATH]"""
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+
+from gepa_lab.cli import one_line_errors
+from gepa_lab.config.load import register_resolvers, to_plain, validate
+from gepa_lab.paths import CONF_DIR
+from gepa_lab.results.query import connect, leaderboard_table
+from gepa_lab.sweep.config import SweepConfig
+from gepa_lab.sweep.driver import run_sweep
+
+register_resolvers()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base=None)
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    summary = run_sweep(validate(SweepConfig, to_plain(cfg)))
+    console = Console()
+    console.print(leaderboard_table(connect([summary["output_dir"]])))
+    trials = summary["trials"]
+    console.print(f"trials: {trials['completed']} completed, {trials['failed']} failed of {trials['total']}")
+    if summary.get("best_trial_id"):
+        console.print(
+            f"best trial {summary['best_trial_id']}: val {summary['seed_val_score']:.3f} -> {summary['best_val_score']:.3f}, "
+            f"test {summary['seed_test_score']:.3f} -> {summary['best_test_score']:.3f}"
+        )
+    out = summary["output_dir"]
+    model = summary.get("registered_model") or {}
+    console.print(f"""
+[bold]where everything went[/]
+  summary      {out}/summary.json
+  results      {out}/results/  (python -m gepa_lab.results {out})
+  trials       {out}/trials/<trial_id>/  (program.json, summary.json, gepa/)
+  W&B offline  {out}/wandb/  (wandb sync {out}/wandb/offline-run-*)
+  MLflow       {summary.get('tracking_uri')}  (mlflow ui --backend-store-uri {summary.get('tracking_uri')})
+  winner       {model.get('model_uri', 'not registered')}""")
+
+
+if __name__ == "__main__":
+    main()

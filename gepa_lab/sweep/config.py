@@ -1,0 +1,59 @@
+"""The validated shape of a sweep: a RunConfig (the base of every trial) plus the sweep block."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gepa_lab.config.schema import RunConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    """Spent across all trials; when one is reached no new trial starts and running ones stop at
+    their next GEPA iteration, keeping what they found."""
+
+    metric_calls: int | None = Field(None, ge=1)
+    lm_tokens: int | None = Field(None, ge=1)
+    wall_seconds: float | None = Field(None, gt=0)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1, gt=0)
+    custom: dict[str, float] = Field(default_factory=dict)  # e.g. {node_type_a: 1}
+
+
+class Asha(_Strict):
+    grace_metric_calls: int = Field(100, ge=1)  # trials are compared at equal metric calls
+    reduction_factor: float = Field(2, gt=1)
+
+
+class SweepSpec(_Strict):
+    name: str = Field(min_length=1)
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1)  # grid: repeats of the whole grid; random/optuna: trials
+    max_concurrent: int | None = Field(None, ge=1)  # None: as many as Ray's CPUs allow
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    asha: Asha = Field(default_factory=Asha)
+    searcher_seed: int = 0
+    budget: Budget = Field(default_factory=Budget)
+    resources: Resources = Field(default_factory=Resources)
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+class RayConfig(_Strict):
+    address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for this sweep; "auto": a running cluster
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only
+    resources: dict[str, float] = Field(default_factory=dict)  # local Ray only: custom resources to advertise
+
+
+class SweepConfig(RunConfig):
+    sweep: SweepSpec
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def base_run(self) -> dict[str, Any]:
+        """The plain config every trial starts from (its sampled values are written over it)."""
+        return self.model_dump(mode="json", exclude={"sweep", "ray"})

@@ -1,0 +1,209 @@
+"""The sweep: validate everything, start what it needs, run the trials on Ray Tune, crown a winner."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from rich.console import Console
+
+from gepa_lab import atomic
+from gepa_lab.config.load import check_task_imports, validate
+from gepa_lab.config.schema import RunConfig
+from gepa_lab.errors import ConfigError, GepaLabError
+from gepa_lab.lm.cache import use_cache
+from gepa_lab.lm.config import LMConfig
+from gepa_lab.lm.serving import serve_all
+from gepa_lab.results import query
+from gepa_lab.results.writer import write_table
+from gepa_lab.sweep import space
+from gepa_lab.sweep.budget import BudgetLedger
+from gepa_lab.sweep.cluster import check_shared_storage, connect
+from gepa_lab.sweep.config import SweepConfig
+from gepa_lab.sweep.progress import LiveProgress
+from gepa_lab.sweep.trainable import SweepContext, gepa_trial
+from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
+
+METRIC = "best_val_score"
+
+
+def check(cfg: SweepConfig) -> dict[str, tuple[str, Any]]:
+    """Everything that can be wrong before Ray starts: the space, and every trial config it can produce."""
+    leaves = space.flatten(cfg.sweep.space)
+    base = cfg.base_run()
+    space.check(leaves, cfg.sweep.search, base)
+    check_task_imports(cfg.task.program, cfg.task.metric)
+    for path, (kind, arg) in leaves.items():
+        for value in arg:  # every option of a grid/choice; both bounds of a range
+            validate(RunConfig, space.apply(base, {path: value}), prefix="")
+    return leaves
+
+
+def planned_trials(cfg: SweepConfig, leaves: dict) -> int:
+    grid = math.prod(len(arg) for kind, arg in leaves.values() if kind == "grid")
+    return grid * cfg.sweep.num_samples
+
+
+def lm_configs(cfg: SweepConfig, leaves: dict) -> dict[str, LMConfig]:
+    """Every LM a trial may talk to, keyed by its JSON (trials look their endpoint up by it)."""
+    base = cfg.base_run()
+    configs = {c.model_dump_json(): c for c in (cfg.lm, cfg.reflection_lm)}
+    for path, (kind, arg) in leaves.items():
+        if path.split(".")[0] in ("lm", "reflection_lm") and kind in ("grid", "choice"):
+            for value in arg:
+                trial = RunConfig.model_validate(space.apply(base, {path: value}))
+                for c in (trial.lm, trial.reflection_lm):
+                    configs[c.model_dump_json()] = c
+    return configs
+
+
+def searcher(cfg: SweepConfig):
+    if cfg.sweep.search != "optuna":
+        return None  # grid and random: Tune's BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=METRIC, mode="max", seed=cfg.sweep.searcher_seed)
+
+
+def scheduler(cfg: SweepConfig):
+    if cfg.sweep.scheduler == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="metric_calls",  # compare trials at equal metric calls, not wall time
+        metric=METRIC,
+        mode="max",
+        max_t=cfg.optimizer.max_metric_calls or 10**9,
+        grace_period=cfg.sweep.asha.grace_metric_calls,
+        reduction_factor=cfg.sweep.asha.reduction_factor,
+    )
+
+
+def eval_threads(cfg: SweepConfig, concurrent: int) -> int:
+    """Fill the task LM's capacity across concurrent trials without exceeding it."""
+    return cfg.eval.num_threads or max(1, cfg.lm.max_in_flight // max(1, concurrent))
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    started = time.time()
+    leaves = check(cfg)
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_id = out.name
+    console = Console(stderr=True)
+    tracking = cfg.tracking
+    if tracking.wandb.enabled:
+        os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
+    use_cache(out)
+    started_ray = connect(cfg.ray)
+    try:
+        check_shared_storage(out)
+        with serve_all(lm_configs(cfg, leaves)) as endpoints:
+            concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
+            parent_run = (
+                mlflow_sink.start_parent_run(tracking.mlflow, out, cfg.sweep.name, {"sweep": cfg.sweep.model_dump(mode="json")})
+                if tracking.mlflow.enabled else None
+            )
+            ctx = SweepContext(
+                sweep_id=sweep_id,
+                output_dir=str(out),
+                base_config=cfg.base_run(),
+                endpoints={key: ep for key, ep in endpoints.items()},
+                eval_threads=eval_threads(cfg, concurrent),
+                ledger=BudgetLedger.remote(cfg.sweep.budget.model_dump()) if any(cfg.sweep.budget.model_dump().values()) else None,
+                mlflow_parent_run_id=parent_run,
+            )
+            planned = planned_trials(cfg, leaves)
+            console.print(f"[bold]sweep {cfg.sweep.name}[/]: {planned} trials, {concurrent} at a time -> {out}")
+            fit(cfg, ctx, out, concurrent, LiveProgress(planned, cfg.optimizer.max_metric_calls, console))
+            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints)
+            if parent_run:
+                mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return summary
+
+
+def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progress: LiveProgress) -> None:
+    trainable = tune.with_resources(
+        tune.with_parameters(gepa_trial, ctx=ctx),
+        {"cpu": cfg.sweep.resources.cpu, **cfg.sweep.resources.custom},
+    )
+    tune_dir = out / "tune"
+    if tune.Tuner.can_restore(str(tune_dir)):
+        Console(stderr=True).print(f"resuming the sweep in {out}")
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.to_tune(space.flatten(cfg.sweep.space)),
+            tune_config=tune.TuneConfig(
+                num_samples=cfg.sweep.num_samples,
+                max_concurrent_trials=concurrent,
+                search_alg=searcher(cfg),
+                scheduler=scheduler(cfg),
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(out),
+                verbose=0,
+                callbacks=[progress],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    tuner.fit()
+
+
+def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints) -> dict:
+    con = query.connect([out])
+    counts = dict(con.sql("SELECT status, count(*) FROM trials GROUP BY status").fetchall())
+    best = query.best_trial(con)
+    summary: dict[str, Any] = {
+        "sweep": cfg.sweep.name,
+        "sweep_id": sweep_id,
+        "output_dir": str(out),
+        "trials": {"total": sum(counts.values()), "completed": counts.get("completed", 0), "failed": counts.get("failed", 0)},
+        "best_trial_id": None,
+        "tracking_uri": mlflow_sink.tracking_uri(cfg.tracking.mlflow, out) if cfg.tracking.mlflow.enabled else None,
+        "registered_model": None,
+    }
+    if best is not None:
+        trial_dir = out / "trials" / best["trial_id"]
+        trial_summary = json.loads((trial_dir / "summary.json").read_text())
+        trial_config = json.loads((trial_dir / "config.json").read_text())["config"]
+        summary.update(
+            best_trial_id=best["trial_id"],
+            best_config=trial_config,
+            best_params=trial_summary.get("params", {}),
+            **{k: trial_summary[k] for k in ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score")},
+        )
+        if parent_run:
+            task_endpoint = endpoints[RunConfig.model_validate(trial_config).lm.model_dump_json()]
+            summary["registered_model"] = registry.register_winner(
+                cfg.tracking.mlflow, out, parent_run, trial_summary, trial_config,
+                load_back={"api_base": task_endpoint.api_base},
+            )
+    summary["wall_seconds"] = round(time.time() - started, 3)
+    write_table(out / "results" / "sweeps" / f"{sweep_id}.parquet", "sweeps", [{
+        "sweep_id": sweep_id, "name": cfg.sweep.name, "started_at": _utc(started), "ended_at": _utc(time.time()),
+        "trials_total": summary["trials"]["total"], "trials_completed": summary["trials"]["completed"],
+        "trials_failed": summary["trials"]["failed"], "best_trial_id": summary["best_trial_id"],
+        "best_val_score": summary.get("best_val_score"), "best_test_score": summary.get("best_test_score"),
+        "summary_json": json.dumps(summary, default=str),
+    }])
+    atomic.write_json(out / "summary.json", summary)
+    return summary
+
+
+def _utc(ts: float):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc)

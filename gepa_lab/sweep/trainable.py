@@ -1,0 +1,99 @@
+"""One Ray Tune trial = one GEPA compile through gepa_lab.trial.run_trial, with its sinks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from gepa_lab.config.identity import claim_output_dir
+from gepa_lab.config.schema import RunConfig
+from gepa_lab.events import Event, EventStream
+from gepa_lab.lm.cache import use_cache
+from gepa_lab.lm.serving import Endpoint
+from gepa_lab.results.writer import ResultsWriter
+from gepa_lab.sweep import space
+from gepa_lab.sweep.budget import BudgetStop
+from gepa_lab.tracking.mlflow_sink import MlflowSink
+from gepa_lab.tracking.wandb_sink import WandbSink
+from gepa_lab.trial import run_trial
+
+
+@dataclass
+class SweepContext:
+    """What every trial of a sweep shares (pickled once by tune.with_parameters)."""
+
+    sweep_id: str
+    output_dir: str
+    base_config: dict[str, Any]
+    endpoints: dict[str, Endpoint]  # LMConfig JSON -> live endpoint, started once by the driver
+    eval_threads: int
+    ledger: Any = None  # BudgetLedger actor handle, when the sweep has a budget
+    mlflow_parent_run_id: str | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # kwargs for gepa_lab.lm.cache.use_cache
+
+
+class TuneReporter:
+    """Sink: per-iteration metrics to Tune (and the budget ledger), a final report at the end."""
+
+    def __init__(self, ledger=None):
+        self.ledger = ledger
+
+    def handle(self, event: Event) -> None:
+        d = event.data
+        if event.kind == "iteration":
+            tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in d["usage"].values())
+            if self.ledger is not None:
+                self.ledger.record.remote(event.trial_id, d["metric_calls"], tokens)
+            tune.report(
+                {
+                    "iteration": d["iteration"],
+                    "best_val_score": d["best_val"],
+                    "metric_calls": d["metric_calls"],
+                    "lm_requests": sum(r["requests"] for r in d["usage"].values()),
+                    "lm_tokens": tokens,
+                }
+            )
+        elif event.kind == "trial_finished":
+            s = d["summary"]
+            keys = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
+            tune.report({**{k: s[k] for k in keys}, "done": True})
+
+
+def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> RunConfig:
+    data = space.apply(ctx.base_config, params)
+    data["output_dir"] = str(Path(ctx.output_dir) / "trials" / trial_id)
+    if data["eval"]["num_threads"] is None:
+        data["eval"]["num_threads"] = ctx.eval_threads
+    return RunConfig.model_validate(data)
+
+
+def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(ctx, params, trial_id)
+    if ctx.ledger is not None and (reason := ray.get(ctx.ledger.exhausted.remote())):
+        tune.report({"skipped": reason, "done": True})
+        return
+    out = Path(cfg.output_dir)
+    claim_output_dir(cfg, out)
+    use_cache(out, **ctx.cache)
+    config_json = cfg.model_dump(mode="json")
+    sinks = [TuneReporter(ctx.ledger), ResultsWriter(Path(ctx.output_dir) / "results", ctx.sweep_id, {"params": params, **config_json})]
+    tracking = cfg.tracking
+    if tracking.wandb.enabled:
+        sinks.append(WandbSink(tracking.wandb, Path(ctx.output_dir), group=ctx.sweep_id, run_name=trial_id, config={"params": params, **config_json}))
+    if tracking.mlflow.enabled and ctx.mlflow_parent_run_id:
+        sinks.append(MlflowSink(tracking.mlflow, Path(ctx.output_dir), ctx.mlflow_parent_run_id, run_name=trial_id))
+    endpoints = {
+        "task": ctx.endpoints[cfg.lm.model_dump_json()],
+        "reflection": ctx.endpoints[cfg.reflection_lm.model_dump_json()],
+    }
+    stop = [BudgetStop(ctx.ledger)] if ctx.ledger is not None else None
+    try:
+        run_trial(cfg, endpoints, EventStream(trial_id, sinks), stop_callbacks=stop, extra_summary={"params": params})
+    finally:
+        for sink in sinks:
+            if hasattr(sink, "finish"):
+                sink.finish()

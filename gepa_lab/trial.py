@@ -1,0 +1,195 @@
+"""One GEPA compile: config in, scores + saved winner + events out. The only caller of dspy.GEPA.
+
+`gepa_lab.run` calls it directly; each Ray Tune trial of a sweep calls it too. The caller owns the
+LM endpoints and the sinks; the trial just emits events (gepa_lab.events) and never knows who listens."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import dspy
+
+from gepa_lab import atomic
+from gepa_lab.config.schema import RunConfig
+from gepa_lab.config.identity import run_identity
+from gepa_lab.corpus import ensure_prepared, read_manifest, read_split
+from gepa_lab.events import EventStream
+from gepa_lab.lm.accounting import UsageMeter
+from gepa_lab.lm.endpoint import build_lm
+from gepa_lab.lm.serving import Endpoint
+from gepa_lab.tasks.task import Task, TaskConfig, build_program, resolve_metric, to_examples
+
+
+def load_task(cfg: RunConfig) -> Task:
+    corpus_dir = ensure_prepared(cfg.corpus)
+    manifest = read_manifest(corpus_dir)
+    inputs = list(manifest["inputs"])
+    split = lambda name: to_examples(read_split(corpus_dir, name), inputs)  # noqa: E731
+    return Task(
+        name=cfg.task.name,
+        program=build_program(cfg.task, manifest),
+        metric=resolve_metric(cfg.task.metric),
+        train=split("train"),
+        val=split("val"),
+        test=split("test"),
+        manifest=manifest,
+        corpus_dir=corpus_dir,
+    )
+
+
+def _score(result: Any) -> float:
+    value = getattr(result, "score", result)
+    return float(value) if value is not None else 0.0
+
+
+@dataclass
+class GEPAEvents:
+    """GEPA's callbacks (gepa.core.callbacks) -> our event stream."""
+
+    events: EventStream
+    meter: UsageMeter
+    metric_calls: int = 0
+    best_val: float = -math.inf
+    started: float = field(default_factory=time.time)
+
+    def on_budget_updated(self, event):
+        self.metric_calls = event["metric_calls_used"]
+
+    def on_valset_evaluated(self, event):
+        self.best_val = max(self.best_val, event["average_score"])
+        self.events.emit(
+            "candidate",
+            iteration=event["iteration"],
+            candidate_idx=event["candidate_idx"],
+            parents=[p for p in event["parent_ids"] if p is not None],
+            instructions=dict(event["candidate"]),
+            val_score=event["average_score"],
+            metric_calls=self.metric_calls,
+        )
+        self.events.emit(
+            "evaluation",
+            split="val",
+            candidate_idx=event["candidate_idx"],
+            scores={int(k): float(v) for k, v in event["scores_by_val_id"].items()},
+        )
+
+    def on_iteration_end(self, event):
+        self.events.emit(
+            "iteration",
+            iteration=event["iteration"],
+            accepted=bool(event["proposal_accepted"]),
+            best_val=self.best_val,
+            metric_calls=self.metric_calls,
+            seconds=time.time() - self.started,
+            usage=self.meter.snapshot(),
+        )
+
+
+def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: int) -> tuple[float, list[float]]:
+    if not examples:
+        return 0.0, []
+    evaluator = dspy.Evaluate(
+        devset=examples,
+        metric=lambda gold, pred, trace=None: _score(metric(gold, pred, trace)),
+        num_threads=threads,
+        display_progress=False,
+        display_table=False,
+    )
+    result = evaluator(program)
+    scores = [float(score or 0.0) for _, _, score in result.results]
+    return sum(scores) / len(scores), scores
+
+
+def run_trial(
+    cfg: RunConfig,
+    endpoints: dict[str, Endpoint],
+    events: EventStream,
+    stop_callbacks: list[Callable] | None = None,
+    extra_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compile `cfg.task` with dspy.GEPA into cfg.output_dir; return (and write) summary.json."""
+    started = time.time()
+    out = Path(cfg.output_dir)
+    identity = run_identity(cfg)
+    task = load_task(cfg)
+    task_lm = build_lm(cfg.lm, endpoints["task"].api_base)
+    reflection_lm = build_lm(cfg.reflection_lm, endpoints["reflection"].api_base)
+    meter = UsageMeter({"task": task_lm, "reflection": reflection_lm}, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
+    threads = cfg.eval_threads()
+    test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
+    events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
+
+    try:
+        bridge = GEPAEvents(events, meter)
+        gepa_kwargs = dict(cfg.optimizer.gepa_kwargs)
+        gepa_kwargs["callbacks"] = [*gepa_kwargs.get("callbacks", []), bridge]
+        if stop_callbacks:
+            gepa_kwargs["stop_callbacks"] = list(stop_callbacks)
+        opt = cfg.optimizer
+        optimizer = dspy.GEPA(
+            metric=task.metric,
+            **opt.budget(),
+            reflection_minibatch_size=opt.reflection_minibatch_size,
+            candidate_selection_strategy=opt.candidate_selection_strategy,
+            reflection_lm=reflection_lm,
+            skip_perfect_score=opt.skip_perfect_score,
+            add_format_failure_as_feedback=opt.add_format_failure_as_feedback,
+            component_selector=opt.component_selector,
+            use_merge=opt.use_merge,
+            max_merge_invocations=opt.max_merge_invocations,
+            num_threads=threads,
+            failure_score=opt.failure_score,
+            perfect_score=opt.perfect_score,
+            log_dir=str(out / "gepa"),
+            track_stats=True,
+            track_best_outputs=opt.track_best_outputs,
+            warn_on_score_mismatch=opt.warn_on_score_mismatch,
+            seed=opt.seed,
+            gepa_kwargs=gepa_kwargs,
+        )
+        with dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter]):
+            seed_test, seed_test_scores = evaluate(task.program, test, task.metric, threads)
+            events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_test_scores)))
+            winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)
+            results = winner.detailed_results
+            best_idx = results.best_idx
+            if best_idx == 0:
+                best_test = seed_test
+            else:
+                best_test, best_scores = evaluate(winner, test, task.metric, threads)
+                events.emit("evaluation", split="test", candidate_idx=best_idx, scores=dict(enumerate(best_scores)))
+
+        program_path = out / "program.json"
+        with atomic.atomic_path(program_path) as tmp:
+            winner.save(str(tmp))  # state only (instructions, demos): no LM, no key
+        usage = meter.snapshot()
+        summary = {
+            "task": task.name,
+            "corpus": cfg.corpus.name,
+            "corpus_manifest_hash": task.manifest["manifest_hash"],
+            **identity,
+            "seed_val_score": results.val_aggregate_scores[0],
+            "seed_test_score": seed_test,
+            "best_val_score": results.val_aggregate_scores[best_idx],
+            "best_test_score": best_test,
+            "best_candidate_idx": best_idx,
+            "num_candidates": len(results.candidates),
+            "metric_calls": results.total_metric_calls,
+            "lm_calls": sum(role["requests"] for role in usage.values()),
+            "lm_usage": usage,
+            "best_instructions": {name: p.signature.instructions for name, p in winner.named_predictors()},
+            "task_lm": {"model": cfg.lm.model, "api_base": endpoints["task"].api_base, "temperature": cfg.lm.temperature},
+            "program_path": str(program_path),
+            "gepa_log_dir": str(out / "gepa"),
+            "wall_seconds": round(time.time() - started, 3),
+            **(extra_summary or {}),
+        }
+        atomic.write_json(out / "summary.json", summary)
+    except BaseException as exc:  # the sinks record the failure; the caller decides what it means
+        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    events.emit("trial_finished", summary=summary)
+    return summary
