@@ -1,0 +1,145 @@
+"""python -m gepa_lab.results: query results folders with DuckDB.
+
+    python -m gepa_lab.results [DIR ...] [--sql "SELECT ..." | --sql NAME] [--limit N] [--format table|csv|json]
+    python -m gepa_lab.results plot [DIR]      # PNGs into DIR/plots/, their paths printed
+    python -m gepa_lab.results queries         # the named queries (--sql NAME)
+
+DIR defaults to the newest folder under outputs/. With no --sql the leaderboard is printed.
+Errors (a folder without results, SQL DuckDB rejects) are one line on stderr, exit status 2."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gepa_lab.cli import one_line_errors
+from gepa_lab.results.query import QUERIES, Result, leaderboard, newest_output_dir, open_results, sql
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+_HEADERS = {
+    "best_val_score": "best val", "best_test_score": "best test", "seed_val_score": "seed val",
+    "seed_test_score": "seed test", "val_gain": "val gain", "metric_calls": "metric calls",
+    "num_candidates": "candidates", "lm_calls": "LM calls", "wall_seconds": "wall s", "output_dir": "output dir",
+    "trial_id": "trial",
+}
+
+
+def short_headers(columns: list[str]) -> list[str]:
+    """Table headers for the leaderboard: 'best val' for best_val_score, 'seed' for optimizer.seed
+    (the full dotted key where two parameters share a last part)."""
+    last = [c.rsplit(".", 1)[-1] for c in columns]
+    return [
+        _HEADERS.get(c, c if "." in c and last.count(short) > 1 else short)
+        for c, short in zip(columns, last)
+    ]
+
+
+def render(result: Result, fmt: str, title: str | None = None, out=None, headers: list[str] | None = None) -> None:
+    """Print rows as a rich table, CSV or JSON (CSV/JSON keep the column names as they are)."""
+    out = out or sys.stdout
+    if fmt == "json":
+        out.write(json.dumps([_jsonable(r) for r in result.dicts()], indent=2) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(result.columns)
+        for row in result.rows:
+            writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
+    else:
+        table = Table(title=title, title_justify="left")
+        for column in headers or result.columns:
+            table.add_column(column, overflow="fold")
+        for row in result.rows:
+            table.add_row(*(_cell(v) for v in row))
+        Console(file=out, width=None if out.isatty() else 220).print(table)
+        if not result.rows:
+            Console(file=out).print("(no rows)")
+
+
+def _dirs(given: list[str]) -> list[Path]:
+    return [Path(d) for d in given] if given else [newest_output_dir()]
+
+
+def _query_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gepa_lab.results",
+        description="Query results folders with DuckDB (views: sweeps, trials, candidates, evaluations, lm_usage). "
+        "Subcommands: `plot [DIR]`, `queries`.",
+    )
+    parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
+    parser.add_argument("--sql", help="SQL to run over the views, or the name of a named query (see `queries`)")
+    parser.add_argument("--limit", type=int, default=20, help="leaderboard rows (default 20; 0 = all)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    args = parser.parse_args(argv)
+    dirs = _dirs(args.dirs)
+    con = open_results(*dirs)
+    if args.sql:
+        result = sql(con, args.sql)
+        render(result, args.format, title=args.sql if args.sql in QUERIES else None)
+    else:
+        result = leaderboard(con, limit=args.limit or None)
+        title = f"leaderboard: {', '.join(str(d) for d in dirs)}"
+        render(result, args.format, title=title, headers=short_headers(result.columns))
+
+
+def _plot_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gepa_lab.results plot", description="Write PNG plots into DIR/plots/.")
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="output folder (default: the newest under outputs/)")
+    args = parser.parse_args(argv)
+    from gepa_lab.results.plots import plot_all  # matplotlib only when plotting
+
+    out = _dirs([args.dir] if args.dir else [])[0]
+    paths = plot_all(open_results(out), out / "plots")
+    if not paths:
+        print(f"nothing to plot yet in {out} (no scored candidates or finished trials)", file=sys.stderr)
+    for path in paths:
+        print(path)
+
+
+def _queries_main(argv: list[str]) -> None:
+    for name, (description, _) in QUERIES.items():
+        print(f"{name:<12} {description}")
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A folder literally named "plot" or "queries" can still be queried as ./plot.
+    if argv and argv[0] == "plot":
+        _plot_main(argv[1:])
+    elif argv and argv[0] == "queries":
+        _queries_main(argv[1:])
+    else:
+        _query_main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Query results with DuckDB: one view per table over the Parquet files of one or many output dirs.
+
+    from gepa_lab.results.query import open_results, leaderboard, best_trial
+    con = open_results("outputs/sweep-demo-20261126-101500")
+    print(leaderboard(con).rows)
+    con.sql("SELECT trial_id, max(val_score) FROM candidates GROUP BY ALL").show()
+
+Every view (sweeps, trials, candidates, evaluations, lm_usage) has the columns of
+gepa_lab/results/schema.py plus `output_dir` (the folder the row came from, so runs that share a
+trial id -- every `gepa_lab.run` is trial "run" -- stay apart). A table with no files yet is an
+empty view with those columns, so queries never fail for want of data.
+
+The views list the files present when they were opened (a sweep still running keeps adding files):
+call open_results again to see new ones. Temp files of writes in progress (".NAME.tmp.parquet") are
+never read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import pyarrow as pa
+
+from gepa_lab.errors import GepaLabError
+from gepa_lab.paths import OUTPUTS_DIR
+from gepa_lab.results.schema import SCHEMAS
+
+TABLES = tuple(SCHEMAS)
+# A trial is identified by these columns (trial ids repeat across output dirs).
+TRIAL_KEY = ("output_dir", "sweep_id", "trial_id")
+# Config keys that say where a trial goes or how it is watched: never a "parameter" of the leaderboard.
+_NOT_PARAMS = ("output_dir", "tracking.")
+
+
+class ResultsError(GepaLabError):
+    """A results folder that holds no results, or a query DuckDB rejects."""
+
+
+@dataclass
+class Result:
+    """The rows of a query, with their column names (kept even when there are no rows)."""
+
+    columns: list[str]
+    rows: list[tuple]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+    def column(self, name: str) -> list[Any]:
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# ---------------------------------------------------------------------------------------- opening
+
+
+def results_root(output_dir: str | Path) -> Path | None:
+    """Where an output dir keeps its tables: DIR/results, or DIR itself when DIR is a results folder."""
+    d = Path(output_dir)
+    if (d / "results").is_dir() and any((d / "results" / t).is_dir() for t in TABLES):
+        return d / "results"
+    if any((d / t).is_dir() for t in TABLES) and d.name == "results":
+        return d
+    return None
+
+
+def parquet_files(root: Path, table: str) -> list[Path]:
+    """The finished Parquet files of one table (atomic writes use hidden temp names: skipped)."""
+    folder = root / table
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
+
+
+def newest_output_dir(outputs: str | Path = OUTPUTS_DIR) -> Path:
+    """The most recently modified folder under outputs/ (the default of the CLI)."""
+    outputs = Path(outputs)
+    folders = [p for p in outputs.iterdir() if p.is_dir() and not p.name.startswith(".")] if outputs.is_dir() else []
+    if not folders:
+        raise ResultsError(f"no output folders under {outputs}; pass a results folder (DIR)")
+    return max(folders, key=lambda p: p.stat().st_mtime)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _duckdb_type(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return f"{_duckdb_type(t.value_type)}[]"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    for check, name in ((pa.types.is_string, "VARCHAR"), (pa.types.is_int64, "BIGINT"),
+                        (pa.types.is_float64, "DOUBLE"), (pa.types.is_boolean, "BOOLEAN")):
+        if check(t):
+            return name
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _empty_select(table: str) -> str:
+    """SELECT with the table's schema columns and DuckDB types, and no rows."""
+    cols = ", ".join(f"CAST(NULL AS {_duckdb_type(f.type)}) AS {f.name}" for f in SCHEMAS[table])
+    return f"SELECT {cols}, CAST(NULL AS VARCHAR) AS output_dir WHERE false"
+
+
+def open_results(
+    *dirs: str | Path, con: duckdb.DuckDBPyConnection | None = None, strict: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (in memory unless `con` is given) with a view per results table over
+    `read_parquet([...], union_by_name=true)` of every given output dir that has that table.
+
+    strict: a dir without results raises ResultsError (otherwise it is skipped)."""
+    if not dirs:
+        raise ResultsError("no results folder given")
+    roots: list[tuple[str, Path]] = []
+    for d in dirs:
+        root = results_root(d)
+        if root is None:
+            if strict:
+                why = "does not exist" if not Path(d).exists() else "holds no results (no results/TABLE/*.parquet)"
+                raise ResultsError(f"{d} {why}")
+            continue
+        roots.append((str(root.parent.resolve()), root))
+    con = con or duckdb.connect()
+    for table in TABLES:
+        parts = [_empty_select(table)]
+        for label, root in roots:
+            files = parquet_files(root, table)
+            if files:
+                listing = ", ".join(_sql_str(f) for f in files)
+                parts.append(
+                    f"SELECT *, {_sql_str(label)} AS output_dir FROM read_parquet([{listing}], union_by_name=true)"
+                )
+        # The empty typed SELECT comes first: every schema column exists, in schema order, with its type.
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
+    return con
+
+
+# ---------------------------------------------------------------------------------------- queries
+
+
+def sql(con: duckdb.DuckDBPyConnection, query: str) -> Result:
+    """Run SQL; a query DuckDB rejects raises ResultsError with DuckDB's message on one line."""
+    query = QUERIES[query][1] if query in QUERIES else query
+    try:
+        cursor = con.execute(query)
+        columns = [d[0] for d in cursor.description] if cursor.description else []
+        rows = cursor.fetchall() if cursor.description else []
+    except duckdb.Error as e:
+        message = " ".join(str(e).split())
+        raise ResultsError(f"bad SQL: {message}") from None
+    return Result(columns, rows)
+
+
+# Ties on val go to the trial that spent fewer metric calls; then the trial id, for a stable order.
+# Test scores never break ties: choosing on test would leak it.
+_ORDER = "best_val_score DESC NULLS LAST, metric_calls ASC NULLS LAST, trial_id ASC, output_dir ASC"
+
+LEADERBOARD_SQL = f"""
+SELECT row_number() OVER (ORDER BY {_ORDER}) AS rank,
+       trial_id, status, best_val_score, best_test_score, seed_val_score, seed_test_score,
+       best_val_score - seed_val_score AS val_gain, metric_calls, num_candidates, lm_calls,
+       wall_seconds, sweep_id, output_dir, config_json
+FROM trials
+ORDER BY {_ORDER}
+"""
+
+# Named queries: `python -m gepa_lab.results DIR --sql NAME` runs one by its name.
+QUERIES: dict[str, tuple[str, str]] = {
+    "leaderboard": ("every trial, best val first (ties: fewer metric calls)", LEADERBOARD_SQL),
+    "status": (
+        "trials per status",
+        "SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY trials DESC",
+    ),
+    "progress": (
+        "each candidate GEPA scored on val, with the trial's best val so far, by metric calls",
+        """SELECT trial_id, candidate_idx, iteration, metric_calls, val_score,
+                  max(val_score) OVER (PARTITION BY output_dir, sweep_id, trial_id
+                                       ORDER BY metric_calls, candidate_idx) AS best_val_so_far
+           FROM candidates ORDER BY output_dir, trial_id, metric_calls, candidate_idx""",
+    ),
+    "winners": (
+        "the instruction of each trial's winning candidate",
+        """SELECT t.trial_id, t.best_val_score, t.best_test_score, t.best_candidate_idx, c.instruction
+           FROM trials t JOIN candidates c
+             ON c.output_dir = t.output_dir AND c.sweep_id = t.sweep_id AND c.trial_id = t.trial_id
+            AND c.candidate_idx = t.best_candidate_idx
+           ORDER BY t.best_val_score DESC NULLS LAST, t.metric_calls""",
+    ),
+    "changed": (
+        "test examples whose score the winner changed from the seed's (fixed: +, broken: -)",
+        """SELECT t.trial_id, w.example_id, s.score AS seed_score, w.score AS winner_score,
+                  w.score - s.score AS delta
+           FROM trials t
+           JOIN evaluations w ON w.output_dir = t.output_dir AND w.sweep_id = t.sweep_id
+            AND w.trial_id = t.trial_id AND w.split = 'test' AND w.candidate_idx = t.best_candidate_idx
+           JOIN evaluations s ON s.output_dir = t.output_dir AND s.sweep_id = t.sweep_id
+            AND s.trial_id = t.trial_id AND s.split = 'test' AND s.candidate_idx = 0 AND s.example_id = w.example_id
+           WHERE t.best_candidate_idx <> 0 AND w.score <> s.score
+           ORDER BY t.trial_id, delta DESC, w.example_id""",
+    ),
+    "usage": (
+        "LM requests, tokens, latency and cost per trial and role (task | reflection)",
+        """SELECT trial_id, role, requests, cache_hits, errors, retries, prompt_tokens, completion_tokens,
+                  latency_p50_s, latency_p95_s, cost_usd
+           FROM lm_usage ORDER BY output_dir, trial_id, role""",
+    ),
+    "failures": (
+        "failed trials and their errors",
+        "SELECT trial_id, started_at, ended_at, error FROM trials WHERE status = 'failed' ORDER BY ended_at",
+    ),
+}
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def varying_params(configs: Iterable[str | None]) -> dict[int, dict[str, Any]]:
+    """Index -> {dotted config key: value} for the keys whose values differ across the configs
+    (the swept parameters). Where they go (output_dir) and tracking settings are not parameters."""
+    flat = {i: _leaves(json.loads(c)) for i, c in enumerate(configs) if c}
+    keys = sorted({k for leaves in flat.values() for k in leaves if not k.startswith(_NOT_PARAMS)})
+    varying = [
+        k for k in keys if len({json.dumps(leaves.get(k), sort_keys=True) for leaves in flat.values()}) > 1
+    ]
+    return {i: {k: leaves.get(k) for k in varying} for i, leaves in flat.items()}
+
+
+def leaderboard(con: duckdb.DuckDBPyConnection, limit: int | None = 20) -> Result:
+    """Trials ranked by best val score (ties: fewer metric calls), with the config keys that vary
+    across them as extra columns; `output_dir` only when several output dirs are open."""
+    full = sql(con, LEADERBOARD_SQL)
+    rows = full.dicts()
+    params = varying_params(r["config_json"] for r in rows)
+    param_cols = sorted({k for p in params.values() for k in p})
+    several_dirs = len({r["output_dir"] for r in rows}) > 1
+    base = ["rank", "trial_id", "status", *param_cols, "best_val_score", "best_test_score", "seed_val_score",
+            "seed_test_score", "val_gain", "metric_calls", "num_candidates", "lm_calls", "wall_seconds"]
+    if several_dirs:
+        base.append("output_dir")
+    shown = rows[:limit] if limit is not None else rows
+    out_rows = []
+    for i, r in enumerate(shown):
+        merged = {**r, **{k: params.get(i, {}).get(k) for k in param_cols}}
+        out_rows.append(tuple(merged.get(c) for c in base))
+    return Result(base, out_rows)
+
+
+def best_trial(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+    """The trial with the best val score (ties: fewer metric calls), as a dict of its trials row
+    with `config` parsed; None when no trial has a score yet."""
+    found = sql(
+        con,
+        f"SELECT * FROM trials WHERE best_val_score IS NOT NULL ORDER BY {_ORDER} LIMIT 1",
+    ).dicts()
+    if not found:
+        return None
+    row = found[0]
+    row["config"] = json.loads(row["config_json"]) if row.get("config_json") else None
+    return row
+
+
+def trial_progress(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
+    """(output_dir, sweep_id, trial_id) -> [(metric_calls, best val so far), ...] in metric-call order,
+    one point per candidate GEPA scored on val (the seed first)."""
+    rows = sql(
+        con,
+        """SELECT output_dir, sweep_id, trial_id, metric_calls,
+                  max(val_score) OVER (PARTITION BY output_dir, sweep_id, trial_id
+                                       ORDER BY metric_calls, candidate_idx) AS best
+           FROM candidates WHERE val_score IS NOT NULL
+           ORDER BY output_dir, sweep_id, trial_id, metric_calls, candidate_idx""",
+    ).rows
+    curves: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for output_dir, sweep_id, trial_id, calls, best in rows:
+        curves.setdefault((output_dir or "", sweep_id or "", trial_id), []).append((int(calls or 0), float(best)))
+    return curves
