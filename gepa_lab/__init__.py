@@ -7,5 +7,6 @@ for _key, _value in {
     "RAY_AUTH_MODE": "disabled",  # local Ray without writing ~/.ray/auth_token
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
+    "TQDM_DISABLE": "1",  # GEPA's and dspy's progress bars; gepa_lab prints its own progress
 }.items():
     _os.environ.setdefault(_key, _value)

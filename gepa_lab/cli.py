@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable
 
@@ -22,3 +23,10 @@ def one_line_errors(fn: Callable) -> Callable:
 
     return wrapper
 
+
+
+def quiet_libraries() -> None:
+    """Our own progress lines replace dspy's and GEPA's per-iteration INFO logs and progress bars."""
+    logging.getLogger("dspy").setLevel(logging.WARNING)
+    for noisy in ("httpx", "LiteLLM", "litellm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
-from gepa_lab.cli import one_line_errors
+from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.config.identity import claim_output_dir
 from gepa_lab.config.load import check_task_imports, register_resolvers, to_plain, validate
 from gepa_lab.config.schema import RunConfig
@@ -52,6 +52,7 @@ register_resolvers()
 @hydra.main(config_path=str(CONF_DIR), config_name="run", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    quiet_libraries()
     summary = compile_once(load_run_config(cfg))
     console = Console()
     console.print(scores_table(summary))

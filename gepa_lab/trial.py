@@ -4,6 +4,7 @@
 LM endpoints and the sinks; the trial just emits events (gepa_lab.events) and never knows who listens."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ def load_task(cfg: RunConfig) -> Task:
     corpus_dir = ensure_prepared(cfg.corpus)
     manifest = read_manifest(corpus_dir)
     inputs = list(manifest["inputs"])
-    split = lambda name: to_examples(read_split(corpus_dir, name), inputs)  # noqa: E731
+    split = lambda name: to_examples(read_split(corpus_dir, name), inputs, manifest["answer"])  # noqa: E731
     return Task(
         name=cfg.task.name,
         program=build_program(cfg.task, manifest),
@@ -103,6 +104,40 @@ def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: in
     return sum(scores) / len(scores), scores
 
 
+def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks: list, stop_callbacks: list | None) -> dspy.GEPA:
+    opt = cfg.optimizer
+    gepa_kwargs = dict(opt.gepa_kwargs)
+    gepa_kwargs["callbacks"] = [*gepa_kwargs.get("callbacks", []), *callbacks]
+    if stop_callbacks:
+        gepa_kwargs["stop_callbacks"] = list(stop_callbacks)
+    return dspy.GEPA(
+        metric=task.metric,
+        **opt.budget(),
+        reflection_minibatch_size=opt.reflection_minibatch_size,
+        candidate_selection_strategy=opt.candidate_selection_strategy,
+        reflection_lm=reflection_lm,
+        skip_perfect_score=opt.skip_perfect_score,
+        add_format_failure_as_feedback=opt.add_format_failure_as_feedback,
+        component_selector=opt.component_selector,
+        use_merge=opt.use_merge,
+        max_merge_invocations=opt.max_merge_invocations,
+        num_threads=cfg.eval_threads(),
+        failure_score=opt.failure_score,
+        perfect_score=opt.perfect_score,
+        log_dir=str(Path(cfg.output_dir) / "gepa"),  # gepa saves its state here every iteration: reruns resume
+        track_stats=True,
+        track_best_outputs=opt.track_best_outputs,
+        warn_on_score_mismatch=opt.warn_on_score_mismatch,
+        seed=opt.seed,
+        gepa_kwargs=gepa_kwargs,
+    )
+
+
+def save_program(program: dspy.Module, path: Path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        program.save(str(tmp))  # state only (instructions, demos): no LM, no key
+
+
 def run_trial(
     cfg: RunConfig,
     endpoints: dict[str, Endpoint],
@@ -110,7 +145,8 @@ def run_trial(
     stop_callbacks: list[Callable] | None = None,
     extra_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compile `cfg.task` with dspy.GEPA into cfg.output_dir; return (and write) summary.json."""
+    """Compile cfg.task with dspy.GEPA into cfg.output_dir; score seed and winner on val and test;
+    save the winner; return (and write) summary.json."""
     started = time.time()
     out = Path(cfg.output_dir)
     identity = run_identity(cfg)
@@ -120,51 +156,22 @@ def run_trial(
     meter = UsageMeter({"task": task_lm, "reflection": reflection_lm}, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
+    optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter)], stop_callbacks)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
-
     try:
-        bridge = GEPAEvents(events, meter)
-        gepa_kwargs = dict(cfg.optimizer.gepa_kwargs)
-        gepa_kwargs["callbacks"] = [*gepa_kwargs.get("callbacks", []), bridge]
-        if stop_callbacks:
-            gepa_kwargs["stop_callbacks"] = list(stop_callbacks)
-        opt = cfg.optimizer
-        optimizer = dspy.GEPA(
-            metric=task.metric,
-            **opt.budget(),
-            reflection_minibatch_size=opt.reflection_minibatch_size,
-            candidate_selection_strategy=opt.candidate_selection_strategy,
-            reflection_lm=reflection_lm,
-            skip_perfect_score=opt.skip_perfect_score,
-            add_format_failure_as_feedback=opt.add_format_failure_as_feedback,
-            component_selector=opt.component_selector,
-            use_merge=opt.use_merge,
-            max_merge_invocations=opt.max_merge_invocations,
-            num_threads=threads,
-            failure_score=opt.failure_score,
-            perfect_score=opt.perfect_score,
-            log_dir=str(out / "gepa"),
-            track_stats=True,
-            track_best_outputs=opt.track_best_outputs,
-            warn_on_score_mismatch=opt.warn_on_score_mismatch,
-            seed=opt.seed,
-            gepa_kwargs=gepa_kwargs,
-        )
-        with dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter]):
-            seed_test, seed_test_scores = evaluate(task.program, test, task.metric, threads)
-            events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_test_scores)))
+        # dspy and GEPA print progress bars on stdout; they go to compile.log, our events to the sinks.
+        with open(out / "compile.log", "a") as log, contextlib.redirect_stdout(log), \
+                dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter]):
+            seed_test, seed_scores = evaluate(task.program, test, task.metric, threads)
+            events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_scores)))
             winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)
             results = winner.detailed_results
             best_idx = results.best_idx
-            if best_idx == 0:
-                best_test = seed_test
-            else:
+            best_test = seed_test
+            if best_idx != 0:
                 best_test, best_scores = evaluate(winner, test, task.metric, threads)
                 events.emit("evaluation", split="test", candidate_idx=best_idx, scores=dict(enumerate(best_scores)))
-
-        program_path = out / "program.json"
-        with atomic.atomic_path(program_path) as tmp:
-            winner.save(str(tmp))  # state only (instructions, demos): no LM, no key
+        save_program(winner, out / "program.json")
         usage = meter.snapshot()
         summary = {
             "task": task.name,
@@ -181,9 +188,11 @@ def run_trial(
             "lm_calls": sum(role["requests"] for role in usage.values()),
             "lm_usage": usage,
             "best_instructions": {name: p.signature.instructions for name, p in winner.named_predictors()},
-            "task_lm": {"model": cfg.lm.model, "api_base": endpoints["task"].api_base, "temperature": cfg.lm.temperature},
-            "program_path": str(program_path),
+            "task_lm": {"model": cfg.lm.model, "api_base": endpoints["task"].api_base,
+                        "temperature": cfg.lm.temperature, "max_tokens": cfg.lm.max_tokens},
+            "program_path": str(out / "program.json"),
             "gepa_log_dir": str(out / "gepa"),
+            "sink_failures": dict(events.failures),
             "wall_seconds": round(time.time() - started, 3),
             **(extra_summary or {}),
         }

@@ -45,3 +45,14 @@ def check_task_imports(program: str, metric: str) -> None:
         resolve_metric(metric)
     except ImportPathError as e:
         raise ConfigError(f"config error at task: {e}") from None
+
+
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose conf/<config_name>.yaml with overrides, as the entry points do, without running them."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from gepa_lab.paths import CONF_DIR
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name, overrides=list(overrides))

@@ -58,8 +58,9 @@ def build_program(cfg: TaskConfig, manifest: dict) -> dspy.Module:
     return program
 
 
-def to_examples(rows: list[dict], inputs: list[str]) -> list[dspy.Example]:
-    return [dspy.Example(**row).with_inputs(*inputs) for row in rows]
+def to_examples(rows: list[dict], inputs: list[str], answer: str) -> list[dspy.Example]:
+    """Corpus rows -> dspy Examples holding the inputs and the answer only (the metric's gold)."""
+    return [dspy.Example({k: row[k] for k in (*inputs, answer)}).with_inputs(*inputs) for row in rows]
 
 
 @dataclass

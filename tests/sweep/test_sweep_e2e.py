@@ -1,0 +1,107 @@
+"""A demo-sized sweep end to end: trials on a local Ray, W&B offline runs, MLflow parent/child runs
+and a champion that loads in a fresh process, results in Parquet that DuckDB agrees on, an API key
+that really is used and lands nowhere, and an LM endpoint filled but never flooded."""
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gepa_lab.lm.sim.launch import start_simulator
+from gepa_lab.results import query
+from tests.conftest import ROOT, run_cli
+from tests.sweep.canary import files_containing
+
+MAX_IN_FLIGHT = 8
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "demo"
+    canary = f"sk-canary-{uuid.uuid4().hex}"
+    env = {"GEPA_LAB_CANARY_KEY": canary}
+    # A simulator with far more capacity than the config allows, so its peak in-flight measures
+    # how hard the sweep pushes, not the server's own limit; it rejects requests without the key.
+    import os
+
+    os.environ["GEPA_LAB_CANARY_KEY"] = canary
+    try:
+        with start_simulator(max_in_flight=64, latency_ms=2, api_key_env="GEPA_LAB_CANARY_KEY") as sim:
+            result = run_cli(
+                "gepa_lab.sweep", "sweep=demo", f"output_dir={out}",
+                f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}",
+                "lm.api_key_env=GEPA_LAB_CANARY_KEY", "reflection_lm.api_key_env=GEPA_LAB_CANARY_KEY",
+                f"lm.max_in_flight={MAX_IN_FLIGHT}", f"reflection_lm.max_in_flight={MAX_IN_FLIGHT}",
+                env=env, timeout=1500,
+            )
+            stats = sim.stats()
+    finally:
+        os.environ.pop("GEPA_LAB_CANARY_KEY", None)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return {"out": out, "canary": canary, "stats": stats, "stdout": result.stdout,
+            "summary": json.loads((out / "summary.json").read_text())}
+
+
+def test_best_trial_beats_the_seed_on_val_and_test(sweep):
+    s = sweep["summary"]
+    assert s["trials"] == {"total": 4, "completed": 4, "failed": 0}
+    assert s["best_val_score"] > s["seed_val_score"]
+    assert s["best_test_score"] > s["seed_test_score"]
+    assert "where everything went" in sweep["stdout"]
+
+
+def test_duckdb_over_results_agrees_with_summary(sweep):
+    con = query.connect([sweep["out"]])
+    trial_id, val, test = con.sql(
+        "SELECT trial_id, best_val_score, best_test_score FROM trials WHERE status = 'completed' "
+        "ORDER BY best_val_score DESC, metric_calls ASC LIMIT 1").fetchone()
+    s = sweep["summary"]
+    assert (trial_id, val, test) == (s["best_trial_id"], s["best_val_score"], s["best_test_score"])
+    assert con.sql("SELECT count(DISTINCT trial_id) FROM candidates").fetchone()[0] == 4
+    assert con.sql("SELECT count(*) FROM evaluations WHERE split = 'test'").fetchone()[0] > 0
+    roles = {r for (r,) in con.sql("SELECT DISTINCT role FROM lm_usage").fetchall()}
+    assert roles == {"task", "reflection"}
+    assert con.sql("SELECT best_trial_id FROM sweeps").fetchone()[0] == s["best_trial_id"]
+
+
+def test_wandb_offline_run_per_trial_with_metrics(sweep):
+    runs = sorted((sweep["out"] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 4
+    for run in runs:
+        summary = json.loads((run / "files" / "wandb-summary.json").read_text())
+        assert "best_val" in json.dumps(summary) or "best_val_score" in summary
+
+
+def test_mlflow_parent_and_child_runs_and_champion_loads_in_a_fresh_process(sweep):
+    s = sweep["summary"]
+    client = MlflowClient(s["tracking_uri"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in children}
+    assert len(children) == 4 and len(parents) == 1
+    model = s["registered_model"]
+    assert model["alias"] == "champion"
+    name = model["name"]
+    assert client.get_model_version_by_alias(name, "champion").version == str(model["version"])
+    code = (f"import mlflow; mlflow.set_tracking_uri({s['tracking_uri']!r}); "
+            f"m = mlflow.dspy.load_model('models:/{name}@champion'); print(type(m).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+
+
+def test_canary_key_was_used_and_lands_in_no_byte_of_the_output(sweep):
+    stats = sweep["stats"]
+    assert stats["requests_served"] > 0  # the simulator answered, so the key was sent
+    leaks = files_containing(sweep["out"], sweep["canary"])
+    assert not leaks, leaks
+    searched = {p.suffix for p in sweep["out"].rglob("*") if p.is_file()}
+    assert {".parquet", ".db", ".json", ".yaml"} <= searched
+    assert list(sweep["out"].rglob("params.json")) and list((sweep["out"] / ".hydra").glob("*.yaml"))
+
+
+def test_endpoint_filled_across_trials_but_never_flooded(sweep):
+    stats = sweep["stats"]
+    per_trial_threads = MAX_IN_FLIGHT // 2
+    assert per_trial_threads < stats["peak_in_flight"] <= MAX_IN_FLIGHT, stats

@@ -1,0 +1,169 @@
+"""gepa_lab.run end to end through the LM simulator: GEPA really improves the program, a killed
+run resumes, bad input is one line, a user's own program and metric plug in by import path."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gepa_lab.config.load import compose
+from gepa_lab.run import compile_once, load_run_config
+from tests.conftest import ROOT, run_cli
+from tests.support import generated
+
+
+def compile_with(tmp_path: Path, name: str, overrides: list[str], sim) -> dict:
+    cfg = compose("run", [f"output_dir={tmp_path / name}", "tracking=none",
+                          f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}", *overrides])
+    return compile_once(load_run_config(cfg))
+
+
+def margins(summary: dict) -> tuple[float, float]:
+    return (summary["best_val_score"] - summary["seed_val_score"], summary["best_test_score"] - summary["seed_test_score"])
+
+
+@pytest.mark.slow
+def test_banking77_winner_beats_seed_for_most_seeds(tmp_path, simulator):
+    summaries = [compile_with(tmp_path, f"seed{s}", ["task=banking77", f"optimizer.seed={s}"], simulator) for s in (0, 1, 2)]
+    report = [(round(s["seed_val_score"], 3), round(s["best_val_score"], 3), round(s["seed_test_score"], 3),
+               round(s["best_test_score"], 3), s["metric_calls"]) for s in summaries]
+    print("seed val, best val, seed test, best test, metric calls:", report)
+    good = [s for s in summaries if margins(s)[0] >= 0.05 and margins(s)[1] >= 0.03]
+    assert len(good) >= 2, report
+    assert all(s["metric_calls"] <= 1000 for s in summaries)
+    assert len({s["best_val_score"] for s in summaries} | {s["best_test_score"] for s in summaries}) > 2, "seeds differ"
+    first = summaries[0]
+    for field in ("task", "corpus_manifest_hash", "config_hash", "git_commit", "versions", "lm_calls", "wall_seconds"):
+        assert first[field], field
+    assert {"dspy", "gepa"} <= set(first["versions"])
+    state = json.loads(Path(first["program_path"]).read_text())
+    assert "Cues learned from feedback" in json.dumps(state) or first["best_candidate_idx"] == 0
+
+
+@pytest.mark.slow
+def test_generated_corpus_unseen_by_the_simulator_improves(tmp_path, simulator):
+    generated.write(tmp_path / "gen")
+    summaries = [
+        compile_with(tmp_path, f"gen{s}", [f"hydra.searchpath=[file://{tmp_path / 'gen'}]", "task=classify",
+                                           "corpus=generated", f"optimizer.seed={s}"], simulator)
+        for s in (0, 1, 2)
+    ]
+    report = [(round(s["seed_val_score"], 3), round(s["best_val_score"], 3), round(s["seed_test_score"], 3),
+               round(s["best_test_score"], 3)) for s in summaries]
+    print("generated corpus: seed val, best val, seed test, best test:", report)
+    assert sum(margins(s)[0] >= 0.05 and margins(s)[1] >= 0.03 for s in summaries) >= 2, report
+
+
+def _iterations_done(out: Path) -> int:
+    return len(list((out / "results" / "candidates").glob("*.parquet"))) if (out / "results").exists() else 0
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
+    from gepa_lab.lm.sim.launch import start_simulator
+
+    out = tmp_path / "resume"
+    budget = 600
+    with start_simulator(max_in_flight=8, latency_ms=15) as sim:  # slow enough to kill mid-run
+        args = ["task=banking77", "tracking=none", f"output_dir={out}", f"optimizer.max_metric_calls={budget}",
+                f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
+        proc = subprocess.Popen([sys.executable, "-m", "gepa_lab.run", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while not (out / "gepa" / "gepa_state.bin").exists() or _iterations_done(out) < 3:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (out / "summary.json").exists()
+        done = run_cli("gepa_lab.run", *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "resuming" in done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert budget <= summary["metric_calls"] <= budget * 1.15, summary["metric_calls"]
+
+
+def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_path):
+    out = tmp_path / "cli"
+    args = ["task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=40",
+            "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20", "corpus.name=banking77_tiny"]
+    first = run_cli("gepa_lab.run", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "seed" in first.stdout and "winner" in first.stdout
+    assert summary["program_path"] == str(out / "program.json")
+    assert (out / ".hydra" / "config.yaml").exists() and (out / ".dspy_cache").is_dir()
+    sims = subprocess.run(["pgrep", "-f", "gepa_lab.lm.sim"], capture_output=True, text=True).stdout.split()
+    assert not sims, "the run left its simulator running"
+    again = run_cli("gepa_lab.run", *args[:-1], "optimizer.seed=7", args[-1])
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0 and "another config" in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.max_metric_calls=0", "optimizer.max_metric_calls"),
+        ("optimizer.reflection_minibatch_size=abc", "optimizer.reflection_minibatch_size"),
+        ("task.program=no_such_module:Program", "no_such_module"),
+        ("task.metric=gepa_lab.tasks.classify:nope", "nope"),
+        ("lm.kind=openai_compatible", "api_base"),
+    ],
+)
+def test_bad_config_is_one_line_before_anything_starts(tmp_path, override, message):
+    result = run_cli("gepa_lab.run", f"output_dir={tmp_path / 'bad'}", "tracking=none", override)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "bad" / "config.json").exists()
+
+
+USER_MODULE = '''
+import dspy
+
+class TicketSignature(dspy.Signature):
+    """Classify the topic of the support ticket."""
+    ticket: str = dspy.InputField()
+    topic: str = dspy.OutputField()
+
+class MyProgram(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.classify = dspy.Predict(TicketSignature)
+
+    def forward(self, ticket):
+        return self.classify(ticket=ticket)
+
+CALLS = []
+
+def my_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+    ok = (pred.topic or "").strip() == gold.topic
+    return dspy.Prediction(score=float(ok), feedback=("Correct." if ok else "Incorrect.") + f' The correct answer is "{gold.topic}".')
+'''
+
+
+def test_user_program_and_metric_by_import_path(tmp_path, simulator):
+    (tmp_path / "user_pkg").mkdir()
+    (tmp_path / "user_pkg" / "__init__.py").write_text("")
+    (tmp_path / "user_pkg" / "tickets.py").write_text(USER_MODULE)
+    generated.write(tmp_path / "gen", n=120)
+    out = tmp_path / "user"
+    result = run_cli(
+        "gepa_lab.run", f"output_dir={out}", "tracking=none", f"hydra.searchpath=[file://{tmp_path / 'gen'}]",
+        "task=classify", "corpus=generated", "corpus.name=generated_small", "corpus.splits.train=40",
+        "corpus.splits.val=20", "corpus.splits.test=20", "task.program=user_pkg.tickets:MyProgram",
+        "task.metric=user_pkg.tickets:my_metric", "optimizer.max_metric_calls=60",
+        f"lm.api_base={simulator.url}", f"reflection_lm.api_base={simulator.url}",
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["best_instructions"]) == ["classify"]  # the user's predictor, by its attribute name
+    state = json.loads(Path(summary["program_path"]).read_text())
+    assert "classify" in state
