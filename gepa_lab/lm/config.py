@@ -1,4 +1,6 @@
-"""Schema of one LM endpoint config (conf/lm/*.yaml): what to talk to, how hard, and how to start it."""
+"""Schema of one LM endpoint config (conf/lm/*.yaml): what to talk to, how hard, and how to start it.
+
+Also the schema of the sweep's rollout cache (`LMCacheConfig`), which is not per LM but per run/sweep."""
 from __future__ import annotations
 
 from typing import Literal
@@ -27,15 +29,47 @@ class SimOptions(_Strict):
 
 
 class ServerOptions(_Strict):
-    """A server command gepa_lab launches (vllm_ray replicas, llama.cpp)."""
+    """A server command gepa_lab launches (vllm_ray replicas, llama.cpp, several simulators).
 
-    command: list[str] = Field(default_factory=list)  # argv; {model} {port} {host} are substituted
+    `command` is an argv list; these placeholders are substituted: {model} {model_path} {host} {port}
+    {tensor_parallel_size} {max_model_len} {gpu_memory_utilization} {python}. Empty = the kind's default
+    command (vllm_ray: `vllm serve`, llamacpp: `python -m llama_cpp.server`, sim: the simulator)."""
+
+    command: list[str] = Field(default_factory=list)
     replicas: int = Field(1, ge=1)
-    num_gpus: float = Field(0, ge=0)  # Ray GPUs held by each replica actor
+    num_gpus: float = Field(0, ge=0)  # Ray GPUs held by each replica actor (vllm_ray)
+    num_cpus: float = Field(0, ge=0)  # Ray CPUs held by each replica actor (vllm_ray)
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per replica
     startup_timeout_s: float = Field(900.0, gt=0)
-    keep_running: bool = False  # leave replicas up after the sweep
+    keep_running: bool = False  # leave replicas up after the sweep (detached Ray actors, reused by name)
     env: dict[str, str] = Field(default_factory=dict)
+    # vllm_ray: flags of the default `vllm serve` command
+    model_path: str | None = None  # weights to load (HF id or path); None = `model`. llamacpp: the GGUF (None = Gemma 3 270M)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    extra_args: list[str] = Field(default_factory=list)  # appended to the command
+    host: str = "0.0.0.0"  # where a replica server binds (vllm_ray); llamacpp binds 127.0.0.1
+    health_interval_s: float = Field(5.0, gt=0)  # replica supervision period (vllm_ray)
+    max_restarts: int = Field(5, ge=0)  # per replica slot, over the whole sweep
+    # llamacpp: context size and threads of the default llama.cpp command
+    n_ctx: int = Field(2048, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+
+
+class RouterOptions(_Strict):
+    """The sweep's router in front of several replicas (gepa_lab.lm.router)."""
+
+    enabled: Literal["auto", "always", "never"] = "auto"  # auto: when there is more than one replica
+    host: str | None = None  # bind address; None: 127.0.0.1 on one node, 0.0.0.0 on a multi-node Ray cluster
+    port: int | None = Field(None, ge=1, le=65535)  # None: a free port
+    affinity: bool = True  # same system message (candidate instruction) -> same replica (prefix cache)
+    affinity_slack: int = Field(4, ge=0)  # leave the preferred replica when it has this many more in flight than the least busy
+    health_interval_s: float = Field(2.0, gt=0)
+    queue_timeout_s: float = Field(600.0, gt=0)  # a request waiting this long for a free slot gets 503 + Retry-After
+    request_timeout_s: float = Field(900.0, gt=0)  # upstream timeout per attempt
+    max_attempts: int = Field(3, ge=1)  # replicas tried per request (failover)
 
 
 class LMConfig(_Strict):
@@ -43,16 +77,20 @@ class LMConfig(_Strict):
     model: str = Field(min_length=1)  # served model name; dspy talks to "openai/<model>"
     api_base: str | list[str] | None = None  # external endpoint(s) "http://host:port/v1"; None = start one
     api_key_env: str | None = None  # name of the env var holding the key; the key itself never sits in config
-    max_in_flight: int = Field(8, ge=1)  # requests one endpoint takes at once (its capacity)
+    max_in_flight: int = Field(8, ge=1)  # requests one endpoint (replica) takes at once (its capacity)
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    num_retries: int = Field(3, ge=0)
+    timeout_s: float = Field(60.0, gt=0)  # per attempt
+    num_retries: int = Field(3, ge=0)  # re-sends after a timeout, connection error, 429, 5xx
+    retry_backoff_s: float = Field(0.5, ge=0)  # first backoff (doubles, jittered) when no Retry-After is given
+    retry_max_wait_s: float = Field(60.0, ge=0)  # cap on any wait between attempts, Retry-After included
     price_per_1k_prompt_tokens: float = Field(0.0, ge=0)
     price_per_1k_completion_tokens: float = Field(0.0, ge=0)
-    extra_body: dict = Field(default_factory=dict)  # sent with every request (e.g. a JSON schema for llama.cpp)
+    extra_body: dict = Field(default_factory=dict)  # merged into every request body (e.g. a grammar for llama.cpp)
+    response_schema: bool = False  # the server constrains output to a JSON schema: dspy's JSONAdapter sends the signature's
     sim: SimOptions = Field(default_factory=SimOptions)
     server: ServerOptions = Field(default_factory=ServerOptions)
+    router: RouterOptions = Field(default_factory=RouterOptions)
 
     @model_validator(mode="after")
     def _endpoint_given_when_external(self):
@@ -65,3 +103,32 @@ class LMConfig(_Strict):
         if self.api_base is None:
             return []
         return [self.api_base] if isinstance(self.api_base, str) else list(self.api_base)
+
+    def server_key(self) -> str:
+        """What identifies the server(s) behind this config: configs equal here share one endpoint.
+
+        Client-side settings (temperature, max_tokens, timeouts, retries, prices, extra_body) are left out, so a
+        sweep over temperature talks to one replica set."""
+        return self.model_dump_json(include={"kind", "model", "api_base", "api_key_env", "max_in_flight", "sim", "server", "router"})
+
+
+class LMCacheConfig(_Strict):
+    """The rollout cache a run or a sweep shares (gepa_lab.lm.cache): identical LM requests are answered once.
+
+    mode: auto = redis when redis_url is set (or start_redis), else disk; disk = a diskcache folder (one machine,
+    many processes); redis = a Redis server (a cluster); memory = per process only; off = no caching at all."""
+
+    mode: Literal["auto", "disk", "redis", "memory", "off"] = "auto"
+    dir: str | None = None  # disk mode: the folder; None = <output_dir>/lm_cache
+    redis_url: str | None = None  # redis mode: redis://host:port/db; None + start_redis = the sweep starts one
+    start_redis: bool = False  # start a redis-server next to the sweep driver (scripts/ensure_redis.sh installs it)
+    namespace: str | None = None  # key prefix in Redis; None = the sweep's output folder name
+    memory: bool = True  # keep a per-process in-memory layer in front of the shared one
+    size_limit_gb: float = Field(30.0, gt=0)  # disk mode
+    ttl_s: float | None = Field(None, gt=0)  # redis mode: expire entries
+
+    def resolved_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "redis" if (self.redis_url or self.start_redis) else "disk"
+

@@ -1,11 +1,40 @@
-"""An LM config + a live endpoint URL -> a dspy.LM (task or reflection role)."""
+"""An LM config + a live endpoint URL -> a dspy.LM (task or reflection role).
+
+The dspy.LM runs on gepa_lab's own engine (`OpenAIEngine`, a dspy custom engine: `complete(Request) ->
+Response`): one OpenAI-compatible endpoint (a server, or the sweep's router) over HTTP with
+
+- a timeout per attempt, and retries with exponential backoff (jittered) that honour `Retry-After`
+  (429/503), for timeouts, connection errors, 429, 408 and 5xx; never for other 4xx;
+- errors that name the endpoint URL and the model, and say how many attempts were made;
+- one report per LM call to gepa_lab.lm.accounting (attempts, failed attempts, billed tokens).
+
+dspy keeps what it owns: its cache (the sweep's rollout cache plugs in there, gepa_lab.lm.cache),
+callbacks, history. dspy's own retry loop is switched off (num_retries=0) so that retries happen
+once, here, where they can be counted.
+
+The API key is read from the environment variable named by `api_key_env` at every call; it is never
+stored on the engine, the LM or in anything pickled or saved.
+"""
 from __future__ import annotations
 
+import json
 import os
+import random
+import threading
+import time
+from typing import Any
 
 import dspy
+import httpx
+from dspy import lm15
+from dspy.clients._http import retry_after_seconds
+from dspy.clients.lm15_boundary import request_kwargs, response_value
 
+from gepa_lab.lm import accounting
 from gepa_lab.lm.config import LMConfig
+
+_EXTRA_KEY = "gepa_lab"  # metadata key that carries extra_body (so it is part of dspy's cache key)
+_RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def api_key(cfg: LMConfig) -> str:
@@ -18,14 +47,345 @@ def api_key(cfg: LMConfig) -> str:
     return "EMPTY"
 
 
-def build_lm(cfg: LMConfig, api_base: str) -> dspy.LM:
+def _error_text(resp: httpx.Response, limit: int = 300) -> str:
+    try:
+        data = resp.json()
+        err = data.get("error", data) if isinstance(data, dict) else data
+        msg = err.get("message") if isinstance(err, dict) else None
+        text = str(msg if msg is not None else err)
+    except ValueError:
+        text = resp.text
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+class OpenAIEngine:
+    """A dspy custom engine for one OpenAI-compatible endpoint (chat completions), sync.
+
+    Capability hints (read by dspy's adapters): with `response_schema=True` dspy's JSONAdapter sends the
+    signature's JSON schema as `response_format`, which llama.cpp and vLLM enforce while decoding."""
+
+    supports_function_calling = False
+    supports_reasoning = False
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_base: str,
+        api_key_env: str | None = None,
+        timeout_s: float = 60.0,
+        num_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 60.0,
+        response_schema: bool = False,
+        role: str | None = None,
+    ):
+        self.model = model
+        self.api_base = api_base.rstrip("/")
+        self.api_key_env = api_key_env
+        self.timeout_s = float(timeout_s)
+        self.num_retries = int(num_retries)
+        self.backoff_s = float(backoff_s)
+        self.max_wait_s = float(max_wait_s)
+        self.response_schema = bool(response_schema)
+        self.role = role
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self.stats = {"calls": 0, "attempts": 0, "errors": 0, "failed_calls": 0, "waited_s": 0.0}
+
+    # capability hints for dspy (dspy.clients.capabilities) ------------------------------------------
+    @property
+    def supports_response_schema(self) -> bool:
+        return self.response_schema
+
+    @property
+    def supported_params(self) -> set[str]:
+        return {"response_format"} if self.response_schema else set()
+
+    @property
+    def url(self) -> str:
+        return f"{self.api_base}/chat/completions"
+
+    # pickling / saving: no client, no lock, no key ------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return self.dump_state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in ("model", "api_base", "api_key_env", "timeout_s", "num_retries", "backoff_s", "max_wait_s", "response_schema", "role")
+        }
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> "OpenAIEngine":
+        return cls(**state)
+
+    # request shaping -------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise lm15.AuthError(
+                    f"LM endpoint {self.api_base} (model {self.model}): environment variable {self.api_key_env} is not set"
+                )
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def body(self, request: lm15.Request) -> dict[str, Any]:
+        """The JSON body sent for a canonical dspy request (public for tests and the benchmark)."""
+        kwargs = request_kwargs(request, "chat")
+        extra: dict[str, Any] = {}
+        meta = kwargs.pop("metadata", None)
+        if isinstance(meta, dict):
+            meta = dict(meta)
+            extra = dict((meta.pop(_EXTRA_KEY, None) or {}).get("extra_body") or {})
+            if meta:
+                kwargs["metadata"] = meta
+        # max_tokens is what every OpenAI-compatible server understands (llama.cpp ignores max_completion_tokens)
+        if "max_completion_tokens" in kwargs:
+            kwargs["max_tokens"] = kwargs.pop("max_completion_tokens")
+        return {"model": self.model, **kwargs, **extra}
+
+    def _wait_s(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_wait_s)
+        return min(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0), self.max_wait_s)
+
+    def _where(self) -> str:
+        return f"LM endpoint {self.api_base} (model {self.model})"
+
+    def _classify(self, resp: httpx.Response) -> lm15.LM15Error:
+        status = resp.status_code
+        text = _error_text(resp)
+        retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+        msg = f"{self._where()}: HTTP {status}: {text}"
+        kw = {"status": status, "retry_after": retry_after, "provider": "openai-compatible"}
+        if status == 429:
+            return lm15.RateLimitError(msg, **kw)
+        if status in (401, 403):
+            return lm15.AuthError(msg, **kw)
+        if status in (408, 504):
+            return lm15.TimeoutError(msg, **kw)
+        if status >= 500 or status in _RETRY_STATUSES:
+            return lm15.ServerError(msg, **kw)
+        if status == 400 and "context" in text.lower() and ("length" in text.lower() or "window" in text.lower()):
+            return lm15.ContextLengthError(msg, **kw)
+        if status == 404:
+            return lm15.UnsupportedModelError(msg, **kw)
+        return lm15.InvalidRequestError(msg, **kw)
+
+    def _parse(self, resp: httpx.Response, request: lm15.Request) -> tuple[lm15.Response, dict[str, Any]]:
+        try:
+            raw = resp.json()
+            if not isinstance(raw, dict) or not raw.get("choices"):
+                raise ValueError("no choices in the reply")
+            return response_value(raw, "chat", request), raw
+        except (ValueError, TypeError, KeyError, lm15.LM15Error) as e:
+            raise lm15.ServerError(f"{self._where()}: unreadable reply ({type(e).__name__}: {e}): {resp.text[:200]!r}") from None
+
+    def _gave_up(self, err: lm15.LM15Error, attempts: int) -> lm15.LM15Error:
+        err.message = f"{err.message} [gave up after {attempts} attempt{'s' if attempts != 1 else ''}]"
+        err.args = (err.message,)
+        return err
+
+    def _record(self, attempts: int, errors: int, raw: dict[str, Any] | None, waited: float, failed: bool) -> None:
+        usage = (raw or {}).get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        with self._lock:
+            self.stats["calls"] += 1
+            self.stats["attempts"] += attempts
+            self.stats["errors"] += errors
+            self.stats["failed_calls"] += int(failed)
+            self.stats["waited_s"] += waited
+        accounting.report_attempts(
+            attempts=attempts, errors=errors, prompt_tokens=prompt, completion_tokens=completion, endpoint=self.api_base
+        )
+
+    # the engine contract ------------------------------------------------------------------------------
+    def _client_sync(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+                    limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+                )
+            return self._client
+
+    def complete(self, request: lm15.Request) -> lm15.Response:
+        payload = json.dumps(self.body(request)).encode()
+        headers = self._headers()
+        client = self._client_sync()
+        attempts = errors = 0
+        waited = 0.0
+        raw = None
+        failed = True
+        try:
+            for attempt in range(self.num_retries + 1):
+                attempts += 1
+                err: lm15.LM15Error
+                try:
+                    resp = client.post(self.url, content=payload, headers=headers)
+                except httpx.TimeoutException:
+                    err = lm15.TimeoutError(f"{self._where()}: no answer within {self.timeout_s:g}s (timeout_s)")
+                except httpx.TransportError as e:
+                    err = lm15.TransportError(f"{self._where()}: cannot reach it: {type(e).__name__}: {e}")
+                else:
+                    if resp.status_code == 200:
+                        try:
+                            response, raw = self._parse(resp, request)
+                            failed = False
+                            return response
+                        except lm15.ServerError as e:
+                            err = e
+                    else:
+                        err = self._classify(resp)
+                        if resp.status_code not in _RETRY_STATUSES:
+                            errors += 1
+                            raise self._gave_up(err, attempts)
+                errors += 1
+                if attempt >= self.num_retries:
+                    raise self._gave_up(err, attempts)
+                pause = self._wait_s(attempt, err.retry_after)
+                waited += pause
+                time.sleep(pause)
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._record(attempts, errors, raw, waited, failed)
+
+    async def acomplete(self, request: lm15.Request) -> lm15.Response:
+        import asyncio
+
+        payload = json.dumps(self.body(request)).encode()
+        headers = self._headers()
+        attempts = errors = 0
+        waited = 0.0
+        raw = None
+        failed = True
+        timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                for attempt in range(self.num_retries + 1):
+                    attempts += 1
+                    try:
+                        resp = await client.post(self.url, content=payload, headers=headers)
+                    except httpx.TimeoutException:
+                        err = lm15.TimeoutError(f"{self._where()}: no answer within {self.timeout_s:g}s (timeout_s)")
+                    except httpx.TransportError as e:
+                        err = lm15.TransportError(f"{self._where()}: cannot reach it: {type(e).__name__}: {e}")
+                    else:
+                        if resp.status_code == 200:
+                            try:
+                                response, raw = self._parse(resp, request)
+                                failed = False
+                                return response
+                            except lm15.ServerError as e:
+                                err = e
+                        else:
+                            err = self._classify(resp)
+                            if resp.status_code not in _RETRY_STATUSES:
+                                errors += 1
+                                raise self._gave_up(err, attempts)
+                    errors += 1
+                    if attempt >= self.num_retries:
+                        raise self._gave_up(err, attempts)
+                    pause = self._wait_s(attempt, err.retry_after)
+                    waited += pause
+                    await asyncio.sleep(pause)
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._record(attempts, errors, raw, waited, failed)
+
+    def stream(self, request: lm15.Request):
+        # gepa_lab never streams; answer in one piece as a stream of events
+        return lm15.response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(model={self.model!r}, api_base={self.api_base!r}, role={self.role!r})"
+
+
+class AsyncOpenAIEngine:
+    """The async counterpart dspy wants beside a custom engine (for `lm.acall`): same endpoint, same policy."""
+
+    supports_function_calling = False
+    supports_reasoning = False
+
+    def __init__(self, sync: OpenAIEngine):
+        self.sync = sync
+
+    @property
+    def supports_response_schema(self) -> bool:
+        return self.sync.supports_response_schema
+
+    @property
+    def supported_params(self) -> set[str]:
+        return self.sync.supported_params
+
+    async def complete(self, request: lm15.Request) -> lm15.Response:
+        return await self.sync.acomplete(request)
+
+    async def stream(self, request: lm15.Request):
+        response = await self.sync.acomplete(request)
+        for event in lm15.response_to_events(response):
+            yield event
+
+    async def aclose(self) -> None:
+        pass
+
+    def dump_state(self) -> dict[str, Any]:
+        return self.sync.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> "AsyncOpenAIEngine":
+        return cls(OpenAIEngine.load_state(state))
+
+
+def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int | None = None) -> dspy.LM:
+    """A dspy.LM for `cfg` talking to `api_base` (a server, or the sweep's router).
+
+    seed: the trial's sampling seed. With temperature > 0 it becomes dspy's rollout_id (so the rollout cache
+    keeps trials with different seeds apart) and the request's `seed` (so a server that honours it, like vLLM,
+    samples reproducibly and cached answers equal fresh ones). Ignored at temperature 0."""
+    api_key(cfg)  # fail now, naming the variable, if the key is missing
+    engine = OpenAIEngine(
+        model=cfg.model,
+        api_base=api_base,
+        api_key_env=cfg.api_key_env,
+        timeout_s=cfg.timeout_s,
+        num_retries=cfg.num_retries,
+        backoff_s=cfg.retry_backoff_s,
+        max_wait_s=cfg.retry_max_wait_s,
+        response_schema=cfg.response_schema,
+        role=role,
+    )
+    kwargs: dict[str, Any] = {}
+    if cfg.extra_body:
+        kwargs["metadata"] = {_EXTRA_KEY: {"extra_body": cfg.extra_body}}
+    if seed is not None and cfg.temperature > 0:
+        kwargs["rollout_id"] = int(seed)
+        kwargs["seed"] = int(seed)
     return dspy.LM(
         f"openai/{cfg.model}",
-        api_base=api_base,
-        api_key=api_key(cfg),
+        engine=engine,
+        async_engine=AsyncOpenAIEngine(engine),
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
-        timeout=cfg.timeout_s,
-        num_retries=cfg.num_retries,
-        **({"extra_body": cfg.extra_body} if cfg.extra_body else {}),
+        num_retries=0,  # the engine retries (and counts)
+        cache=True,
+        **kwargs,
     )

@@ -1,59 +1,230 @@
-"""Bring up what an LM config needs (start a simulator, check an external endpoint) for a run."""
+"""Bring up what an LM config needs for a run or a sweep, check it answers, and tear it down after.
+
+    with serve_all({"task": cfg.lm, "reflection": cfg.reflection_lm}, workdir=out) as endpoints:
+        lm = build_lm(cfg.lm, endpoints["task"].api_base, role="task", seed=...)
+
+What `serve` starts, by kind (an explicit `api_base` always means: external, start nothing):
+  sim                one simulator, or `server.replicas` of them behind the router
+  openai_compatible  nothing: checks every api_base answers
+  vllm               nothing: checks every replica (api_base list) answers; the router in front of them
+  vllm_ray           `server.replicas` replica actors on the Ray cluster (gepa_lab.lm.replicas), supervised,
+                     behind the router (always: a restarted replica has a new URL)
+  llamacpp           llama.cpp's OpenAI-compatible server on this machine (gepa_lab.lm.llamacpp)
+The router (gepa_lab.lm.router) runs when there is more than one replica (router.enabled: auto), always
+(router.enabled: always: e.g. to cap a single server's in-flight requests across trials), or never.
+An endpoint that does not answer is reported here, naming it, before anything else starts.
+"""
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import httpx
 
 from gepa_lab.lm.config import LMConfig
 
+log = logging.getLogger("gepa_lab.lm.serving")
+
 
 @dataclass(frozen=True)
 class Endpoint:
     cfg: LMConfig
-    api_base: str  # what dspy.LM talks to: http://host:port/v1
+    api_base: str  # what dspy.LM talks to: http://host:port/v1 (the router when routed)
+    replicas: tuple[str, ...] = ()  # the servers behind it
+    routed: bool = False
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The router's /router/stats when routed; else the server's /stats (the simulator has one)."""
+        base = self.api_base.rstrip("/").removesuffix("/v1")
+        url = f"{base}/router/stats" if self.routed else f"{base}/stats"
+        return httpx.get(url, timeout=timeout).raise_for_status().json()
 
 
 class EndpointError(RuntimeError):
     pass
 
 
-def check_endpoint(api_base: str, timeout_s: float = 10.0) -> None:
+_REPLICA_SETS: dict[str, Any] = {}  # api_base -> the ReplicaSet behind it (vllm_ray), in the process that serves
+
+
+def replica_set(endpoint: Endpoint):
+    """The supervised ReplicaSet behind a vllm_ray endpoint (in the serving process), else None."""
+    return _REPLICA_SETS.get(endpoint.api_base)
+
+
+def _key(cfg: LMConfig) -> str | None:
+    return os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+
+
+def check_endpoint(api_base: str, timeout_s: float = 10.0, api_key: str | None = None, model: str | None = None) -> None:
+    """GET <api_base>/models must answer 200; raises EndpointError naming the URL otherwise."""
     url = api_base.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        httpx.get(url, timeout=timeout_s).raise_for_status()
+        r = httpx.get(url, timeout=timeout_s, headers=headers)
     except httpx.HTTPError as e:
-        raise EndpointError(f"LM endpoint {url} does not answer: {e}") from None
+        raise EndpointError(f"LM endpoint {api_base} does not answer (GET {url}): {type(e).__name__}: {e}") from None
+    if r.status_code in (401, 403):
+        raise EndpointError(f"LM endpoint {api_base} refuses the API key (GET {url}: HTTP {r.status_code}); check api_key_env")
+    if r.status_code != 200:
+        raise EndpointError(f"LM endpoint {api_base} answers GET {url} with HTTP {r.status_code}: {r.text[:200]}")
+    if model is not None:
+        try:
+            served = [m.get("id") for m in r.json().get("data", [])]
+        except (ValueError, AttributeError):
+            served = []
+        if served and model not in served:
+            log.warning("LM endpoint %s serves %s, not %r: requests for %r may fail", api_base, served, model, model)
 
 
-@contextlib.contextmanager
-def serve(cfg: LMConfig) -> Iterator[Endpoint]:
-    if cfg.api_bases:
-        for base in cfg.api_bases:
-            check_endpoint(base)
-        yield Endpoint(cfg, cfg.api_bases[0])
-    elif cfg.kind == "sim":
-        from gepa_lab.lm.sim.launch import start_simulator
-
-        with start_simulator(
-            model=cfg.model, max_in_flight=cfg.max_in_flight, api_key_env=cfg.api_key_env, **cfg.sim.model_dump()
-        ) as sim:
-            yield Endpoint(cfg, sim.url)
+def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
+    """(bind host, advertised host) for the router."""
+    if cfg.router.host:
+        host = cfg.router.host
     else:
-        raise EndpointError(f"lm kind '{cfg.kind}' cannot be started yet")
+        host = "0.0.0.0" if _ray_multi_node() else "127.0.0.1"
+    advertise = None
+    if host in ("0.0.0.0", ""):
+        try:
+            import ray
+
+            advertise = ray.util.get_node_ip_address() if ray.is_initialized() else None
+        except Exception:  # noqa: BLE001
+            advertise = None
+    return host, advertise
+
+
+def _ray_multi_node() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _start_router(cfg: LMConfig, replicas: list[str], workdir: Path, name: str):
+    from gepa_lab.lm.router import RouterProcess
+
+    host, advertise = _router_host(cfg)
+    r = cfg.router
+    return RouterProcess(
+        replicas, max_in_flight=cfg.max_in_flight, host=host, port=r.port or 0, advertise_host=advertise,
+        affinity=r.affinity, affinity_slack=r.affinity_slack, health_interval_s=r.health_interval_s,
+        queue_timeout_s=r.queue_timeout_s, request_timeout_s=r.request_timeout_s, max_attempts=r.max_attempts,
+        log_path=workdir / f"{name}-router.log",
+    )
+
+
+def _use_router(cfg: LMConfig, n_replicas: int) -> bool:
+    if cfg.kind == "vllm_ray" and not cfg.api_bases:
+        return cfg.router.enabled != "never" or n_replicas > 1
+    return cfg.router.enabled == "always" or (cfg.router.enabled == "auto" and n_replicas > 1)
 
 
 @contextlib.contextmanager
-def serve_all(configs: dict[str, LMConfig]) -> Iterator[dict[str, Endpoint]]:
-    """Serve each role's LM; roles with identical configs share one endpoint."""
+def _ray_ready() -> Iterator[None]:
+    """vllm_ray needs Ray: use the caller's (the sweep's), or start a local one for this run only."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or None, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str | None = None) -> Iterator[Endpoint]:
+    """Start (or check) what `cfg` needs; yield its Endpoint; stop what was started."""
+    name = name or cfg.model.replace("/", "_")
     with contextlib.ExitStack() as stack:
-        by_config: dict[str, Endpoint] = {}
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gepa_lab_lm_"))
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        replica_set = None
+        if cfg.api_bases:
+            dead = []
+            for base in cfg.api_bases:
+                try:
+                    check_endpoint(base, api_key=_key(cfg), model=cfg.model)
+                except EndpointError as e:
+                    dead.append(str(e))
+            if dead:
+                raise EndpointError(f"lm '{cfg.model}' ({cfg.kind}): " + "; ".join(dead))
+            replicas = list(cfg.api_bases)
+        elif cfg.kind == "sim":
+            from gepa_lab.lm.sim.launch import start_simulator
+
+            replicas = []
+            for i in range(cfg.server.replicas):
+                sim = stack.enter_context(start_simulator(
+                    model=cfg.model, max_in_flight=cfg.max_in_flight, api_key=_key(cfg),
+                    log_path=workdir / f"{name}-sim{i}.log", **cfg.sim.model_dump(),
+                ))
+                replicas.append(sim.url)
+        elif cfg.kind == "llamacpp":
+            from gepa_lab.lm.llamacpp import start_llamacpp
+
+            proc = start_llamacpp(cfg, log_dir=workdir, name=name)
+            stack.callback(proc.stop)
+            replicas = [proc.url]
+        elif cfg.kind == "vllm_ray":
+            from gepa_lab.lm.replicas import ReplicaError, ReplicaSet
+
+            stack.enter_context(_ray_ready())
+            holder: dict[str, Any] = {}
+            replica_set = ReplicaSet(cfg, workdir=workdir, label=name,
+                                     on_change=lambda urls: holder["router"].set_replicas(urls) if "router" in holder else None)
+            try:
+                replicas = replica_set.start()
+            except ReplicaError as e:
+                raise EndpointError(str(e)) from None
+            stack.callback(replica_set.stop)
+        else:
+            raise EndpointError(f"lm kind '{cfg.kind}' needs api_base")
+
+        if _use_router(cfg, len(replicas)):
+            router = _start_router(cfg, replicas, workdir, name)
+            stack.callback(router.stop)
+            if replica_set is not None:
+                holder["router"] = router
+                router.set_replicas(replica_set.urls)  # in case one was restarted meanwhile
+            check_endpoint(router.url, api_key=_key(cfg))
+            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True)
+        else:
+            endpoint = Endpoint(cfg, replicas[0], tuple(replicas), routed=False)
+        if replica_set is not None:
+            _REPLICA_SETS[endpoint.api_base] = replica_set
+            stack.callback(_REPLICA_SETS.pop, endpoint.api_base, None)
+        log.info("lm '%s' (%s) at %s", cfg.model, cfg.kind, endpoint.api_base)
+        yield endpoint
+
+
+@contextlib.contextmanager
+def serve_all(configs: dict[str, LMConfig], *, workdir: str | os.PathLike | None = None) -> Iterator[dict[str, Endpoint]]:
+    """Serve each entry's LM; entries whose configs name the same server(s) (LMConfig.server_key: equal but
+    for client-side settings like temperature) share one endpoint. Keys are kept as given (roles, or config
+    JSON in a sweep). Everything is up and answering when this yields; all of it stops on exit."""
+    with contextlib.ExitStack() as stack:
+        by_server: dict[str, Endpoint] = {}
         endpoints = {}
-        for role, cfg in configs.items():
-            key = cfg.model_dump_json()
-            if key not in by_config:
-                by_config[key] = stack.enter_context(serve(cfg))
-            endpoints[role] = by_config[key]
+        for key, cfg in configs.items():
+            skey = cfg.server_key()
+            if skey not in by_server:
+                sub = Path(workdir) / f"lm{len(by_server)}" if workdir is not None else None
+                by_server[skey] = stack.enter_context(serve(cfg, workdir=sub))
+            ep = by_server[skey]
+            endpoints[key] = ep if ep.cfg == cfg else Endpoint(cfg, ep.api_base, ep.replicas, ep.routed)
         yield endpoints

@@ -1,0 +1,415 @@
+"""The rollout cache a run or a sweep shares: identical LM requests are answered once.
+
+It is dspy's own cache (`dspy.cache`, a `dspy.clients.cache.Cache`) with the on-disk tier swapped for a
+store every trial of the sweep sees:
+
+- disk:  a diskcache folder inside the sweep's output_dir (trials are separate Ray worker processes on
+         one machine; diskcache is multi-process safe) — dspy's own backend, just pointed there;
+- redis: a Redis server (a cluster: every node reaches it). `cache_service` starts one next to the
+         driver when asked (`start_redis`), or use your own (`redis_url`);
+- memory / off: per process only / nothing.
+
+dspy's cache key is the request: model name, messages and every sampling parameter (temperature,
+max_tokens, response_format, extra_body, and the `rollout_id` that build_lm sets from the trial's seed at
+temperature > 0). It ignores api_key/api_base: all replicas of an endpoint serve the same model, so their
+answers are interchangeable; two *different* servers with the same model name in one sweep would share
+entries too (give them different model names).
+
+Driver:   with cache_service(LMCacheConfig(...), sweep_dir) as cache_kwargs: ...  ctx.cache = cache_kwargs
+Trial:    use_cache(trial_dir, **ctx.cache)      (installs dspy.cache in this process; idempotent)
+Report:   cache_stats()  -> this process's hits/misses;  shared_cache_stats(**ctx.cache) -> the whole sweep's
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import dspy
+from dspy.clients.cache import Cache
+
+from gepa_lab.lm.config import LMCacheConfig
+
+_STAT_PREFIX = "__gepa_lab_stats__:"
+_FLUSH_EVERY_S = 1.0
+
+
+class RedisStore:
+    """The minimal dict-like face dspy's Cache uses for its disk tier (get/set/delete/in), on Redis."""
+
+    def __init__(self, url: str, namespace: str, ttl_s: float | None = None):
+        self.url = url
+        self.namespace = namespace
+        self.ttl_s = ttl_s
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        return self._client
+
+    def __getstate__(self):
+        return {"url": self.url, "namespace": self.namespace, "ttl_s": self.ttl_s, "_client": None}
+
+    def _k(self, key: str) -> str:
+        return f"{self.namespace}:{key}"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self.client.get(self._k(key))
+        return default if raw is None else pickle.loads(raw)
+
+    def set(self, key: str, value: Any) -> bool:
+        px = int(self.ttl_s * 1000) if self.ttl_s else None
+        return bool(self.client.set(self._k(key), pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), px=px))
+
+    def delete(self, key: str) -> bool:
+        return bool(self.client.delete(self._k(key)))
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self.client.exists(self._k(key)))
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        return int(self.client.incrby(self._k(key), delta))
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _disk_store(directory: str, size_limit_bytes: int):
+    from diskcache import FanoutCache
+
+    return FanoutCache(directory=directory, shards=16, timeout=10, size_limit=size_limit_bytes)
+
+
+class RolloutCache(Cache):
+    """dspy's Cache with a shared store as its second tier, counting hits per tier (this process) and
+    adding them to counters kept in the shared store (the whole sweep)."""
+
+    def __init__(self, store: Any | None, *, memory: bool = True, description: str = "", memory_max_entries: int = 1_000_000):
+        super().__init__(
+            enable_disk_cache=False,
+            enable_memory_cache=memory,
+            disk_cache_dir=None,
+            memory_max_entries=memory_max_entries,
+        )
+        if store is not None:
+            self.disk_cache = store
+            self.enable_disk_cache = True
+        self.description = description
+        self._counts = {"lookups": 0, "memory_hits": 0, "shared_hits": 0, "misses": 0, "puts": 0}
+        self._pending = {"hits": 0, "shared_hits": 0, "puts": 0}
+        self._count_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    # counting ---------------------------------------------------------------------------------------
+    def _count(self, name: str, pending: tuple[str, ...] = ()) -> None:
+        with self._count_lock:
+            self._counts[name] += 1
+            for p in pending:
+                self._pending[p] += 1
+            due = self.enable_disk_cache and time.monotonic() - self._last_flush >= _FLUSH_EVERY_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add this process's not yet reported hits/puts to the shared counters."""
+        if not self.enable_disk_cache or not hasattr(self.disk_cache, "incr"):
+            return
+        with self._count_lock:
+            pending, self._pending = self._pending, {k: 0 for k in self._pending}
+            self._last_flush = time.monotonic()
+        try:
+            for name, n in pending.items():
+                if n:
+                    self.disk_cache.incr(_STAT_PREFIX + name, n)
+        except Exception:  # counters are advisory: never fail an LM call over them
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        with self._count_lock:
+            counts = dict(self._counts)
+        hits = counts["memory_hits"] + counts["shared_hits"]
+        return {**counts, "hits": hits, "requests_saved": hits, "backend": self.description}
+
+    # dspy's Cache interface -------------------------------------------------------------------------
+    def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
+        if not self.enable_memory_cache and not self.enable_disk_cache:
+            return None
+        try:
+            key = self.cache_key(request, ignored_args_for_cache_key)
+        except Exception:
+            return None
+        with self._count_lock:
+            self._counts["lookups"] += 1
+        if self.enable_memory_cache:
+            with self._lock:
+                response = self.memory_cache.get(key)
+            if response is not None:
+                self._count("memory_hits", ("hits",))
+                return self._prepare_cached_response(response)
+        if self.enable_disk_cache:
+            try:
+                response = self.disk_cache.get(key)
+            except Exception:
+                response = None
+            if response is not None:
+                if self.enable_memory_cache:
+                    with self._lock:
+                        self.memory_cache[key] = response
+                self._count("shared_hits", ("hits", "shared_hits"))
+                return self._prepare_cached_response(response)
+        self._count("misses")
+        return None
+
+    def put(self, request, value, ignored_args_for_cache_key=None, enable_memory_cache: bool = True) -> None:
+        super().put(request, value, ignored_args_for_cache_key, enable_memory_cache)
+        if self.enable_memory_cache or self.enable_disk_cache:
+            self._count("puts", ("puts",))
+
+
+# one installed cache per process, reused when the same settings are asked for again
+_INSTALLED: tuple[str, RolloutCache] | None = None
+_INSTALL_LOCK = threading.Lock()
+
+
+def _settings(output_dir: str | os.PathLike | None, cfg: LMCacheConfig) -> dict[str, Any]:
+    mode = cfg.resolved_mode()
+    out: dict[str, Any] = {"mode": mode, "memory": cfg.memory}
+    if mode == "disk":
+        if cfg.dir is None and output_dir is None:
+            raise ValueError("the disk rollout cache needs a folder: set cache.dir or give an output_dir")
+        out["dir"] = str(Path(cfg.dir) if cfg.dir else Path(output_dir) / "lm_cache")
+        out["size_limit_gb"] = cfg.size_limit_gb
+    elif mode == "redis":
+        if not cfg.redis_url:
+            raise ValueError("the redis rollout cache needs redis_url (cache_service starts a server and fills it in)")
+        out["redis_url"] = cfg.redis_url
+        out["namespace"] = cfg.namespace or (Path(output_dir).name if output_dir else "gepa_lab")
+        out["ttl_s"] = cfg.ttl_s
+    return out
+
+
+def _build(settings: dict[str, Any]) -> RolloutCache:
+    mode = settings["mode"]
+    memory = settings["memory"]
+    if mode == "off":
+        return RolloutCache(None, memory=False, description="off")
+    if mode == "memory":
+        return RolloutCache(None, memory=True, description="memory")
+    if mode == "disk":
+        Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
+        store = _disk_store(settings["dir"], int(settings["size_limit_gb"] * 1e9))
+        return RolloutCache(store, memory=memory, description=f"disk:{settings['dir']}")
+    if mode == "redis":
+        store = RedisStore(settings["redis_url"], settings["namespace"], settings.get("ttl_s"))
+        try:
+            store.ping()
+        except Exception as e:
+            raise ConnectionError(f"rollout cache: Redis at {settings['redis_url']} does not answer: {e}") from None
+        return RolloutCache(store, memory=memory, description=f"redis:{settings['redis_url']}/{settings['namespace']}")
+    raise ValueError(f"unknown cache mode {mode!r}")
+
+
+def use_cache(output_dir: str | os.PathLike | None = None, **options: Any) -> RolloutCache:
+    """Install the rollout cache as `dspy.cache` in this process and return it.
+
+    options are LMCacheConfig fields (mode, dir, redis_url, namespace, memory, size_limit_gb, ttl_s); with none,
+    a disk cache in <output_dir>/lm_cache. Calling it again with the same settings keeps the installed cache
+    (and its in-memory layer)."""
+    global _INSTALLED
+    options = {k: v for k, v in options.items() if k in LMCacheConfig.model_fields}
+    settings = _settings(output_dir, LMCacheConfig(**options))
+    key = repr(sorted(settings.items()))
+    with _INSTALL_LOCK:
+        if _INSTALLED is not None and _INSTALLED[0] == key and dspy.cache is _INSTALLED[1]:
+            return _INSTALLED[1]
+        if _INSTALLED is not None:
+            _INSTALLED[1].flush()
+        cache = _build(settings)
+        with dspy._cache_lock:
+            dspy.cache = cache
+        _INSTALLED = (key, cache)
+        return cache
+
+
+def installed_cache() -> RolloutCache | None:
+    return _INSTALLED[1] if _INSTALLED is not None else None
+
+
+def cache_stats() -> dict[str, Any]:
+    """This process's rollout-cache counters (flushing them to the shared counters)."""
+    cache = installed_cache()
+    if cache is None:
+        return {}
+    cache.flush()
+    return cache.stats()
+
+
+def shared_cache_stats(output_dir: str | os.PathLike | None = None, **options: Any) -> dict[str, int]:
+    """The whole sweep's counters kept in the shared store: hits (requests saved), shared_hits, puts, entries."""
+    options = {k: v for k, v in options.items() if k in LMCacheConfig.model_fields}
+    settings = _settings(output_dir, LMCacheConfig(**options))
+    if settings["mode"] not in ("disk", "redis"):
+        return {}
+    current = installed_cache()
+    if current is not None:
+        current.flush()
+    if settings["mode"] == "disk":
+        store = _disk_store(settings["dir"], int(settings["size_limit_gb"] * 1e9))
+        get = lambda k: int(store.get(_STAT_PREFIX + k, 0) or 0)  # noqa: E731
+        entries = max(0, len(store) - sum(1 for k in ("hits", "shared_hits", "puts") if (_STAT_PREFIX + k) in store))
+    else:
+        store = RedisStore(settings["redis_url"], settings["namespace"])
+        get = lambda k: int(store.client.get(store._k(_STAT_PREFIX + k)) or 0)  # noqa: E731
+        entries = sum(1 for _ in store.client.scan_iter(match=f"{settings['namespace']}:*", count=1000)) - sum(
+            1 for k in ("hits", "shared_hits", "puts") if store.client.exists(store._k(_STAT_PREFIX + k))
+        )
+    try:
+        return {"hits": get("hits"), "requests_saved": get("hits"), "shared_hits": get("shared_hits"), "puts": get("puts"), "entries": entries}
+    finally:
+        store.close()
+
+
+@atexit.register
+def _flush_at_exit() -> None:  # pragma: no cover - process teardown
+    cache = installed_cache()
+    if cache is not None:
+        cache.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# A Redis server for the sweep (Debian's redis-server; scripts/ensure_redis.sh installs it)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """`redis-server` as a child process: no persistence (a cache), its own process group, stopped on exit.
+
+    with RedisServer() as r: r.url  -> "redis://127.0.0.1:PORT/0"
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", workdir: str | os.PathLike | None = None,
+                 max_memory: str | None = None, advertise_host: str | None = None):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed: run scripts/ensure_redis.sh (Debian package redis-server)")
+        self.host = host
+        self.port = port or _free_port("127.0.0.1" if host in ("127.0.0.1", "localhost") else "")
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_redis_")
+            workdir = self._tmp.name
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"redis-{self.port}.log"
+        cmd = [binary, "--port", str(self.port), "--bind", host, "--save", "", "--appendonly", "no",
+               "--dir", str(self.workdir), "--logfile", str(self.log_path), "--daemonize", "no"]
+        if host not in ("127.0.0.1", "localhost"):
+            cmd += ["--protected-mode", "no"]
+        if max_memory:
+            cmd += ["--maxmemory", max_memory, "--maxmemory-policy", "allkeys-lru"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.url = f"redis://{advertise_host or ('127.0.0.1' if host in ('0.0.0.0', 'localhost') else host)}:{self.port}/0"
+        self._wait()
+
+    def _wait(self, timeout: float = 20.0) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1" if self.host in ("0.0.0.0", "localhost") else self.host, port=self.port,
+                             socket_timeout=1, socket_connect_timeout=1)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if client.ping():
+                    client.close()
+                    return
+            except Exception:
+                time.sleep(0.05)
+        tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        self.stop()
+        raise RuntimeError(f"redis-server on {self.host}:{self.port} did not start. Log tail:\n{tail}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "RedisServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _multi_node() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def cache_service(cfg: LMCacheConfig | dict | None, output_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """For the sweep driver: start what the cache needs (a Redis server when `start_redis` and no
+    `redis_url`), check it answers, and yield the keyword arguments every trial passes to `use_cache`
+    (absolute folder / URL filled in). Stops the Redis server it started on exit."""
+    if cfg is None:
+        cfg = LMCacheConfig()
+    elif isinstance(cfg, dict):
+        cfg = LMCacheConfig(**cfg)
+    server = None
+    try:
+        if cfg.resolved_mode() == "redis" and not cfg.redis_url:
+            if _multi_node():
+                import ray
+
+                server = RedisServer(host="0.0.0.0", workdir=Path(output_dir) / "redis", advertise_host=ray.util.get_node_ip_address())
+            else:
+                server = RedisServer(workdir=Path(output_dir) / "redis")
+            cfg = cfg.model_copy(update={"redis_url": server.url})
+        settings = _settings(Path(output_dir).resolve(), cfg)
+        _build(settings)  # fail here, before any trial, if the store cannot be opened or reached
+        kwargs = {k: v for k, v in settings.items() if k in LMCacheConfig.model_fields}
+        yield kwargs
+    finally:
+        if server is not None:
+            server.stop()

@@ -1,0 +1,169 @@
+"""The LM edge: errors naming the endpoint, retries honouring Retry-After, timeouts, no retry on 4xx,
+what goes on the wire, keys never stored. Real simulator processes over real HTTP."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dspy
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
+from gepa_lab.lm.config import LMConfig  # noqa: E402
+from gepa_lab.lm.endpoint import build_lm  # noqa: E402
+from gepa_lab.lm.serving import EndpointError, check_endpoint, serve, serve_all  # noqa: E402
+from gepa_lab.lm.sim.launch import free_port, start_simulator  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def no_cache():
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    yield
+
+
+def _cfg(**kw) -> LMConfig:
+    return LMConfig(kind="sim", model="sim", **kw)
+
+
+def test_dead_url_error_names_the_endpoint():
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    lm = build_lm(_cfg(num_retries=2, retry_backoff_s=0.01, timeout_s=5), dead)
+    t = time.monotonic()
+    with pytest.raises(Exception) as err:
+        lm("hello")
+    msg = str(err.value)
+    assert dead in msg and "model sim" in msg and "gave up after 3 attempts" in msg, msg
+    assert time.monotonic() - t < 10
+    with pytest.raises(EndpointError, match=dead.replace(".", r"\.")):
+        check_endpoint(dead, timeout_s=2)
+    cfg = LMConfig(kind="openai_compatible", model="m", api_base=[dead])
+    with pytest.raises(EndpointError) as err:
+        with serve(cfg):
+            pass
+    assert dead in str(err.value)
+
+
+def test_retries_honour_retry_after():
+    # about half the requests get 429 + Retry-After: 0.4 s; the engine's own backoff would be ~10 ms
+    with start_simulator(rate_limit_rate=0.5, retry_after_s=0.4, seed=3) as sim:
+        lm = build_lm(_cfg(num_retries=10, retry_backoff_s=0.01), sim.url, role="task")
+        meter = UsageMeter({"task": lm})
+        with dspy.context(callbacks=[meter]):
+            outs = [lm(f"question number {i}") for i in range(8)]
+        assert all(o and o[0] for o in outs)
+        stats = sim.stats()
+        n429 = stats["errors"]["429"]
+        assert n429 >= 2, stats
+        engine = lm._engine_spec
+        # every 429 was followed by a wait of exactly Retry-After, not the 10 ms backoff
+        assert engine.stats["waited_s"] == pytest.approx(0.4 * n429, rel=0.01)
+        snap = meter.snapshot()["task"]
+        assert snap["retries"] == n429 and snap["errors"] == n429
+        assert snap["attempts"] == stats["requests_received"] == 8 + n429
+        assert snap["failed_requests"] == 0
+
+
+def test_timeouts_are_retried_and_counted():
+    with start_simulator(hang_rate=0.4, hang_s=30, seed=1) as sim:
+        lm = build_lm(_cfg(num_retries=8, timeout_s=0.6, retry_backoff_s=0.01), sim.url, role="task")
+        meter = UsageMeter({"task": lm})
+        with dspy.context(callbacks=[meter]):
+            outs = [lm(f"tell me {i}") for i in range(6)]
+        assert all(outs)
+        hangs = sim.stats()["errors"]["hang"]
+        assert hangs >= 1
+        snap = meter.snapshot()["task"]
+        assert snap["errors"] == hangs and snap["retries"] == hangs
+        assert snap["latency_max_s"] >= 0.6  # the call that hit a hang waited for its timeout
+
+
+def test_client_errors_are_not_retried_and_name_the_endpoint(monkeypatch):
+    monkeypatch.setenv("GEPA_LAB_TEST_KEY", "right-key")
+    with start_simulator(api_key="right-key") as sim:
+        monkeypatch.setenv("GEPA_LAB_TEST_KEY", "wrong-key")
+        lm = build_lm(_cfg(api_key_env="GEPA_LAB_TEST_KEY", num_retries=5), sim.url)
+        with pytest.raises(Exception) as err:
+            lm("hi")
+        assert sim.url in str(err.value) and "401" in str(err.value) and "after 1 attempt" in str(err.value)
+        assert sim.stats()["requests_received"] == 1
+        monkeypatch.setenv("GEPA_LAB_TEST_KEY", "right-key")
+        assert lm("hi")[0]
+        # serve() checks the key up front too
+        monkeypatch.setenv("GEPA_LAB_TEST_KEY", "wrong-key")
+        with pytest.raises(EndpointError, match="refuses the API key"):
+            with serve(LMConfig(kind="openai_compatible", model="sim", api_base=sim.url, api_key_env="GEPA_LAB_TEST_KEY")):
+                pass
+
+
+def test_missing_key_variable_is_named(monkeypatch):
+    monkeypatch.delenv("GEPA_LAB_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match="GEPA_LAB_NO_SUCH_KEY"):
+        build_lm(_cfg(api_key_env="GEPA_LAB_NO_SUCH_KEY"), "http://127.0.0.1:1/v1")
+
+
+class _Capture(BaseHTTPRequestHandler):
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append({"body": body, "auth": self.headers.get("Authorization")})
+        reply = {"id": "x", "object": "chat.completion", "model": body["model"],
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_wire_body_extra_body_seed_and_key(monkeypatch):
+    monkeypatch.setenv("GEPA_LAB_TEST_KEY", "sekret-123")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        cfg = LMConfig(kind="openai_compatible", model="m1", api_base=url, api_key_env="GEPA_LAB_TEST_KEY",
+                       temperature=0.7, max_tokens=77, extra_body={"grammar": "root ::= \"ok\"", "top_k": 5})
+        lm = build_lm(cfg, url, seed=42)
+        assert lm("hello") == ["ok"]
+        sent = _Capture.bodies[-1]
+        body = sent["body"]
+        assert body["model"] == "m1" and body["max_tokens"] == 77 and body["temperature"] == 0.7
+        assert body["grammar"] == 'root ::= "ok"' and body["top_k"] == 5 and body["seed"] == 42
+        assert "metadata" not in body and "rollout_id" not in body and "max_completion_tokens" not in body
+        assert sent["auth"] == "Bearer sekret-123"
+        # the key is read from the environment at call time and never stored with the LM
+        blob = pickle.dumps(lm)
+        assert b"sekret-123" not in blob
+        assert "sekret-123" not in json.dumps(lm.dump_state(), default=str)
+        again = pickle.loads(blob)
+        assert again("hello again") == ["ok"]
+    finally:
+        server.shutdown()
+
+
+def test_serve_all_shares_servers_between_client_side_variants():
+    a = _cfg(temperature=0.0)
+    b = _cfg(temperature=0.9, max_tokens=50)
+    c = _cfg(sim={"latency_ms": 1.0})
+    with serve_all({"task": a, "reflection": b, "other": c}) as eps:
+        assert eps["task"].api_base == eps["reflection"].api_base
+        assert eps["other"].api_base != eps["task"].api_base
+        assert eps["reflection"].cfg == b
+        for ep in eps.values():
+            check_endpoint(ep.api_base)
+    with pytest.raises(EndpointError):
+        check_endpoint(eps["task"].api_base, timeout_s=2)  # stopped on exit
