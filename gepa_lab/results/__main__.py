@@ -17,20 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from gepa_lab.cli import one_line_errors
-from gepa_lab.results.query import QUERIES, Result, leaderboard, newest_output_dir, open_results, sql
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="seconds")
-    return str(value)
+from gepa_lab.results.query import (
+    QUERIES, Result, leaderboard, newest_output_dir, open_results, rich_table, short_headers, sql,
+)
 
 
 def _jsonable(value: Any) -> Any:
@@ -45,24 +36,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-_HEADERS = {
-    "best_val_score": "best val", "best_test_score": "best test", "seed_val_score": "seed val",
-    "seed_test_score": "seed test", "val_gain": "val gain", "metric_calls": "metric calls",
-    "num_candidates": "candidates", "lm_calls": "LM calls", "wall_seconds": "wall s", "output_dir": "output dir",
-    "trial_id": "trial",
-}
-
-
-def short_headers(columns: list[str]) -> list[str]:
-    """Table headers for the leaderboard: 'best val' for best_val_score, 'seed' for optimizer.seed
-    (the full dotted key where two parameters share a last part)."""
-    last = [c.rsplit(".", 1)[-1] for c in columns]
-    return [
-        _HEADERS.get(c, c if "." in c and last.count(short) > 1 else short)
-        for c, short in zip(columns, last)
-    ]
-
-
 def render(result: Result, fmt: str, title: str | None = None, out=None, headers: list[str] | None = None) -> None:
     """Print rows as a rich table, CSV or JSON (CSV/JSON keep the column names as they are)."""
     out = out or sys.stdout
@@ -74,11 +47,7 @@ def render(result: Result, fmt: str, title: str | None = None, out=None, headers
         for row in result.rows:
             writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
     else:
-        table = Table(title=title, title_justify="left")
-        for column in headers or result.columns:
-            table.add_column(column, overflow="fold")
-        for row in result.rows:
-            table.add_row(*(_cell(v) for v in row))
+        table = rich_table(result, title=title, headers=headers)
         Console(file=out, width=None if out.isatty() else 220).print(table)
         if not result.rows:
             Console(file=out).print("(no rows)")

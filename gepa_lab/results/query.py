@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -142,6 +143,11 @@ def open_results(
     return con
 
 
+def connect(dirs: Iterable[str | Path], strict: bool = True) -> duckdb.DuckDBPyConnection:
+    """open_results over a list of output dirs."""
+    return open_results(*dirs, strict=strict)
+
+
 # ---------------------------------------------------------------------------------------- queries
 
 
@@ -228,14 +234,20 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def varying_params(configs: Iterable[str | None]) -> dict[int, dict[str, Any]]:
-    """Index -> {dotted config key: value} for the keys whose values differ across the configs
-    (the swept parameters). Where they go (output_dir) and tracking settings are not parameters."""
-    flat = {i: _leaves(json.loads(c)) for i, c in enumerate(configs) if c}
+    """Index -> {dotted config key: value} of the swept parameters: the keys of each config's
+    `params` (a sweep trial records its sampled values there) and every config key whose value
+    differs across the configs. Where a trial goes (output_dir) and tracking are not parameters."""
+    parsed = {i: json.loads(c) for i, c in enumerate(configs) if c}
+    flat = {i: _leaves({k: v for k, v in cfg.items() if k != "params"}) for i, cfg in parsed.items()}
+    swept = {k for cfg in parsed.values() for k in (cfg.get("params") or {})}
     keys = sorted({k for leaves in flat.values() for k in leaves if not k.startswith(_NOT_PARAMS)})
-    varying = [
+    varying = {
         k for k in keys if len({json.dumps(leaves.get(k), sort_keys=True) for leaves in flat.values()}) > 1
-    ]
-    return {i: {k: leaves.get(k) for k in varying} for i, leaves in flat.items()}
+    }
+    shown = sorted(swept | varying)
+    return {
+        i: {k: (parsed[i].get("params") or {}).get(k, flat[i].get(k)) for k in shown} for i in flat
+    }
 
 
 def leaderboard(con: duckdb.DuckDBPyConnection, limit: int | None = 20) -> Result:
@@ -256,6 +268,12 @@ def leaderboard(con: duckdb.DuckDBPyConnection, limit: int | None = 20) -> Resul
         merged = {**r, **{k: params.get(i, {}).get(k) for k in param_cols}}
         out_rows.append(tuple(merged.get(c) for c in base))
     return Result(base, out_rows)
+
+
+def leaderboard_table(con: duckdb.DuckDBPyConnection, limit: int | None = 20, title: str | None = "leaderboard"):
+    """The leaderboard as a rich Table (short headers: 'best val', 'seed' for optimizer.seed)."""
+    board = leaderboard(con, limit=limit)
+    return rich_table(board, title=title, headers=short_headers(board.columns))
 
 
 def best_trial(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
@@ -287,3 +305,42 @@ def trial_progress(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str],
     for output_dir, sweep_id, trial_id, calls, best in rows:
         curves.setdefault((output_dir or "", sweep_id or "", trial_id), []).append((int(calls or 0), float(best)))
     return curves
+
+
+# ---------------------------------------------------------------------------------------- display
+
+_HEADERS = {
+    "best_val_score": "best val", "best_test_score": "best test", "seed_val_score": "seed val",
+    "seed_test_score": "seed test", "val_gain": "val gain", "metric_calls": "metric calls",
+    "num_candidates": "candidates", "lm_calls": "LM calls", "wall_seconds": "wall s", "output_dir": "output dir",
+    "trial_id": "trial",
+}
+
+
+def short_headers(columns: list[str]) -> list[str]:
+    """Table headers for the leaderboard: 'best val' for best_val_score, 'seed' for optimizer.seed
+    (the full dotted key where two parameters share a last part)."""
+    last = [c.rsplit(".", 1)[-1] for c in columns]
+    return [_HEADERS.get(c, c if "." in c and last.count(short) > 1 else short) for c, short in zip(columns, last)]
+
+
+def cell(value: Any) -> str:
+    """A value as a table cell: floats to 4 decimals (1 from 10 up), timestamps to the second."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+def rich_table(result: Result, title: str | None = None, headers: list[str] | None = None):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in headers or result.columns:
+        table.add_column(column, overflow="fold")
+    for row in result.rows:
+        table.add_row(*(cell(v) for v in row))
+    return table

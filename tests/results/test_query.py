@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_trial
+from results_data import write_trial
 from gepa_lab.results.query import (
     TABLES, ResultsError, best_trial, leaderboard, newest_output_dir, open_results, sql, trial_progress,
     varying_params,
@@ -136,3 +136,23 @@ def test_newest_output_dir(tmp_path: Path):
         (tmp_path / "outputs" / name).mkdir(parents=True)
         os.utime(tmp_path / "outputs" / name, (1000 + i, 1000 + i))
     assert newest_output_dir(tmp_path / "outputs").name == "new"
+
+
+def test_params_recorded_by_a_sweep_trial_are_the_columns():
+    import json
+
+    # a Ray trial records {"params": {...}, **config}: a swept key that happens to hold one value still shows
+    configs = [json.dumps({"params": {"optimizer.seed": 1}, "optimizer": {"seed": 1, "x": i}}) for i in range(2)]
+    assert varying_params(configs) == {0: {"optimizer.seed": 1, "optimizer.x": 0}, 1: {"optimizer.seed": 1, "optimizer.x": 1}}
+
+
+def test_connect_and_leaderboard_table(sweep_dir: Path):
+    from rich.console import Console
+
+    from gepa_lab.results.query import connect, leaderboard_table
+
+    console = Console(record=True, width=200)
+    console.print(leaderboard_table(connect([sweep_dir]), limit=2))
+    text = console.export_text()
+    assert "best val" in text and "seed" in text
+    assert text.index("t-c") < text.index("t-b") and "t-a" not in text

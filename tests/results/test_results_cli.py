@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import write_trial
+from results_data import write_trial
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

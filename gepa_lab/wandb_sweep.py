@@ -1,0 +1,391 @@
+"""W&B Sweeps for a gepa_lab sweep definition: export it as a W&B sweep YAML, and be its agent's command.
+
+    python -m gepa_lab.wandb_sweep export sweep=NAME [key=value ...] [--out FILE]
+    wandb sweep FILE                       # creates the sweep on the W&B server, prints SWEEP_ID
+    wandb agent ENTITY/PROJECT/SWEEP_ID    # each run calls: python -m gepa_lab.wandb_sweep agent sweep=NAME k=v ...
+
+export maps the `sweep:` block of sweeps/NAME.yaml (composed with Hydra exactly as
+`python -m gepa_lab.sweep` composes it) onto W&B's sweep config:
+
+    search: grid -> method grid, random -> random, optuna (TPE) -> bayes
+    space leaves, named by their dotted key (optimizer.seed):
+      grid / choice [a, b] -> values: [a, b]
+      uniform [lo, hi]     -> distribution: uniform, min, max
+      loguniform [lo, hi]  -> distribution: log_uniform_values, min, max
+      randint [lo, hi]     -> distribution: int_uniform, min, max   (both inclusive, as in the Ray sweep)
+    metric: best_val_score, maximize
+    command: [${env}, python, -m, gepa_lab.wandb_sweep, agent, sweep=NAME, <export overrides>, ${args_no_hyphens}]
+
+W&B's ${args_no_hyphens} hands each parameter as `key=value`, which is a Hydra override. What W&B
+cannot express is printed (on stderr) and left out: max_concurrent (start that many agents),
+the sweep budget, the ASHA scheduler, num_samples of a grid (random/bayes: it becomes run_cap),
+the searcher seed, per-trial resources.
+
+agent runs exactly one trial through gepa_lab.trial.run_trial inside wandb.init(): the trial's
+parameters are read from wandb.config (where W&B's agent puts them; parameters given only on the
+command line are added to wandb.config first). Its output goes to OUTPUT_DIR/trials/<W&B run id>/,
+its Parquet rows to OUTPUT_DIR/results/ -- the layout of a Ray sweep, so
+`python -m gepa_lab.results OUTPUT_DIR` works on it. OUTPUT_DIR is output_dir when given; under
+a W&B agent without one, outputs/wandb-<sweep name>-<W&B sweep id>, shared by all its runs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gepa_lab.errors import ConfigError, GepaLabError
+
+METHODS = {"grid": "grid", "random": "random", "optuna": "bayes"}
+METRIC = {"name": "best_val_score", "goal": "maximize"}
+FINAL_METRICS = ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score", "metric_calls",
+                 "lm_calls", "num_candidates", "best_candidate_idx", "wall_seconds")
+PROGRAM = "gepa_lab/wandb_sweep.py"
+
+
+# ------------------------------------------------------------------------------------------ compose
+
+
+def compose_sweep(overrides: list[str]):
+    """Hydra's compose API over conf/sweep.yaml (as `python -m gepa_lab.sweep` composes it).
+    Returns (DictConfig without the hydra node, the chosen `sweep` option name)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from gepa_lab.config.load import register_resolvers
+    from gepa_lab.paths import CONF_DIR
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = compose("sweep", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    choice = cfg.hydra.runtime.choices.get("sweep")
+    OmegaConf.set_struct(cfg, False)
+    del cfg["hydra"]
+    return cfg, choice
+
+
+def _sweep_block(cfg) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from gepa_lab.config.load import validate
+    from gepa_lab.sweep.config import SweepSpec
+
+    if "sweep" not in cfg or cfg.sweep is None:
+        raise ConfigError("no `sweep:` block: choose a sweep with sweep=NAME (sweeps/NAME.yaml)")
+    data = OmegaConf.to_container(cfg.sweep, resolve=True)
+    return validate(SweepSpec, data, prefix="sweep").model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def wandb_parameter(path: str, kind: str, arg: Any, method: str) -> dict[str, Any]:
+    """One space leaf -> one W&B parameter definition."""
+    if kind in ("grid", "choice"):
+        return {"values": list(arg)}
+    if method == "grid":
+        raise ConfigError(
+            f"sweep.space.{path}: a W&B grid takes only lists of values, not {kind} {list(arg)}; "
+            f"use sweep.search=random (or a grid/choice list) to export this sweep"
+        )
+    low, high = arg
+    distribution = {"uniform": "uniform", "loguniform": "log_uniform_values", "randint": "int_uniform"}[kind]
+    if kind == "randint":
+        low, high = int(low), int(high)
+    return {"distribution": distribution, "min": low, "max": high}
+
+
+def to_wandb(spec: dict[str, Any], command_overrides: list[str], project: str | None = None,
+             entity: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """A validated sweep block (SweepSpec as a dict) -> (W&B sweep config, notes on what was dropped or changed)."""
+    from gepa_lab.sweep import space
+
+    leaves = space.flatten(spec["space"])
+    if not leaves:
+        raise ConfigError(f"sweep {spec['name']}: sweep.space is empty: nothing to search")
+    method = METHODS[spec["search"]]
+    doc: dict[str, Any] = {"name": spec["name"], "program": PROGRAM}
+    if project:
+        doc["project"] = project
+    if entity:
+        doc["entity"] = entity
+    doc["method"] = method
+    doc["metric"] = dict(METRIC)
+    doc["parameters"] = {path: wandb_parameter(path, kind, arg, method) for path, (kind, arg) in leaves.items()}
+    notes: list[str] = []
+    n = spec["num_samples"]
+    if method == "grid":
+        notes.append(f"dropped num_samples={n}: a W&B grid runs each combination once"
+                     + (f" (the Ray sweep repeats the grid {n}x)" if n > 1 else " (so does this sweep: nothing lost)"))
+        choices = [p for p, (k, _) in leaves.items() if k == "choice"]
+        if choices:
+            notes.append(f"changed: choice leaves ({', '.join(choices)}) become grid axes under a W&B grid "
+                         "(the Ray grid samples one value per repeat)")
+    else:
+        doc["run_cap"] = n
+        notes.append(f"changed: num_samples={n} -> run_cap: {n} (or cap each agent: wandb agent --count N)")
+    if spec["search"] == "optuna":
+        notes.append("changed: search=optuna (TPE) -> method bayes (W&B's own Bayesian search, not TPE)")
+        if spec.get("searcher_seed", 0):
+            notes.append(f"dropped searcher_seed={spec['searcher_seed']}: W&B's search takes no seed")
+    concurrent = spec.get("max_concurrent")
+    notes.append(f"dropped max_concurrent={concurrent}: W&B runs as many trials at once as agents you start"
+                 + (f" (start {concurrent})" if concurrent else ""))
+    budget = {k: v for k, v in (spec.get("budget") or {}).items() if v is not None}
+    notes.append("dropped budget " + (", ".join(f"{k}={v}" for k, v in budget.items()) or "(none set: nothing lost)")
+                 + ": W&B has no sweep-wide budget; each trial keeps its own optimizer budget")
+    asha = spec.get("asha") or {}
+    notes.append(
+        f"dropped scheduler={spec.get('scheduler')}"
+        + (f" (grace_metric_calls={asha.get('grace_metric_calls')}, reduction_factor={asha.get('reduction_factor')})"
+           if spec.get("scheduler") == "asha" else " (fifo: nothing lost)")
+        + ": every W&B run goes to its end"
+    )
+    resources = spec.get("resources") or {}
+    shown = ", ".join([f"cpu={resources.get('cpu')}", *(f"{k}={v}" for k, v in (resources.get("custom") or {}).items())])
+    notes.append(f"dropped resources ({shown}): a W&B run takes what its agent's machine has")
+    doc["command"] = ["${env}", "python", "-m", "gepa_lab.wandb_sweep", "agent", *command_overrides, "${args_no_hyphens}"]
+    return doc, notes
+
+
+def export(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Compose sweep + overrides; return (W&B sweep config, notes on what W&B cannot express)."""
+    from omegaconf import OmegaConf
+
+    from gepa_lab.sweep import space
+
+    cfg, choice = compose_sweep(overrides)
+    spec = _sweep_block(cfg)
+    space.check(space.flatten(spec["space"]), spec["search"], OmegaConf.to_container(cfg, resolve=False))
+    # The agent recomposes the same config: the sweep option first, then the export's own overrides.
+    # An output_dir given here is kept, so that every W&B run of the sweep writes under it.
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "sweep"]
+    wandb_cfg = OmegaConf.to_container(cfg.tracking, resolve=True).get("wandb", {}) if "tracking" in cfg else {}
+    return to_wandb(spec, [f"sweep={choice}", *rest], project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"))
+
+
+def to_yaml(doc: dict[str, Any], notes: list[str], source: str) -> str:
+    header = [
+        f"# W&B sweep exported from {source} by `python -m gepa_lab.wandb_sweep export`.",
+        "#   wandb sweep THIS_FILE                      -> prints ENTITY/PROJECT/SWEEP_ID",
+        "#   wandb agent ENTITY/PROJECT/SWEEP_ID        (one per trial to run at once)",
+        *(f"# note: {n}" for n in notes),
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+
+
+# -------------------------------------------------------------------------------------------- agent
+
+
+class FinalMetrics:
+    """Sink: the trial's final scores into the W&B run (history and summary), so the sweep's metric
+    (best_val_score) is there whether or not a WandbSink also writes the run. Goes before the WandbSink,
+    which finishes the run on trial_finished."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def handle(self, event) -> None:
+        if event.kind != "trial_finished":
+            return
+        summary = event.data["summary"]
+        final = {k: summary[k] for k in FINAL_METRICS if summary.get(k) is not None}
+        self.run.log(final)
+        self.run.summary.update(final)
+
+
+def _get(data: dict, path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _explicit_output_dir(overrides: list[str]) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in overrides)
+
+
+def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one trial of sweep `sweep=NAME` (in overrides) inside wandb.init(config=config).
+
+    Under `wandb agent`, config is None and W&B fills wandb.config with the sweep's parameters;
+    tests (W&B Sweeps need the W&B server) inject them as `config`. Returns the trial's summary."""
+    import wandb
+    from rich.console import Console
+
+    from gepa_lab.config.identity import claim_output_dir
+    from gepa_lab.config.load import check_task_imports, to_plain, validate
+    from gepa_lab.config.schema import RunConfig
+    from gepa_lab.events import EventStream
+    from gepa_lab.lm.cache import use_cache
+    from gepa_lab.lm.serving import serve_all
+    from gepa_lab.paths import OUTPUTS_DIR
+    from gepa_lab.progress import ConsoleProgress
+    from gepa_lab.results.writer import ResultsWriter
+    from gepa_lab.sweep import space
+    from gepa_lab.sweep.config import SweepConfig
+    from gepa_lab.trial import run_trial
+
+    cfg, _ = compose_sweep(overrides)
+    swept: SweepConfig = validate(SweepConfig, to_plain(cfg))
+    leaves = space.flatten(swept.sweep.space)
+    base = swept.base_run()
+    space.check(leaves, swept.sweep.search, base)
+    check_task_imports(swept.task.program, swept.task.metric)
+
+    wandb_sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    out = Path(swept.output_dir)
+    if wandb_sweep_id and not _explicit_output_dir(overrides):
+        out = OUTPUTS_DIR / f"wandb-{swept.sweep.name}-{wandb_sweep_id}"  # every run of this W&B sweep
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    wcfg = swept.tracking.wandb
+    if os.environ.get("WANDB_MODE"):
+        mode = None  # the environment decides (offline in tests, whatever the agent was given)
+    elif wandb_sweep_id:
+        mode = "online"  # a sweep run must reach the server that hands out its parameters
+    else:
+        mode = wcfg.mode if wcfg.enabled else "disabled"
+    run = wandb.init(
+        project=wcfg.project,
+        entity=wcfg.entity,
+        group=swept.sweep.name,
+        job_type="trial",
+        dir=os.environ.get("WANDB_DIR") or str(out),
+        mode=mode,
+        config=copy.deepcopy(config) if config else None,
+        settings=wandb.Settings(console="off", silent=True),
+    )
+    exit_code = 1
+    wandb_sink = None
+    try:
+        # Parameters given only on the command line (or left at the sweep's base) join wandb.config,
+        # so wandb.config always holds every parameter of this trial; W&B's values win.
+        run.config.setdefaults({path: _get(base, path) for path in leaves})
+        params = {path: run.config[path] for path in leaves}
+        extra = {
+            k: v for k, v in dict(run.config).items()
+            if k not in leaves and "." in k and not isinstance(v, dict) and space._has_path(base, k)
+        }
+        params.update(extra)  # a parameter added to the W&B sweep by hand, if it names a config key
+        trial_id = run.id
+        trial_dir = out / "trials" / trial_id
+        data = space.apply(base, params)
+        data["output_dir"] = str(trial_dir)
+        trial_cfg: RunConfig = validate(RunConfig, data)
+        claim_output_dir(trial_cfg, trial_dir)
+        use_cache(out)
+        config_json = trial_cfg.model_dump(mode="json")
+        sweep_id = f"wandb-{wandb_sweep_id}" if wandb_sweep_id else f"wandb-{swept.sweep.name}"
+        console = Console(stderr=True)
+        console.print(f"[bold]W&B trial {trial_id}[/] of sweep {swept.sweep.name}: {params} -> {trial_dir}")
+        sinks: list[Any] = [
+            ConsoleProgress(trial_cfg.optimizer.max_metric_calls, console),
+            ResultsWriter(out / "results", sweep_id, {"params": params, **config_json}),
+            FinalMetrics(run),
+        ]
+        wandb_sink = _attach_wandb_sink(run, wcfg, out, sweep_id, trial_id, {"params": params, **config_json})
+        if wandb_sink is not None:
+            sinks.append(wandb_sink)
+        with serve_all({"task": trial_cfg.lm, "reflection": trial_cfg.reflection_lm}) as endpoints:
+            summary = run_trial(
+                trial_cfg, endpoints, EventStream(trial_id, sinks),
+                extra_summary={"params": params, "wandb_run_id": run.id, "wandb_sweep_id": wandb_sweep_id},
+            )
+        exit_code = 0
+        return summary
+    finally:
+        if wandb_sink is not None:
+            wandb_sink.finish()  # no-op after trial_finished/failed; else marks the run failed and closes it
+        else:
+            run.finish(exit_code=exit_code)
+
+
+def _attach_wandb_sink(run, wcfg, out: Path, group: str, trial_id: str, config: dict[str, Any]):
+    """The project's WandbSink, writing into this (already started) run instead of starting its own:
+    under `wandb agent` the sweep's run is the one wandb.init() returned here. None when W&B is disabled
+    or the sink is not available (FinalMetrics still records the scores)."""
+    try:
+        from gepa_lab.tracking.wandb_sink import WandbSink
+    except ImportError:
+        return None
+    mode = getattr(run.settings, "mode", None) or "offline"
+    if mode == "disabled" or getattr(run, "disabled", False):
+        return None
+    sink = WandbSink(wcfg.model_copy(update={"enabled": True, "mode": "online" if mode == "online" else "offline"}),
+                     out, group=group, run_name=trial_id, config=config)
+    sink.run = run
+    run.config.update({"config": sink.config}, allow_val_change=True)
+    run.define_metric("metric_calls")
+    for prefix in ("gepa/*", "lm/*", "candidate/*"):
+        run.define_metric(prefix, step_metric="metric_calls")
+    return sink
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gepa_lab.wandb_sweep export",
+        description="Write a W&B sweep YAML for sweeps/NAME.yaml (stdout unless --out).",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="sweep=NAME and any Hydra overrides")
+    parser.add_argument("--out", help="write the YAML here instead of stdout")
+    args = parser.parse_args(argv)
+    doc, notes = export(args.overrides)
+    option = next(a.split("=", 1)[1] for a in doc["command"] if a.startswith("sweep="))
+    text = to_yaml(doc, notes, source=f"sweeps/{option}.yaml")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    print(f"W&B cannot express everything in sweep {doc['name']}:", file=sys.stderr)
+    for note in notes:
+        print(f"  - {note}", file=sys.stderr)
+
+
+def _agent_main(argv: list[str]) -> None:
+    overrides = [a for a in argv if a]
+    bad = [a for a in overrides if "=" not in a]
+    if bad:
+        raise ConfigError(f"agent takes key=value overrides (sweep=NAME ...), got {' '.join(bad)}")
+    from gepa_lab.cli import quiet_libraries
+
+    quiet_libraries()
+    summary = agent(overrides)
+    print(
+        f"trial done: val {summary['seed_val_score']:.3f} -> {summary['best_val_score']:.3f}, "
+        f"test {summary['seed_test_score']:.3f} -> {summary['best_test_score']:.3f}; "
+        f"{Path(summary['program_path']).parent}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from gepa_lab.cli import one_line_errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = ("usage: python -m gepa_lab.wandb_sweep export sweep=NAME [key=value ...] [--out FILE]\n"
+             "       python -m gepa_lab.wandb_sweep agent sweep=NAME [key=value ...]")
+    if not argv or argv[0] not in ("export", "agent"):
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    run = {"export": _export_main, "agent": _agent_main}[argv[0]]
+    one_line_errors(run)(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

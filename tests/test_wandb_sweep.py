@@ -1,0 +1,240 @@
+"""W&B Sweeps export and agent (gepa_lab.wandb_sweep).
+
+W&B Sweeps need the W&B server (`wandb sweep`/`wandb agent` fail offline), so the export is checked
+against the sweep definitions, and the agent entry runs one real tiny trial offline with the
+parameters injected as W&B's agent would hand them (wandb.config)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gepa_lab.errors import ConfigError
+from gepa_lab.paths import SWEEPS_DIR
+from gepa_lab.sweep.space import flatten
+from gepa_lab.wandb_sweep import export, to_wandb
+
+ROOT = Path(__file__).resolve().parent.parent
+DROPPED = ("num_samples", "max_concurrent", "budget", "scheduler", "resources")
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gepa_lab.wandb_sweep", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def sweep_block(name: str) -> dict:
+    return yaml.safe_load((SWEEPS_DIR / f"{name}.yaml").read_text())["sweep"]
+
+
+def spec(**over) -> dict:
+    from gepa_lab.sweep.config import SweepSpec
+
+    return SweepSpec.model_validate({"name": "t", **over}).model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("name,to_file", [("demo", False), ("banking77_vllm", True)])
+def test_export_cli_maps_every_leaf(name: str, to_file: bool, tmp_path: Path):
+    out = tmp_path / "wandb.yaml"
+    done = cli("export", f"sweep={name}", *(["--out", str(out)] if to_file else []))
+    assert done.returncode == 0, done.stderr
+    # stdout (or the file) is the YAML alone; what W&B cannot express goes to stderr
+    doc = yaml.safe_load(out.read_text() if to_file else done.stdout)
+    assert "W&B cannot express" in done.stderr and (to_file or "W&B cannot express" not in done.stdout)
+    block = sweep_block(name)
+    assert doc["name"] == block["name"]
+    assert doc["method"] == {"grid": "grid", "random": "random", "optuna": "bayes"}[block["search"]]
+    assert doc["metric"] == {"name": "best_val_score", "goal": "maximize"}
+    leaves = flatten(block["space"])
+    assert set(doc["parameters"]) == set(leaves)
+    for path, (kind, arg) in leaves.items():
+        expected = {
+            "grid": {"values": arg}, "choice": {"values": arg},
+            "uniform": {"distribution": "uniform", "min": arg[0], "max": arg[1]},
+            "loguniform": {"distribution": "log_uniform_values", "min": arg[0], "max": arg[1]},
+            "randint": {"distribution": "int_uniform", "min": arg[0], "max": arg[1]},
+        }[kind]
+        assert doc["parameters"][path] == expected, path
+    assert doc["command"] == ["${env}", "python", "-m", "gepa_lab.wandb_sweep", "agent", f"sweep={name}",
+                              "${args_no_hyphens}"]
+    for item in DROPPED:
+        assert f"dropped {item}" in done.stderr or f"{item}=" in done.stderr, (item, done.stderr)
+
+
+def test_export_prints_what_is_dropped_with_values():
+    doc, notes = export(["sweep=banking77_vllm"])
+    text = "\n".join(notes)
+    for item in ("max_concurrent=8", "metric_calls=40000", "wall_seconds=14400", "scheduler=asha", "cpu=2",
+                 "num_samples=32"):
+        assert item in text, item
+    assert doc["run_cap"] == 32  # random/bayes: num_samples is W&B's run_cap
+
+
+def test_every_kind_maps_and_overrides_reach_the_agent_command():
+    doc, notes = export(["sweep=demo", "sweep.search=random", "sweep.num_samples=3", "optimizer.max_metric_calls=50",
+                         "+sweep.space.lm.temperature={loguniform:[0.01,1.0]}",
+                         "+sweep.space.reflection_lm.temperature={uniform:[0.0,0.5]}",
+                         "+sweep.space.optimizer.max_merge_invocations={randint:[1,4]}",
+                         "+sweep.space.optimizer.candidate_selection_strategy={choice:[pareto,current_best]}"])
+    assert doc["method"] == "random" and doc["run_cap"] == 3
+    assert doc["parameters"]["lm.temperature"] == {"distribution": "log_uniform_values", "min": 0.01, "max": 1.0}
+    assert doc["parameters"]["reflection_lm.temperature"] == {"distribution": "uniform", "min": 0.0, "max": 0.5}
+    assert doc["parameters"]["optimizer.max_merge_invocations"] == {"distribution": "int_uniform", "min": 1, "max": 4}
+    assert doc["parameters"]["optimizer.candidate_selection_strategy"] == {"values": ["pareto", "current_best"]}
+    # the agent recomposes the very same sweep: the export's overrides ride along in its command
+    assert doc["command"][5:7] == ["sweep=demo", "sweep.search=random"]
+    assert "optimizer.max_metric_calls=50" in doc["command"] and doc["command"][-1] == "${args_no_hyphens}"
+
+
+def test_args_no_hyphens_are_hydra_overrides_the_agent_can_compose():
+    """W&B turns the parameters into `key=value` (its own code, below); Hydra must take them as is."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    from gepa_lab.wandb_sweep import compose_sweep
+
+    params = {"optimizer.seed": 7, "optimizer.use_merge": False, "lm.temperature": 0.25,
+              "optimizer.candidate_selection_strategy": "current_best"}
+    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args_no_hyphens"]
+    cfg, choice = compose_sweep(["sweep=demo", *args])
+    assert choice == "demo"
+    for key, value in params.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+
+
+def test_method_mapping_and_grid_limits():
+    assert to_wandb(spec(search="optuna", space={"optimizer": {"seed": {"choice": [0, 1]}}}), [])[0]["method"] == "bayes"
+    assert to_wandb(spec(search="random", space={"optimizer": {"seed": {"randint": [0, 9]}}}), [])[0]["method"] == "random"
+    grid, notes = to_wandb(spec(search="grid", num_samples=2, space={"optimizer": {"seed": {"grid": [0, 1]}}}), [])
+    assert grid["method"] == "grid" and "run_cap" not in grid
+    assert any("num_samples=2" in n and "repeats" in n for n in notes)
+    with pytest.raises(ConfigError, match="sweep.space.lm.temperature"):
+        to_wandb(spec(search="grid", space={"lm": {"temperature": {"uniform": [0.0, 1.0]}}}), [])
+    with pytest.raises(ConfigError, match="empty"):
+        to_wandb(spec(search="grid", space={}), [])
+
+
+def test_export_errors_are_one_line():
+    done = cli("export", "sweep=no_such_sweep")
+    assert done.returncode == 2, done
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "no_such_sweep" in done.stderr
+    with pytest.raises(ConfigError, match="sweep.space.optimizer.seed2: no such config key"):
+        export(["sweep=demo", "+sweep.space.optimizer.seed2={grid:[0]}"])
+
+
+# -------------------------------------------------------------------------------------------- agent
+
+
+def wandb_records(run_dir: Path):
+    """The records of an offline run's .wandb file (a LevelDB-style log of protobuf Records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):  # full / first
+            buf = chunk
+        else:  # middle / last
+            buf += chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def wandb_run(wandb_dir: Path) -> dict:
+    [run_dir] = glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))
+    out = {"config": {}, "summary": {}, "exit_code": None}
+    for r in wandb_records(Path(run_dir)):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out["run_id"], out["group"] = r.run.run_id, r.run.run_group
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update if i.key})
+        elif kind == "summary":
+            out["summary"].update({i.key: json.loads(i.value_json) for i in r.summary.update if i.key})
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
+    return out
+
+
+AGENT = """
+import json, sys
+from gepa_lab.cli import one_line_errors
+from gepa_lab.wandb_sweep import agent
+summary = one_line_errors(agent)(json.loads(sys.argv[1]), config=json.loads(sys.argv[2]))
+print("SUMMARY", json.dumps({k: summary[k] for k in ("best_val_score", "params", "program_path")}))
+"""
+
+
+def run_agent(tmp_path: Path, overrides: list[str], config: dict) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true"}
+    env.pop("WANDB_SWEEP_ID", None)
+    (tmp_path / "wb").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", AGENT, json.dumps(overrides), json.dumps(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+TINY = ["sweep=demo", "task=classify", "optimizer.max_metric_calls=12", "tracking.mlflow.enabled=false"]
+
+
+def test_agent_runs_one_trial_with_the_injected_parameters(tmp_path: Path):
+    out = tmp_path / "out"
+    # optimizer.seed=0 on the command line; W&B's value (wandb.config) wins
+    done = run_agent(tmp_path, [*TINY, f"output_dir={out}", "optimizer.seed=0"],
+                     {"optimizer.seed": 1, "optimizer.reflection_minibatch_size": 6})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.split("SUMMARY ", 1)[1])
+    assert summary["params"] == {"optimizer.seed": 1, "optimizer.reflection_minibatch_size": 6}
+
+    run = wandb_run(tmp_path / "wb")
+    trial_dir = out / "trials" / run["run_id"]
+    assert Path(summary["program_path"]) == trial_dir / "program.json" and (trial_dir / "program.json").exists()
+    config = json.loads((trial_dir / "config.json").read_text())["config"]
+    assert config["optimizer"]["seed"] == 1 and config["optimizer"]["reflection_minibatch_size"] == 6
+    assert config["optimizer"]["max_metric_calls"] == 12
+
+    # wandb.config holds the parameters; the sweep's metric is in the run's summary; the run ended well
+    assert run["config"]["optimizer.seed"] == 1 and run["config"]["optimizer.reflection_minibatch_size"] == 6
+    assert run["summary"]["best_val_score"] == pytest.approx(summary["best_val_score"])
+    assert run["group"] == "demo" and run["exit_code"] == 0
+
+    # the results land as in a Ray sweep: output_dir/results, queryable
+    from gepa_lab.results.query import best_trial, leaderboard, open_results
+
+    con = open_results(out)
+    row = leaderboard(con).dicts()[0]
+    assert row["trial_id"] == run["run_id"] and row["status"] == "completed"
+    assert row["optimizer.seed"] == 1 and row["optimizer.reflection_minibatch_size"] == 6
+    assert best_trial(con)["best_val_score"] == pytest.approx(summary["best_val_score"])
+
+
+def test_agent_rejects_a_bad_parameter_and_marks_the_run_failed(tmp_path: Path):
+    done = run_agent(tmp_path, [*TINY, f"output_dir={tmp_path / 'out'}"], {"optimizer.reflection_minibatch_size": 0})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "reflection_minibatch_size" in done.stderr and "Traceback" not in done.stderr
+    assert wandb_run(tmp_path / "wb")["exit_code"] == 1
