@@ -156,3 +156,16 @@ def test_connect_and_leaderboard_table(sweep_dir: Path):
     text = console.export_text()
     assert "best val" in text and "seed" in text
     assert text.index("t-c") < text.index("t-b") and "t-a" not in text
+
+
+def test_readme_example_queries_run(sweep_dir: Path):
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "gepa_lab" / "results" / "README_SECTION.md").read_text()
+    block = re.search(r"```sql\n(.*?)```", readme, re.S).group(1)
+    statements = [s.strip() for s in block.split(";") if s.strip()]
+    assert len(statements) == 4
+    con = open_results(sweep_dir)
+    results = [sql(con, s) for s in statements]
+    assert results[0].dicts()[0]["seed"] == "2"  # t-c first: best val, fewer metric calls
+    assert {r["trial_id"] for r in results[1].dicts()} == {"t-a", "t-b", "t-c", "t-d"}
