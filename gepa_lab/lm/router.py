@@ -1,0 +1,526 @@
+"""The sweep's router: one OpenAI-compatible front (aiohttp) for several replicas of one model.
+
+Trials of a sweep cannot see each other, so they all talk to this one process, which
+
+- caps the requests in flight on each replica (`max_in_flight`) whatever the number of trials: the rest
+  wait here, in a queue, until a slot frees (or `queue_timeout_s` passes: 503 + Retry-After);
+- sends each request to the replica with the fewest outstanding requests, except that requests sharing a
+  system message (a GEPA candidate's instruction) prefer the same replica (rendezvous hashing), so
+  vLLM's prefix cache is hit, as long as that replica is not `affinity_slack` requests busier than the
+  least busy one;
+- health-checks every replica (GET <replica>/models; any answer below 500 counts as alive) and takes
+  dead ones out of rotation; a request that fails on a replica for a connection error, a timeout,
+  502/503/504 or 429 is retried on another one (failover, at most `max_attempts` replicas);
+- never cancels an upstream request when its client goes away: the slot is held until the replica
+  answers, so a replica never sees more than `max_in_flight` requests at once;
+- serves GET /router/stats (per replica: in_flight, peak_in_flight, requests, errors, failovers, ...)
+  and POST /router/replicas {"replicas": [urls]} (the replica supervisor swaps a restarted replica in).
+
+Run: python -m gepa_lab.lm.router --replica http://h1:8000/v1 --replica http://h2:8000/v1 --max-in-flight 32
+     [--host 127.0.0.1] [--port 0] [--port-file F]. `RouterProcess` does that from Python.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("gepa_lab.lm.router")
+
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
+_FAILOVER_STATUSES = {429, 502, 503, 504}
+
+
+@dataclass
+class Replica:
+    url: str  # OpenAI base, e.g. http://host:port/v1
+    healthy: bool = True
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    requests: int = 0  # attempts sent to it
+    completed: int = 0  # answered 2xx
+    errors: int = 0  # connection errors, timeouts, >= 500, 429
+    failovers: int = 0  # requests moved away from it after an error
+    affinity_hits: int = 0
+    health_failures: int = 0
+    last_error: str | None = None
+    latency_sum_s: float = 0.0
+    retired: bool = False  # removed from the set; kept until its in-flight requests finish
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "healthy": self.healthy, "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+            "requests": self.requests, "completed": self.completed, "errors": self.errors, "failovers": self.failovers,
+            "affinity_hits": self.affinity_hits, "last_error": self.last_error,
+            "mean_latency_s": round(self.latency_sum_s / self.completed, 6) if self.completed else 0.0,
+        }
+
+
+class NoReplica(Exception):
+    pass
+
+
+def affinity_key(body: bytes) -> str | None:
+    """The system message of a chat request (dspy puts the candidate's instruction there)."""
+    try:
+        data = json.loads(body)
+        for m in data.get("messages") or []:
+            if isinstance(m, dict) and m.get("role") in ("system", "developer"):
+                content = m.get("content")
+                return content if isinstance(content, str) else json.dumps(content, sort_keys=True)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return None
+
+
+def _score(key: str, url: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{url}".encode(), digest_size=8).digest(), "big")
+
+
+@dataclass
+class RouterState:
+    max_in_flight: int
+    affinity: bool = True
+    affinity_slack: int = 4
+    queue_timeout_s: float = 600.0
+    max_attempts: int = 3
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    requests: int = 0
+    failovers: int = 0
+    rejected: int = 0
+    waiting: int = 0
+    peak_waiting: int = 0
+
+    def __post_init__(self):
+        self.cond = asyncio.Condition()
+
+    def set_replicas(self, urls: list[str]) -> None:
+        urls = [u.rstrip("/") for u in urls]
+        for url in urls:
+            r = self.replicas.get(url)
+            if r is None:
+                self.replicas[url] = Replica(url)
+            else:
+                r.retired = False
+        for url, r in list(self.replicas.items()):
+            if url not in urls:
+                r.retired = True
+
+    def pick(self, key: str | None, exclude: set[str]) -> Replica | None:
+        """The replica for this request now; None: all candidates are full (wait); NoReplica: no candidate."""
+        live = [r for r in self.replicas.values() if not r.retired and r.url not in exclude]
+        cands = [r for r in live if r.healthy] or live  # all marked down: try them anyway (health may be stale)
+        if not cands:
+            raise NoReplica
+        free = [r for r in cands if r.in_flight < self.max_in_flight]
+        if not free:
+            return None
+        least = min(free, key=lambda r: (r.in_flight, r.requests))
+        if self.affinity and key is not None:
+            preferred = max(cands, key=lambda r: _score(key, r.url))
+            if preferred.in_flight < self.max_in_flight and preferred.in_flight <= least.in_flight + self.affinity_slack:
+                preferred.affinity_hits += 1
+                return preferred
+        return least
+
+    async def acquire(self, key: str | None, exclude: set[str]) -> Replica:
+        deadline = time.monotonic() + self.queue_timeout_s
+        async with self.cond:
+            self.waiting += 1
+            self.peak_waiting = max(self.peak_waiting, self.waiting)
+            try:
+                while True:
+                    r = self.pick(key, exclude)
+                    if r is not None:
+                        r.in_flight += 1
+                        r.requests += 1
+                        r.peak_in_flight = max(r.peak_in_flight, r.in_flight)
+                        return r
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise asyncio.TimeoutError
+                    try:
+                        await asyncio.wait_for(self.cond.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+            finally:
+                self.waiting -= 1
+
+    async def release(self, r: Replica) -> None:
+        async with self.cond:
+            r.in_flight -= 1
+            if r.retired and r.in_flight == 0:
+                self.replicas.pop(r.url, None)
+            self.cond.notify_all()
+
+    async def mark(self, r: Replica, healthy: bool, error: str | None = None) -> None:
+        async with self.cond:
+            changed = r.healthy != healthy
+            r.healthy = healthy
+            if error:
+                r.last_error = error
+            if changed:
+                log.warning("replica %s is now %s%s", r.url, "up" if healthy else "DOWN", f" ({error})" if error else "")
+                self.cond.notify_all()
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "max_in_flight": self.max_in_flight,
+            "requests": self.requests,
+            "failovers": self.failovers,
+            "rejected": self.rejected,
+            "waiting": self.waiting,
+            "peak_waiting": self.peak_waiting,
+            "healthy_replicas": sum(1 for r in self.replicas.values() if r.healthy and not r.retired),
+            "replicas": [r.public() for r in self.replicas.values() if not r.retired],
+        }
+
+
+class Router:
+    def __init__(self, replicas: list[str], *, max_in_flight: int, affinity: bool = True, affinity_slack: int = 4,
+                 health_interval_s: float = 2.0, queue_timeout_s: float = 600.0, request_timeout_s: float = 900.0,
+                 max_attempts: int = 3):
+        self.state_args = dict(max_in_flight=max_in_flight, affinity=affinity, affinity_slack=affinity_slack,
+                               queue_timeout_s=queue_timeout_s, max_attempts=max_attempts)
+        self.initial = list(replicas)
+        self.health_interval_s = health_interval_s
+        self.request_timeout_s = request_timeout_s
+        self.state: RouterState | None = None
+        self.session = None
+        self._health_task = None
+
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        app.add_routes([
+            web.get("/health", self.health),
+            web.get("/router/stats", self.stats),
+            web.post("/router/replicas", self.set_replicas),
+            web.route("*", "/v1/{tail:.*}", self.proxy),
+        ])
+        return app
+
+    async def _startup(self, app) -> None:
+        import aiohttp
+
+        self.state = RouterState(**self.state_args)
+        self.state.set_replicas(self.initial)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+            auto_decompress=False,
+        )
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def _cleanup(self, app) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self.session:
+            await self.session.close()
+
+    # admin ------------------------------------------------------------------------------------------
+    async def health(self, request):
+        from aiohttp import web
+
+        healthy = sum(1 for r in self.state.replicas.values() if r.healthy and not r.retired)
+        return web.json_response({"status": "ok" if healthy else "no healthy replica", "healthy_replicas": healthy},
+                                 status=200)
+
+    async def stats(self, request):
+        from aiohttp import web
+
+        return web.json_response(self.state.public())
+
+    async def set_replicas(self, request):
+        from aiohttp import web
+
+        data = await request.json()
+        urls = data.get("replicas")
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            return web.json_response({"error": {"message": "body must be {\"replicas\": [url, ...]}"}}, status=400)
+        async with self.state.cond:
+            self.state.set_replicas(urls)
+            self.state.cond.notify_all()
+        asyncio.create_task(self._check_all())
+        return web.json_response(self.state.public())
+
+    # health -----------------------------------------------------------------------------------------
+    async def _check(self, r: Replica) -> None:
+        import aiohttp
+
+        try:
+            async with self.session.get(r.url + "/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                await resp.read()
+                ok = resp.status < 500
+                err = None if ok else f"health check: HTTP {resp.status}"
+        except Exception as e:  # noqa: BLE001 - any failure means not answering
+            ok, err = False, f"health check: {type(e).__name__}: {e}"
+        if ok:
+            r.health_failures = 0
+            if not r.healthy:
+                await self.state.mark(r, True)
+        else:
+            r.health_failures += 1
+            if r.healthy and r.health_failures >= 2:
+                await self.state.mark(r, False, err)
+            elif not r.healthy:
+                r.last_error = err
+
+    async def _check_all(self) -> None:
+        await asyncio.gather(*(self._check(r) for r in list(self.state.replicas.values()) if not r.retired))
+
+    async def _health_loop(self) -> None:
+        while True:
+            try:
+                await self._check_all()
+            except Exception:  # pragma: no cover - keep checking whatever happens
+                log.exception("health check round failed")
+            await asyncio.sleep(self.health_interval_s)
+
+    # proxy ------------------------------------------------------------------------------------------
+    async def _send(self, r: Replica, method: str, tail: str, body: bytes, headers: dict[str, str]):
+        """One upstream attempt; holds r's slot until the replica answers, even if our client went away."""
+        import aiohttp
+
+        started = time.monotonic()
+        try:
+            async with self.session.request(method, f"{r.url}/{tail}", data=body, headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=self.request_timeout_s)) as resp:
+                data = await resp.read()
+                out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+                if resp.status < 300:
+                    r.completed += 1
+                    r.latency_sum_s += time.monotonic() - started
+                return resp.status, data, out_headers, None
+        except asyncio.TimeoutError:
+            return None, None, None, ("timeout", f"no answer within {self.request_timeout_s:g}s")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
+            return None, None, None, ("connection", f"{type(e).__name__}: {e}")
+        finally:
+            await self.state.release(r)
+
+    async def proxy(self, request):
+        from aiohttp import web
+
+        state = self.state
+        state.requests += 1
+        tail = request.match_info["tail"]
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        key = affinity_key(body) if state.affinity and body else None
+        tried: set[str] = set()
+        last: tuple[int, bytes, dict[str, str]] | None = None
+        last_error = "no replica"
+        for attempt in range(state.max_attempts):
+            try:
+                r = await state.acquire(key, tried)
+            except NoReplica:
+                break
+            except asyncio.TimeoutError:
+                state.rejected += 1
+                return web.json_response(
+                    {"error": {"message": f"router: no replica slot free within {state.queue_timeout_s:g}s "
+                                          f"(max_in_flight {state.max_in_flight} per replica)", "type": "overloaded"}},
+                    status=503, headers={"Retry-After": "5"})
+            tried.add(r.url)
+            task = asyncio.ensure_future(self._send(r, request.method, tail, body, headers))
+            status, data, out_headers, failure = await asyncio.shield(task)
+            if failure is None and status not in _FAILOVER_STATUSES:
+                return web.Response(status=status, body=data, headers=out_headers)
+            r.errors += 1
+            if failure is not None:
+                kind, detail = failure
+                last_error = f"{r.url}: {detail}"
+                if kind == "connection":
+                    await state.mark(r, False, detail)
+                last = None
+            else:
+                last_error = f"{r.url}: HTTP {status}"
+                last = (status, data, out_headers)
+            if attempt + 1 < state.max_attempts:
+                r.failovers += 1
+                state.failovers += 1
+        if last is not None:
+            status, data, out_headers = last
+            return web.Response(status=status, body=data, headers=out_headers)
+        live = [u for u, r in state.replicas.items() if not r.retired]
+        return web.json_response(
+            {"error": {"message": f"router: no replica could answer (tried {sorted(tried) or 'none'} of {live}); last error: {last_error}",
+                       "type": "replicas_unavailable"}},
+            status=503, headers={"Retry-After": "2"})
+
+
+def serve(router: Router, host: str, port: int, port_file: str | None = None) -> None:
+    from aiohttp import web
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    actual = sock.getsockname()[1]
+
+    async def main():
+        runner = web.AppRunner(router.app(), access_log=None)
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        await site.start()
+        if port_file:
+            tmp = f"{port_file}.tmp"
+            Path(tmp).write_text(str(actual))
+            os.replace(tmp, port_file)
+        print(f"gepa_lab router on http://{host}:{actual}/v1 -> {router.initial}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gepa_lab.lm.router", description=__doc__.split("\n")[0])
+    p.add_argument("--replica", action="append", default=[], help="replica OpenAI base URL (repeat)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port-file", default=None, help="write the bound port here once listening")
+    p.add_argument("--max-in-flight", type=int, required=True, help="requests in flight per replica")
+    p.add_argument("--no-affinity", action="store_true")
+    p.add_argument("--affinity-slack", type=int, default=4)
+    p.add_argument("--health-interval-s", type=float, default=2.0)
+    p.add_argument("--queue-timeout-s", type=float, default=600.0)
+    p.add_argument("--request-timeout-s", type=float, default=900.0)
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--log-level", default="WARNING")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, a.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    router = Router(a.replica, max_in_flight=a.max_in_flight, affinity=not a.no_affinity, affinity_slack=a.affinity_slack,
+                    health_interval_s=a.health_interval_s, queue_timeout_s=a.queue_timeout_s,
+                    request_timeout_s=a.request_timeout_s, max_attempts=a.max_attempts)
+    serve(router, a.host, a.port, a.port_file)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Launching it from Python
+
+
+class RouterError(RuntimeError):
+    pass
+
+
+class RouterProcess:
+    """The router as a child process of the sweep driver (own process group; `stop()` ends it)."""
+
+    def __init__(self, replicas: list[str], *, max_in_flight: int, host: str = "127.0.0.1", port: int = 0,
+                 advertise_host: str | None = None, affinity: bool = True, affinity_slack: int = 4,
+                 health_interval_s: float = 2.0, queue_timeout_s: float = 600.0, request_timeout_s: float = 900.0,
+                 max_attempts: int = 3, log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0):
+        self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_router_")
+        port_file = Path(self._tmp.name) / "port"
+        self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "router.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "gepa_lab.lm.router", "--host", host, "--port", str(port), "--port-file", str(port_file),
+               "--max-in-flight", str(max_in_flight), "--affinity-slack", str(affinity_slack),
+               "--health-interval-s", str(health_interval_s), "--queue-timeout-s", str(queue_timeout_s),
+               "--request-timeout-s", str(request_timeout_s), "--max-attempts", str(max_attempts)]
+        if not affinity:
+            cmd.append("--no-affinity")
+        for r in replicas:
+            cmd += ["--replica", r]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
+        self.host = host
+        self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+        deadline = time.monotonic() + startup_timeout_s
+        self.port = None
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if port_file.exists():
+                self.port = int(port_file.read_text())
+                break
+            time.sleep(0.05)
+        if self.port is None:
+            tail = self.log_tail()
+            self.stop()
+            raise RouterError(f"the LM router did not start. Log tail:\n{tail}")
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.advertise_host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1"
+
+    @property
+    def _local(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(f"{self._local}/router/stats", timeout=timeout).raise_for_status().json()
+
+    def set_replicas(self, urls: list[str], timeout: float = 10.0) -> dict[str, Any]:
+        import httpx
+
+        return httpx.post(f"{self._local}/router/replicas", json={"replicas": list(urls)}, timeout=timeout).raise_for_status().json()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, sig)
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "RouterProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RouterProcess(url={self.url!r}, pid={self.proc.pid})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

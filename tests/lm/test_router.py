@@ -1,0 +1,144 @@
+"""The sweep's router in front of real simulator replicas: a per-replica in-flight cap under load from several
+clients, failover when a replica is killed mid-traffic, prefix affinity, dead endpoints reported at start."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import dspy
+import httpx
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
+from gepa_lab.lm.cache import use_cache  # noqa: E402
+from gepa_lab.lm.config import LMConfig  # noqa: E402
+from gepa_lab.lm.endpoint import build_lm  # noqa: E402
+from gepa_lab.lm.router import RouterProcess  # noqa: E402
+from gepa_lab.lm.serving import EndpointError, serve  # noqa: E402
+from gepa_lab.lm.sim.launch import free_port, start_simulator  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _body(system: str, user: str) -> dict:
+    return {"model": "sim", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+def _run_clients(n_clients: int, per_client: int, url: str, system_of=lambda i, j: f"instruction {i}-{j}") -> list[int]:
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            for j in range(per_client):
+                r = c.post(url + "/chat/completions", json=_body(system_of(i, j), f"question {i}/{j}"))
+                with lock:
+                    statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+def test_router_caps_in_flight_per_replica_under_load():
+    # the simulators would take 64 at once; the router must never give either more than 3
+    with start_simulator(max_in_flight=64, latency_ms=60) as a, start_simulator(max_in_flight=64, latency_ms=60) as b:
+        with RouterProcess([a.url, b.url], max_in_flight=3, affinity_slack=1) as router:
+            statuses = _run_clients(12, 6, router.url)
+            stats = router.stats()
+        assert statuses == [200] * 72
+        for sim in (a, b):
+            s = sim.stats()
+            assert 1 <= s["peak_in_flight"] <= 3, s
+            assert s["peak_queued"] <= 1, s  # nothing waited inside the server beyond the request being admitted
+        assert a.stats()["requests_served"] + b.stats()["requests_served"] == 72
+        assert stats["peak_waiting"] > 0  # the cap was actually exercised: requests queued in the router
+        assert all(r["peak_in_flight"] <= 3 for r in stats["replicas"])
+        assert min(r["requests"] for r in stats["replicas"]) > 0  # both replicas used
+
+
+def test_failover_when_a_replica_dies_mid_traffic(tmp_path):
+    use_cache(tmp_path, mode="off")
+    with start_simulator(latency_ms=80, max_in_flight=64) as a, start_simulator(latency_ms=80, max_in_flight=64) as b:
+        with RouterProcess([a.url, b.url], max_in_flight=4, health_interval_s=0.5, affinity=False) as router:
+            # no client-side retries: every call must succeed through the router's failover alone
+            lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), router.url, role="task")
+            meter = UsageMeter({"task": lm})
+            errors: list[str] = []
+            done = [0]
+
+            def client(i: int) -> None:
+                with dspy.context(callbacks=[meter]):
+                    for j in range(12):
+                        try:
+                            lm(f"client {i} request {j}")
+                            done[0] += 1
+                        except Exception as e:  # noqa: BLE001
+                            errors.append(str(e))
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 120
+            while a.stats()["requests_served"] < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            served_by_a = a.stats()["requests_served"]
+            a.stop()  # kill replica a while requests are in flight
+            for t in threads:
+                t.join()
+            stats = router.stats()
+        assert not errors, errors[:3]
+        assert done[0] == 72
+        assert served_by_a >= 5
+        dead, alive = stats["replicas"]
+        assert dead["url"] == a.url and not dead["healthy"] and dead["last_error"]
+        assert alive["healthy"] and alive["completed"] == b.stats()["requests_served"]
+        assert dead["completed"] >= served_by_a and dead["completed"] + alive["completed"] == 72
+        assert alive["completed"] > 72 - dead["completed"] - 1 and alive["completed"] >= 72 - served_by_a - 4
+        s = meter.snapshot()["task"]
+        assert s["requests"] == 72 and s["failed_requests"] == 0 and s["retries"] == 0
+
+
+def test_prefix_affinity_keeps_an_instruction_on_one_replica():
+    with start_simulator() as a, start_simulator() as b:
+        with RouterProcess([a.url, b.url], max_in_flight=8) as router, httpx.Client(timeout=60) as c:
+            placement = {}
+            for k in range(6):
+                system = f"Candidate instruction number {k}: classify the intent."
+                before = (a.stats()["requests_received"], b.stats()["requests_received"])
+                for j in range(4):  # sequential: no load, so affinity decides alone
+                    assert c.post(router.url + "/chat/completions", json=_body(system, f"q{j}")).status_code == 200
+                after = (a.stats()["requests_received"], b.stats()["requests_received"])
+                delta = (after[0] - before[0], after[1] - before[1])
+                assert sorted(delta) == [0, 4], delta  # all four requests of this instruction on one replica
+                placement[k] = delta.index(4)
+            assert set(placement.values()) == {0, 1}  # different instructions spread over both
+            assert sum(r["affinity_hits"] for r in router.stats()["replicas"]) == 24
+
+
+def test_routed_endpoints_and_dead_replicas_reported_at_start(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with start_simulator() as a:
+        with pytest.raises(EndpointError) as err:
+            with serve(LMConfig(kind="vllm", model="sim", api_base=[a.url, dead])):
+                pass
+        assert dead in str(err.value) and a.url not in str(err.value)
+        # an external single endpoint behind the router when asked (router.enabled: always)
+        with serve(LMConfig(kind="openai_compatible", model="sim", api_base=a.url, router={"enabled": "always"})) as ep:
+            assert ep.routed and ep.replicas == (a.url,)
+            lm = build_lm(ep.cfg, ep.api_base)
+            assert lm("hello")[0]
+            assert ep.stats()["requests"] == 2  # the start-up check (GET /models) and the call
+    # several simulators started by gepa_lab itself, behind the router
+    with serve(LMConfig(kind="sim", model="sim", server={"replicas": 2}), workdir=tmp_path) as ep:
+        assert ep.routed and len(ep.replicas) == 2
+        assert build_lm(ep.cfg, ep.api_base)("hello there")[0]
+        assert {r["url"] for r in ep.stats()["replicas"]} == set(ep.replicas)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(ep.api_base + "/models", timeout=2)
