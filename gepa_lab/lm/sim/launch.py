@@ -1,0 +1,224 @@
+"""Start the simulator as a child process from Python.
+
+    from gepa_lab.lm.sim.launch import start_simulator
+
+    with start_simulator(max_in_flight=8, latency_ms=20) as sim:
+        lm = dspy.LM("openai/sim", api_base=sim.url, api_key="x", cache=False)
+        ...
+        print(sim.stats()["peak_in_flight"])
+
+The child runs ``python -m gepa_lab.lm.sim`` in its own process group (``start_new_session=True``);
+``stop()`` kills the whole group and waits. The API key travels in an environment variable
+(``--api-key-env``), never on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+API_KEY_ENV = "GEPA_LAB_SIM_API_KEY"
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+
+_FLAGS = {
+    "model": "--model",
+    "latency_ms": "--latency-ms",
+    "per_token_ms": "--per-token-ms",
+    "max_in_flight": "--max-in-flight",
+    "error_rate": "--error-rate",
+    "rate_limit_rate": "--rate-limit-rate",
+    "retry_after_s": "--retry-after-s",
+    "hang_rate": "--hang-rate",
+    "hang_s": "--hang-s",
+    "seed": "--seed",
+    "log_level": "--log-level",
+}
+
+
+class SimulatorStartError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str, timeout: float = 5.0, method: str = "GET") -> Any:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read().decode())
+
+
+class Simulator:
+    """A running simulator child process."""
+
+    def __init__(self, proc: subprocess.Popen, host: str, port: int, log_path: Path, own_log: bool):
+        self.proc = proc
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self._own_log = own_log
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-style API base, e.g. ``http://127.0.0.1:PORT/v1`` (for ``dspy.LM(api_base=...)``)."""
+        return f"{self.base}/v1"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def health(self, timeout: float = 2.0) -> dict[str, Any]:
+        return _get_json(f"{self.base}/health", timeout=timeout)
+
+    def stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        return _get_json(f"{self.base}/stats", timeout=timeout)
+
+    def reset_stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        return _get_json(f"{self.base}/stats/reset", timeout=timeout, method="POST")
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n_chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Kill the child's process group (SIGTERM, then SIGKILL) and wait for it."""
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        try:
+            self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - should not happen after SIGKILL
+            pass
+        if self._own_log:
+            try:
+                self.log_path.unlink()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Simulator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Simulator(url={self.url!r}, pid={self.proc.pid}, alive={self.alive()})"
+
+
+def start_simulator(
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    api_key: str | None = None,
+    log_path: str | os.PathLike | None = None,
+    startup_timeout: float = 30.0,
+    python: str | None = None,
+    **options: Any,
+) -> Simulator:
+    """Spawn ``python -m gepa_lab.lm.sim`` on ``port`` (a free one if None) and wait for ``/health``.
+
+    ``options`` are the CLI options in Python spelling: ``model``, ``latency_ms``, ``per_token_ms``,
+    ``max_in_flight``, ``error_rate``, ``rate_limit_rate``, ``retry_after_s``, ``hang_rate``, ``hang_s``,
+    ``seed``, ``log_level``. ``api_key`` is passed to the child through the environment variable
+    ``GEPA_LAB_SIM_API_KEY`` (``--api-key-env``). The child's output goes to ``log_path`` (a temp file
+    that is removed on ``stop()`` if not given). Raises ``SimulatorStartError`` with the log tail if the
+    server does not answer ``/health`` within ``startup_timeout`` seconds.
+    """
+    unknown = set(options) - set(_FLAGS)
+    if unknown:
+        raise TypeError(f"unknown simulator option(s): {sorted(unknown)}")
+    attempts = 1 if port is not None else 3
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port(host)
+        try:
+            return _start_once(chosen, host, api_key, log_path, startup_timeout, python, options)
+        except SimulatorStartError as exc:  # a port race: try another free port
+            last_error = exc
+    assert last_error is not None
+    raise last_error
+
+
+def _start_once(port, host, api_key, log_path, startup_timeout, python, options) -> Simulator:
+    cmd = [python or sys.executable, "-m", "gepa_lab.lm.sim", "--port", str(port), "--host", host]
+    for name, flag in _FLAGS.items():
+        if name in options and options[name] is not None:
+            cmd += [flag, str(options[name])]
+    env = dict(os.environ)
+    env.pop(API_KEY_ENV, None)
+    if api_key:
+        env[API_KEY_ENV] = api_key
+        cmd += ["--api-key-env", API_KEY_ENV]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    own_log = log_path is None
+    if own_log:
+        fd, name = tempfile.mkstemp(prefix="gepa_lab_sim_", suffix=".log")
+        os.close(fd)
+        path = Path(name)
+    else:
+        path = Path(log_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    sim = Simulator(proc, host, port, path, own_log)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if sim.health(timeout=1.0).get("status") == "ok":
+                return sim
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    tail = sim.log_tail()
+    code = proc.poll()
+    own = sim._own_log
+    sim._own_log = False
+    sim.stop()
+    if own:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    state = f"exited with code {code}" if code is not None else f"did not answer /health within {startup_timeout:g}s"
+    raise SimulatorStartError(f"LM simulator on {host}:{port} {state}. Log tail:\n{tail}")

@@ -1,0 +1,232 @@
+"""The simulator as a task LM that reads rules and as a reflection LM that writes them; and an end-to-end
+dspy.GEPA run on a generated corpus it has never seen (real server, real HTTP, real dspy.GEPA)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import dspy  # noqa: E402
+
+from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
+from gepa_lab.lm.sim.reflection import parse_feedback  # noqa: E402
+
+SEED = "Classify the intent of an online-banking customer query."
+LABELS = ["card_arrival", "card_not_working", "cancel_transfer", "pin_blocked"]
+RULE_RE = re.compile(r'^\s*- If the query mentions (.+), answer (\w+)\.$', re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    s = start_simulator()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def task_body(instruction: str, query: str, labels=LABELS) -> dict:
+    lit = ", ".join(repr(lab) for lab in labels)
+    indented = "\n".join("        " + line for line in instruction.splitlines())
+    system = (
+        f"Your input fields are:\n1. `query` (str):\nYour output fields are:\n1. `intent` (Literal[{lit}]):\n"
+        "All interactions will be structured in the following way, with the appropriate values filled in.\n\n"
+        "[[ ## query ## ]]\n{query}\n\n[[ ## intent ## ]]\n{intent}\n\n[[ ## completed ## ]]\n"
+        f"In adhering to this structure, your objective is: \n{indented}"
+    )
+    user = f"[[ ## query ## ]]\n{query}\n\nRespond with the corresponding output fields, starting with the field `[[ ## intent ## ]]`."
+    return {"model": "sim", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+def reflection_body(current: str, examples: list[dict]) -> dict:
+    sample = Path(__file__).resolve().parents[3] / "shared" / "samples" / "gepa_reflection.json"
+    if sample.exists():
+        system = json.loads(sample.read_text())["request_body"]["messages"][0]["content"]
+    else:  # the same layout dspy 3.4.1 sends (see ../shared/samples/gepa_reflection.json)
+        system = (
+            "Your input fields are:\n1. `current_instruction` (str): The instructions I provided to the assistant.\n"
+            "2. `examples_with_feedback` (list[dict[str, Any]]): Task inputs, responses and feedback.\n"
+            "Your output fields are:\n1. `new_instruction` (str): The new instruction for the assistant.\n"
+            "All interactions will be structured in the following way, with the appropriate values filled in.\n\n"
+            "Outputs will be a JSON object with the following fields.\n\nIn adhering to this structure, your "
+            "objective is: \n        Write a new instruction for the assistant."
+        )
+    user = (
+        f"[[ ## current_instruction ## ]]\n{current}\n\n[[ ## examples_with_feedback ## ]]\n{json.dumps(examples)}\n\n"
+        "Respond with a JSON object in the following order of fields: `new_instruction`."
+    )
+    return {"model": "sim", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+def example(query: str, pred: str, gold: str) -> dict:
+    fb = (
+        f'Correct. The correct answer is "{gold}".'
+        if pred == gold
+        else f'Incorrect: you answered "{pred}". The correct answer is "{gold}".'
+    )
+    return {"Inputs": {"query": query}, "Generated Outputs": {"intent": pred}, "Feedback": fb}
+
+
+def ask(client: httpx.Client, sim, body: dict) -> str:
+    r = client.post(sim.url + "/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def answer(client, sim, instruction, query, labels=LABELS) -> str:
+    content = ask(client, sim, task_body(instruction, query, labels))
+    m = re.search(r"\[\[ ## intent ## \]\]\n(.*)\n", content)
+    assert m, content
+    return m.group(1).strip()
+
+
+def test_task_model_reads_indented_rules(sim):
+    ruled = SEED + '\n\nCues learned from feedback:\n  - If the query mentions "stuck" or "frozen", answer pin_blocked.'
+    with httpx.Client(timeout=10) as client:
+        assert answer(client, sim, SEED, "my account is frozen") == "card_arrival"  # no evidence at all
+        assert answer(client, sim, ruled, "my account is frozen") == "pin_blocked"
+        assert answer(client, sim, ruled, "my account is FROZEN!") == "pin_blocked"
+        # label-name words still count without rules
+        assert answer(client, sim, SEED, "please cancel this transfer") == "cancel_transfer"
+
+
+def test_reflection_reply_is_json_with_learned_rules_and_merges_the_parent(sim):
+    batch1 = [
+        example("My parcel with the card never arrived in the post", "card_arrival", "card_arrival"),
+        example("The card got stuck and the machine kept it", "card_arrival", "card_not_working"),
+        example("I typed the code wrong three times, now it is locked", "card_arrival", "pin_blocked"),
+    ]
+    with httpx.Client(timeout=10) as client:
+        reply = json.loads(ask(client, sim, reflection_body(SEED, batch1)))
+        assert list(reply) == ["new_instruction"]
+        first = reply["new_instruction"]
+        assert first.startswith(SEED)  # the task sentence is kept
+        rules = dict((label, cues) for cues, label in RULE_RE.findall(first))
+        assert "pin_blocked" in rules and '"locked"' in rules["pin_blocked"]
+        assert "card_not_working" in rules and '"stuck"' in rules["card_not_working"]
+        # the task model follows what the reflection model wrote
+        assert answer(client, sim, first, "why is my account locked") == "pin_blocked"
+        assert answer(client, sim, SEED, "why is my account locked") != "pin_blocked"
+
+        batch2 = [example("Please stop the payment I just sent", "card_arrival", "cancel_transfer")]
+        second = json.loads(ask(client, sim, reflection_body(first, batch2)))["new_instruction"]
+        labels2 = {label for _, label in RULE_RE.findall(second)}
+        assert {"pin_blocked", "card_not_working", "cancel_transfer"} <= labels2  # parent's rules kept
+        assert second.count(SEED) == 1
+        # deterministic
+        again = json.loads(ask(client, sim, reflection_body(first, batch2)))["new_instruction"]
+        assert again == second
+
+
+def test_feedback_wording_and_variants():
+    assert parse_feedback('Correct. The correct answer is "a_b".', {"intent": "a_b"}) == ("a_b", "a_b", True)
+    assert parse_feedback('Incorrect: you answered "x_y". The correct answer is "a_b".', {}) == ("a_b", "x_y", False)
+    assert parse_feedback("Wrong, expected \"a_b\".", {"intent": "x_y"}) == ("a_b", "x_y", False)
+    assert parse_feedback("The answer should be a_b.", {"intent": "x_y"}) == ("a_b", "x_y", False)
+    assert parse_feedback("The correct intent is a_b; you answered x_y.", {}) == ("a_b", "x_y", False)
+
+
+def test_no_task_knowledge_built_in():
+    pkg = Path(__file__).resolve().parents[2] / "gepa_lab" / "lm" / "sim"
+    for path in pkg.glob("*.py"):
+        text = path.read_text().lower()
+        for word in ("banking", "card_arrival", "top_up", "datasets", "train.csv", "categories.json"):
+            assert word not in text, f"{path.name} mentions {word!r}"
+        if path.name not in ("launch.py",):
+            assert "open(" not in text, f"{path.name} opens files"
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end: dspy.GEPA improves a program on a generated corpus the simulator has never seen.
+
+def generated_corpus(seed: int = 99, per_label: int = 45) -> tuple[list[str], list[tuple[str, str]]]:
+    rng = random.Random(seed)
+    labels = ["order_refund", "parcel_delay", "invoice_copy", "voucher_expired", "account_locked",
+              "plan_upgrade", "device_return", "ticket_transfer", "coupon_invalid", "order_cancel"]
+    syll = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "su", "do", "fa"]
+    def word() -> str:
+        return "".join(rng.choice(syll) for _ in range(3))
+    cues = {lab: [word() for _ in range(4)] for lab in labels}
+    for i, lab in enumerate(labels):  # neighbouring labels share a cue word
+        cues[lab].append(cues[labels[(i + 1) % len(labels)]][0])
+    filler = "hello please help me with my problem today thanks i need some info about this issue quickly".split()
+    rows = []
+    for lab in labels:
+        for _ in range(per_label):
+            words = rng.sample(cues[lab], rng.randint(1, 2)) + rng.sample(filler, rng.randint(2, 5))
+            if rng.random() < 0.3:
+                words.append(rng.choice(lab.split("_")))
+            if rng.random() < 0.3:
+                words.append(rng.choice(rng.choice(labels).split("_")))
+            rng.shuffle(words)
+            rows.append((" ".join(words).capitalize() + "?", lab))
+    rng.shuffle(rows)
+    return labels, rows
+
+
+def split(rows, seed, n_train, n_val, n_test):
+    rng = random.Random(seed)
+    by: dict[str, list] = {}
+    for r in rows:
+        by.setdefault(r[1], []).append(r)
+    order = []
+    labels = sorted(by)
+    rng.shuffle(labels)
+    for lab in labels:
+        rng.shuffle(by[lab])
+    for depth in range(max(len(v) for v in by.values())):
+        order += [by[lab][depth] for lab in labels if depth < len(by[lab])]
+    mk = lambda part: [dspy.Example(query=t, intent=c).with_inputs("query") for t, c in part]  # noqa: E731
+    return mk(order[:n_train]), mk(order[n_train:n_train + n_val]), mk(order[n_train + n_val:n_train + n_val + n_test])
+
+
+def metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+    ans = getattr(pred, "intent", None)
+    if ans == gold.intent:
+        return dspy.Prediction(score=1.0, feedback=f'Correct. The correct answer is "{gold.intent}".')
+    return dspy.Prediction(score=0.0, feedback=f'Incorrect: you answered "{ans}". The correct answer is "{gold.intent}".')
+
+
+def test_gepa_improves_a_generated_corpus(sim):
+    labels, rows = generated_corpus()
+    sig = dspy.Signature(
+        {"query": (str, dspy.InputField()), "intent": (Literal[tuple(labels)], dspy.OutputField())},
+        "Classify the intent of a customer-support message.",
+    )
+    task_lm = dspy.LM("openai/sim", api_base=sim.url, api_key="x", cache=False, num_retries=0)
+    refl_lm = dspy.LM("openai/sim", api_base=sim.url, api_key="x", cache=False, num_retries=0)
+    evaluate = lambda prog, data: sum(  # noqa: E731
+        float(prog(query=ex.query).intent == ex.intent) for ex in data
+    ) / len(data)
+    outcomes = []
+    for seed in (0, 1, 2):
+        train, val, test = split(rows, seed, 80, 40, 150)
+        program = dspy.Predict(sig)
+        gepa = dspy.GEPA(metric=metric, max_metric_calls=300, reflection_lm=refl_lm, reflection_minibatch_size=5,
+                         num_threads=8, seed=seed, track_stats=True)
+        quiet = io.StringIO()
+        with dspy.context(lm=task_lm), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            best = gepa.compile(program, trainset=train, valset=val)
+            res = best.detailed_results
+            seed_val, best_val = res.val_aggregate_scores[0], res.val_aggregate_scores[res.best_idx]
+            seed_test, best_test = evaluate(program, test), evaluate(best, test)
+        instr = best.signature.instructions
+        outcomes.append((seed_val, best_val, seed_test, best_test, instr))
+    improved = [o for o in outcomes if o[1] >= o[0] + 0.05 and o[3] >= o[2] + 0.03]
+    summary = [tuple(round(x, 3) for x in o[:4]) for o in outcomes]
+    assert len(improved) >= 2, summary
+    assert all(RULE_RE.search(o[4]) for o in improved)  # the knowledge is in the instruction, as rules
+    assert len({o[4] for o in outcomes}) > 1, "different seeds should give different outcomes"
+    stats = sim.stats()
+    assert stats["requests_by_kind"].get("json", 0) > 0  # reflection calls went through the server
