@@ -1,0 +1,343 @@
+"""MLflow sink: a parent run per sweep, a nested run per trial.
+
+Embedded default: ``sqlite:///<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlartifacts``; a
+remote ``tracking_uri`` (``http://host:port`` of an ``mlflow server``) works the same way, artifacts then go
+through the server. Trials run in other processes (Ray), so nothing here relies on MLflow's fluent,
+per-process "active run": every call goes through an ``MlflowClient`` with an explicit run id, and the
+nested run points at its parent with the ``mlflow.parentRunId`` tag.
+
+A trial run holds
+- params: the trial's resolved config, flattened (``lm.model``, ``optimizer.max_metric_calls``, ...), secrets masked;
+- tags: ``mlflow.parentRunId``, ``git_commit`` (+ ``mlflow.source.git.commit``), ``config_hash``,
+  ``corpus_manifest_hash``, ``versions`` (JSON) and ``version.<package>``, ``gepa_lab.trial_id``,
+  ``gepa_lab.output_dir``, ``gepa_lab.status``, ``error`` on failure;
+- metrics, step = metric calls used so far: ``best_val_score``, ``iteration``, ``accepted``, ``seconds``,
+  ``lm.<role>.<field>`` per iteration; ``candidate_val_score`` per candidate; ``test_score`` (step =
+  candidate index) per test evaluation; at the end ``seed_val_score``, ``seed_test_score``,
+  ``best_test_score``, ``best_candidate_idx``, ``num_candidates``, ``metric_calls``, ``lm_calls``, ``wall_seconds``;
+- artifacts: ``summary.json`` (secrets masked), ``candidates.json``, ``program.json`` (the winner's dspy state);
+- status FINISHED, or FAILED (trial_failed, or finish() before trial_finished).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from gepa_lab.config.identity import git_commit, versions
+from gepa_lab.config.schema import MlflowConfig
+from gepa_lab.events import Event
+from gepa_lab.tracking.secrets import find_secrets, redact, redact_text
+
+T = TypeVar("T")
+PARAM_MAX = 6000
+TAG_MAX = 8000
+KEY_MAX = 250
+USAGE_FIELDS = (
+    "requests", "cache_hits", "errors", "retries", "prompt_tokens", "completion_tokens",
+    "latency_p50_s", "latency_p95_s", "cost_usd",
+)
+FINAL_METRICS = (
+    "seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "best_candidate_idx",
+    "num_candidates", "metric_calls", "lm_calls", "wall_seconds",
+)
+
+
+class SecretInArtifact(RuntimeError):
+    pass
+
+
+# ---- where things go ------------------------------------------------------------------------------------
+def tracking_uri(cfg: MlflowConfig, output_dir: str | os.PathLike) -> str:
+    """cfg.tracking_uri, or the embedded SQLite store sqlite:///<output_dir>/mlflow.db."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    return "sqlite:///" + str((Path(output_dir) / "mlflow.db").resolve())
+
+
+def artifact_location(cfg: MlflowConfig, output_dir: str | os.PathLike) -> str | None:
+    """Where a new experiment keeps artifacts: next to a SQLite store (<dir>/mlartifacts); for a server,
+    None = the server's default (mlflow-artifacts:/, i.e. through the server)."""
+    uri = tracking_uri(cfg, output_dir)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def client(cfg: MlflowConfig, output_dir: str | os.PathLike):
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg, output_dir)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """Call fn, retrying while SQLite is locked by another trial process."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
+def experiment_id(cfg: MlflowConfig, output_dir: str | os.PathLike, mlflow_client=None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    c = mlflow_client or client(cfg, output_dir)
+    found = retry(c.get_experiment_by_name, cfg.experiment)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            retry(c.restore_experiment, found.experiment_id)
+        return found.experiment_id
+    try:
+        return retry(c.create_experiment, cfg.experiment, artifact_location=artifact_location(cfg, output_dir))
+    except MlflowException:  # another process created it first
+        found = retry(c.get_experiment_by_name, cfg.experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+# ---- flattening -----------------------------------------------------------------------------------------
+_BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def _key(key: str) -> str:
+    return _BAD_KEY.sub("_", key)[:KEY_MAX]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'lm': {'model': 'x'}} -> {'lm.model': 'x'}; lists stay whole (JSON)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data} if prefix else {}
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:PARAM_MAX]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = flatten(redact(params))
+    items = [Param(_key(k), _param_value(v)) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        retry(c.log_batch, run_id, params=items[i : i + 100])
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(_key(k), x, now, int(step)) for k, v in metrics.items() if (x := _number(v)) is not None]
+    for i in range(0, len(items), 1000):
+        retry(c.log_batch, run_id, metrics=items[i : i + 1000])
+
+
+def set_tags(c, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(_key(k), redact_text(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))[:TAG_MAX])
+             for k, v in tags.items() if v is not None]
+    for i in range(0, len(items), 100):
+        retry(c.log_batch, run_id, tags=items[i : i + 100])
+
+
+def identity_tags(git: str | None, config_hash: str | None, pkg_versions: dict[str, str] | None) -> dict[str, Any]:
+    tags: dict[str, Any] = {"git_commit": git, "mlflow.source.git.commit": git, "config_hash": config_hash}
+    if pkg_versions:
+        tags["versions"] = pkg_versions
+        tags.update({f"version.{name}": v for name, v in pkg_versions.items()})
+    return tags
+
+
+def usage_metrics(usage: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    return {f"lm.{role}.{k}": u.get(k) for role, u in (usage or {}).items() for k in USAGE_FIELDS}
+
+
+def log_json_artifact(c, run_id: str, data: Any, name: str) -> None:
+    """A JSON artifact, secrets masked, refused if a known secret value is still inside."""
+    text = json.dumps(redact(data), indent=2, sort_keys=True, default=str)
+    if hits := find_secrets(text):
+        raise SecretInArtifact(f"refusing to log {name}: it contains secret values {hits}")
+    retry(c.log_text, run_id, text, name)
+
+
+# ---- the sweep's parent run ---------------------------------------------------------------------------------
+def start_parent_run(cfg: MlflowConfig, output_dir: str | os.PathLike, sweep_name: str, params: dict[str, Any]) -> str:
+    """Create the sweep's parent run (left RUNNING: trials nest under it); return its run id."""
+    c = client(cfg, output_dir)
+    exp = experiment_id(cfg, output_dir, c)
+    run = retry(c.create_run, exp, run_name=sweep_name, tags={"gepa_lab.kind": "sweep", "gepa_lab.output_dir": str(Path(output_dir).resolve())})
+    run_id = run.info.run_id
+    set_tags(c, run_id, identity_tags(git_commit(), None, versions()))
+    log_params(c, run_id, params)
+    return run_id
+
+
+def end_parent_run(
+    cfg: MlflowConfig,
+    output_dir: str | os.PathLike,
+    run_id: str,
+    summary: dict[str, Any] | None = None,
+    status: str = "FINISHED",
+) -> None:
+    """Log the sweep summary (numbers as metrics, the whole as summary.json) and close the parent run."""
+    c = client(cfg, output_dir)
+    try:
+        if summary:
+            log_metrics(c, run_id, {k: v for k, v in flatten(summary).items() if _number(v) is not None})
+            reg = summary.get("registered_model") or {}
+            set_tags(c, run_id, {
+                "best_trial_id": summary.get("best_trial_id"),
+                "registered_model": reg.get("name"),
+                "registered_model_version": reg.get("version"),
+                "champion_moved": reg.get("alias") is not None if reg else None,
+            })
+            log_json_artifact(c, run_id, summary, "summary.json")
+    finally:
+        retry(c.set_terminated, run_id, status)
+
+
+# ---- one trial ------------------------------------------------------------------------------------------
+class MlflowSink:
+    """Sink (gepa_lab.events): the nested MLflow run of one trial. Call finish() when the trial ends."""
+
+    def __init__(self, cfg: MlflowConfig, output_dir: str | os.PathLike, parent_run_id: str, run_name: str):
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.parent_run_id = parent_run_id
+        self.run_name = run_name
+        self.client = None
+        self.run_id: str | None = None
+        self.status: str | None = None  # FINISHED | FAILED once closed
+        self.candidates: list[dict[str, Any]] = []
+        self.last_step = 0
+        self.lock = threading.Lock()
+
+    def handle(self, event: Event) -> None:
+        if not self.cfg.enabled or self.status:
+            return
+        with self.lock:
+            if self.run_id is None and event.kind != "trial_started":
+                self._start(event, {})
+            getattr(self, f"_on_{event.kind}", lambda e: None)(event)
+
+    def _start(self, event: Event, data: dict[str, Any]) -> None:
+        self.client = client(self.cfg, self.output_dir)
+        parent = retry(self.client.get_run, self.parent_run_id)
+        config = data.get("config") or {}
+        run = retry(
+            self.client.create_run,
+            parent.info.experiment_id,
+            run_name=self.run_name,
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "gepa_lab.kind": "trial",
+                "gepa_lab.trial_id": event.trial_id,
+                "gepa_lab.status": "running",
+                **({"gepa_lab.output_dir": str(config["output_dir"])} if config.get("output_dir") else {}),
+                **({"task": config["task"]["name"]} if config.get("task") else {}),
+            },
+        )
+        self.run_id = run.info.run_id
+
+    def _on_trial_started(self, event: Event) -> None:
+        d = event.data
+        if self.run_id is None:
+            self._start(event, d)
+        set_tags(self.client, self.run_id, {
+            **identity_tags(d.get("git_commit"), d.get("config_hash"), d.get("versions")),
+            "corpus_manifest_hash": d.get("manifest_hash"),
+        })
+        if d.get("config"):
+            log_params(self.client, self.run_id, d["config"])
+
+    def _on_candidate(self, event: Event) -> None:
+        d = event.data
+        self.candidates.append({k: d.get(k) for k in ("candidate_idx", "iteration", "parents", "val_score", "metric_calls", "instructions")})
+        self.last_step = max(self.last_step, int(d.get("metric_calls") or 0))
+        log_metrics(self.client, self.run_id, {"candidate_val_score": d.get("val_score")}, step=int(d.get("metric_calls") or 0))
+
+    def _on_iteration(self, event: Event) -> None:
+        d = event.data
+        step = int(d.get("metric_calls") or 0)
+        self.last_step = max(self.last_step, step)
+        log_metrics(self.client, self.run_id, {
+            "best_val_score": d.get("best_val"),
+            "iteration": d.get("iteration"),
+            "accepted": d.get("accepted"),
+            "seconds": d.get("seconds"),
+            **usage_metrics(d.get("usage")),
+        }, step=step)
+
+    def _on_evaluation(self, event: Event) -> None:
+        d = event.data
+        scores = list((d.get("scores") or {}).values())
+        if d.get("split") == "test" and scores:
+            log_metrics(self.client, self.run_id, {"test_score": sum(scores) / len(scores)}, step=int(d["candidate_idx"]))
+
+    def _on_trial_finished(self, event: Event) -> None:
+        s = dict(event.data.get("summary") or {})
+        try:
+            step = int(s.get("metric_calls") or self.last_step)
+            log_metrics(self.client, self.run_id, {k: s.get(k) for k in FINAL_METRICS}, step=step)
+            log_metrics(self.client, self.run_id, usage_metrics(s.get("lm_usage")), step=step)
+            set_tags(self.client, self.run_id, identity_tags(s.get("git_commit"), s.get("config_hash"), s.get("versions")))
+            set_tags(self.client, self.run_id, {"corpus_manifest_hash": s.get("corpus_manifest_hash"), "gepa_lab.status": "completed"})
+            log_json_artifact(self.client, self.run_id, s, "summary.json")
+            log_json_artifact(self.client, self.run_id, self.candidates, "candidates.json")
+            program = Path(s["program_path"]) if s.get("program_path") else None
+            if program is not None and program.is_file():
+                if hits := find_secrets(program.read_bytes()):
+                    raise SecretInArtifact(f"refusing to log {program}: it contains secret values {hits}")
+                retry(self.client.log_artifact, self.run_id, str(program))
+        except Exception:
+            self._close("FAILED", "tracking failed while logging the trial's results")
+            raise
+        self._close("FINISHED")
+
+    def _on_trial_failed(self, event: Event) -> None:
+        self._close("FAILED", str(event.data.get("error", "")))
+
+    def _close(self, status: str, error: str | None = None) -> None:
+        if self.status or self.run_id is None:
+            return
+        self.status = status
+        tags = {"gepa_lab.status": "completed" if status == "FINISHED" else "failed"}
+        if error:
+            tags["error"] = error
+        try:
+            set_tags(self.client, self.run_id, tags)
+        finally:
+            retry(self.client.set_terminated, self.run_id, status)
+
+    def finish(self) -> None:
+        """Close the run; a run still open here ended without trial_finished, so it is FAILED."""
+        with self.lock:
+            if self.run_id is not None and not self.status:
+                self._close("FAILED", "the trial ended without finishing (killed, stopped or crashed)")
+            self.status = self.status or "closed"

@@ -1,0 +1,251 @@
+"""Shared pieces of the tracking and serve tests: a tiny real task, synthetic trial events, W&B file reader."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from gepa_lab.corpus import ensure_prepared, load_corpus_config, read_manifest, read_split
+from gepa_lab.events import EventStream
+from gepa_lab.tasks.task import build_program, resolve_metric, to_examples
+
+SEED_INSTRUCTION = "Classify the sentiment of a product review."
+# The simulator reads rules like these out of an instruction (gepa_lab/lm/sim/rules.py).
+WINNER_INSTRUCTION = (
+    SEED_INSTRUCTION
+    + "\n\nChoose exactly one of the allowed labels. Cues learned from feedback ((xN) = seen in N examples):\n"
+    + '- If the review mentions "happy", "better", "love", "great" or "perfect", answer positive.\n'
+    + '- If the review mentions "okay", "fine", "average" or "not bad", answer neutral.'
+)
+TASK = {
+    "name": "reviews",
+    "program": "gepa_lab.tasks.classify:make_program",
+    "metric": "gepa_lab.tasks.classify:label_metric",
+    "instruction": SEED_INSTRUCTION,
+}
+
+
+def corpus_config() -> dict:
+    return load_corpus_config("example_csv").model_dump(mode="json")
+
+
+def run_config(output_dir: Path, api_key_env: str | None = None, tracking: dict | None = None) -> dict[str, Any]:
+    lm = {"kind": "sim", "model": "sim", "api_key_env": api_key_env, "temperature": 0.0, "max_tokens": 256}
+    return {
+        "output_dir": str(output_dir),
+        "corpus": corpus_config(),
+        "task": dict(TASK),
+        "lm": lm,
+        "reflection_lm": dict(lm),
+        "optimizer": {"max_metric_calls": 20},
+        "eval": {"test_limit": 5},
+        **({"tracking": tracking} if tracking else {}),
+    }
+
+
+def task_parts(cfg: dict):
+    from gepa_lab.config.schema import RunConfig
+
+    rc = RunConfig.model_validate(cfg)
+    corpus_dir = ensure_prepared(rc.corpus, quiet=True)
+    manifest = read_manifest(corpus_dir)
+    program = build_program(rc.task, manifest)
+    test = to_examples(read_split(corpus_dir, "test"), list(manifest["inputs"]), manifest["answer"])
+    return program, test, resolve_metric(rc.task.metric), manifest
+
+
+def save_winner(cfg: dict, path: Path, instruction: str = WINNER_INSTRUCTION) -> dict[str, str]:
+    program, *_ = task_parts(cfg)
+    for _, predictor in program.named_predictors():
+        predictor.signature = predictor.signature.with_instructions(instruction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    return {name: p.signature.instructions for name, p in program.named_predictors()}
+
+
+def emit_trial(
+    events: EventStream, cfg: dict, *, fail: str | None = None, api_base: str = "http://127.0.0.1:9/v1",
+    best_val: float = 0.75, best_test: float = 0.6, program_path: Path | None = None, finish: bool = True,
+) -> dict[str, Any]:
+    """A trial's event sequence as run_trial emits it: 2 iterations, 3 candidates, test evaluations."""
+    out = Path(cfg["output_dir"])
+    identity = {"config_hash": "cafe0123456789ab", "git_commit": "0123456789abcdef0123456789abcdef01234567",
+                "versions": {"dspy": "3.4.1", "mlflow": "3.17.2"}}
+    manifest_hash = "f00d" * 16
+    events.emit("trial_started", config=cfg, manifest_hash=manifest_hash, **identity)
+    events.emit("evaluation", split="test", candidate_idx=0, scores={0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0, 4: 0.0})
+    seed = {"p": SEED_INSTRUCTION}
+    events.emit("candidate", iteration=0, candidate_idx=0, parents=[], instructions=seed, val_score=0.5, metric_calls=6)
+    events.emit("evaluation", split="val", candidate_idx=0, scores={i: float(i % 2) for i in range(6)})
+    usage = lambda r: {"task": {"requests": r, "cache_hits": 0, "errors": 0, "retries": 0, "prompt_tokens": 100 * r,  # noqa: E731
+                                "completion_tokens": 10 * r, "latency_p50_s": 0.01, "latency_p95_s": 0.02, "cost_usd": 0.0},
+                       "reflection": {"requests": 1, "cache_hits": 0, "errors": 0, "retries": 0, "prompt_tokens": 500,
+                                      "completion_tokens": 80, "latency_p50_s": 0.05, "latency_p95_s": 0.05, "cost_usd": 0.0}}
+    events.emit("candidate", iteration=1, candidate_idx=1, parents=[0], instructions={"p": SEED_INSTRUCTION + " v1"}, val_score=0.6, metric_calls=12)
+    events.emit("iteration", iteration=1, accepted=True, best_val=0.6, metric_calls=12, seconds=0.5, usage=usage(12))
+    if fail:
+        events.emit("trial_failed", error=fail)
+        return {}
+    events.emit("candidate", iteration=2, candidate_idx=2, parents=[1], instructions={"p": WINNER_INSTRUCTION}, val_score=best_val, metric_calls=19)
+    events.emit("iteration", iteration=2, accepted=True, best_val=best_val, metric_calls=19, seconds=1.0, usage=usage(19))
+    events.emit("evaluation", split="test", candidate_idx=2, scores={0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 0.0})
+    program_path = program_path or out / "program.json"
+    instructions = save_winner(cfg, program_path)
+    summary = {
+        "task": cfg["task"]["name"], "corpus": cfg["corpus"]["name"], "corpus_manifest_hash": manifest_hash, **identity,
+        "seed_val_score": 0.5, "seed_test_score": 0.4, "best_val_score": best_val, "best_test_score": best_test,
+        "best_candidate_idx": 2, "num_candidates": 3, "metric_calls": 19, "lm_calls": 21, "lm_usage": usage(19),
+        "best_instructions": instructions,
+        "task_lm": {"model": cfg["lm"]["model"], "api_base": api_base, "temperature": cfg["lm"]["temperature"]},
+        "program_path": str(program_path), "gepa_log_dir": str(out / "gepa"), "wall_seconds": 1.5,
+    }
+    if finish:
+        events.emit("trial_finished", summary=summary)
+    return summary
+
+
+# ---- W&B offline run files ----------------------------------------------------------------------------------
+def wandb_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(record type, protobuf) of every record in a .wandb file (LevelDB-style log: 32 KiB blocks,
+    7-byte headers crc32/length/type, FULL=1 FIRST=2 MIDDLE=3 LAST=4)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B data file"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            whole = chunk
+        elif kind == 2:
+            buf = chunk
+            continue
+        elif kind == 3:
+            buf += chunk
+            continue
+        else:
+            whole, buf = buf + chunk, b""
+        record = pb.Record()
+        record.ParseFromString(whole)
+        which = record.WhichOneof("record_type")
+        yield which, getattr(record, which)
+
+
+def wandb_run(run_dir: Path) -> dict[str, Any]:
+    """The run, config, history rows, final summary and exit code of one offline run folder."""
+    (data_file,) = run_dir.glob("run-*.wandb")
+    out: dict[str, Any] = {"run": None, "config": {}, "history": [], "summary": {}, "exit_code": None}
+    for kind, rec in wandb_records(data_file):
+        if kind == "run":
+            out["run"] = rec
+            out["config"].update({u.key: json.loads(u.value_json) for u in rec.config.update})
+        elif kind == "config":
+            out["config"].update({u.key: json.loads(u.value_json) for u in rec.update})
+        elif kind == "history":
+            out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.item})
+        elif kind == "summary":
+            for u in rec.update:
+                out["summary"]["/".join(u.nested_key) or u.key] = json.loads(u.value_json)
+        elif kind == "exit":
+            out["exit_code"] = rec.exit_code
+    return out
+
+
+def wait_until(predicate, timeout: float = 10.0, every: float = 0.1) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+# ---- one small sweep, tracked and registered, shared by the tracking and serve tests -------------------
+CANARY_ENV = "GEPA_LAB_TEST_KEY"
+_SWEEP: dict[str, Any] = {}
+
+
+def canary() -> str:
+    """The planted API key of this test session (set in os.environ[CANARY_ENV])."""
+    import os
+    import uuid
+
+    if not os.environ.get(CANARY_ENV, "").startswith("sk-canary-"):
+        os.environ[CANARY_ENV] = f"sk-canary-{uuid.uuid4().hex}"
+    return os.environ[CANARY_ENV]
+
+
+def score_first(program, cfg: dict, api_base: str, n: int = 5) -> float:
+    """What a program scores on the first n test examples against a live LM (in this process, no cache)."""
+    import os
+
+    import dspy
+
+    _, test, metric, _ = task_parts(cfg)
+    lm = dspy.LM("openai/sim", api_base=api_base, api_key=os.environ[CANARY_ENV], cache=False, temperature=0.0, max_tokens=256)
+    with dspy.context(lm=lm):
+        scores = [float(getattr(r := metric(ex, program(**ex.inputs())), "score", r)) for ex in test[:n]]
+    return sum(scores) / len(scores)
+
+
+def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
+    """A sweep on the embedded store (SQLite + artifacts in output_dir) with W&B offline: parent run, one
+    completed and one failed trial (synthetic events, real sinks), the winner registered with a load-back
+    check against the simulator (which demands the canary key), then a second registration whose
+    load-back check must fail (dead endpoint). Computed once per test session."""
+    if _SWEEP:
+        return _SWEEP
+    import dspy
+
+    from gepa_lab.config.schema import MlflowConfig, WandbConfig
+    from gepa_lab.lm.sim.launch import free_port, start_simulator
+    from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
+
+    key = canary()
+    out = tmp_root / "sweep"
+    out.mkdir(parents=True)
+    mcfg, wcfg = MlflowConfig(), WandbConfig()
+    parent = mlflow_sink.start_parent_run(mcfg, out, "test-sweep", {"sweep": {"name": "test-sweep", "api_key": key, "n": 2}})
+    cfgs = {t: run_config(out / "trials" / t, api_key_env=CANARY_ENV) for t in ("t_ok", "t_failed")}
+    with start_simulator(model="sim", api_key=key) as sim:
+        for trial_id, cfg in cfgs.items():
+            sinks = [
+                wandb_sink.WandbSink(wcfg, out, group="test-sweep", run_name=trial_id, config={"params": {"lm.temperature": 0.0}, **cfg}),
+                mlflow_sink.MlflowSink(mcfg, out, parent, run_name=trial_id),
+            ]
+            events = EventStream(trial_id, sinks)
+            if trial_id == "t_ok":
+                summary = emit_trial(events, cfg, api_base=sim.url)
+            else:
+                emit_trial(events, cfg, fail=f"RuntimeError: LM said no (key {key})")
+            for sink in sinks:
+                sink.finish()
+            assert not events.failures, f"sinks failed: {events.failures}"
+        winner_cfg = cfgs["t_ok"]
+        program, *_ = task_parts(winner_cfg)
+        seed_score = score_first(program, winner_cfg, sim.url)
+        program.load(summary["program_path"])
+        winner_score = score_first(program, winner_cfg, sim.url)
+        # a live LM holding the key in dspy.settings while logging: it must not end up in the pickle
+        keyed_lm = dspy.LM("openai/sim", api_base=sim.url, api_key=key)
+        with dspy.context(lm=keyed_lm):
+            registered = registry.register_winner(mcfg, out, parent, summary, winner_cfg, load_back={"api_base": sim.url})
+            rejected = registry.register_winner(
+                mcfg, out, parent, summary, winner_cfg, load_back={"api_base": f"http://127.0.0.1:{free_port()}/v1"}
+            )
+    mlflow_sink.end_parent_run(mcfg, out, parent, {"best_val_score": summary["best_val_score"], "registered_model": registered})
+    _SWEEP.update(out=out, parent=parent, cfgs=cfgs, summary=summary, registered=registered, rejected=rejected,
+                  seed_score=seed_score, winner_score=winner_score, mlflow=mcfg, key=key,
+                  tracking_uri=mlflow_sink.tracking_uri(mcfg, out))
+    return _SWEEP
