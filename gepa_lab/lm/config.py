@@ -88,6 +88,11 @@ class LMConfig(_Strict):
     price_per_1k_completion_tokens: float = Field(0.0, ge=0)
     extra_body: dict = Field(default_factory=dict)  # merged into every request body (e.g. a grammar for llama.cpp)
     response_schema: bool = False  # the server constrains output to a JSON schema: dspy's JSONAdapter sends the signature's
+    # how that schema is sent: json_schema = OpenAI's {"type": "json_schema", ...} (vLLM, OpenAI); json_object =
+    # {"type": "json_object", "schema": ...} (llama-cpp-python's server); None = json_object for llamacpp, else json_schema
+    response_format_style: Literal["json_schema", "json_object"] | None = None
+    system_prompt: Literal["keep", "merge"] = "keep"  # merge: fold the system message into the first user message
+    # (chat templates without a system role, like Gemma's, would otherwise drop it and with it GEPA's instruction)
     sim: SimOptions = Field(default_factory=SimOptions)
     server: ServerOptions = Field(default_factory=ServerOptions)
     router: RouterOptions = Field(default_factory=RouterOptions)
@@ -103,6 +108,9 @@ class LMConfig(_Strict):
         if self.api_base is None:
             return []
         return [self.api_base] if isinstance(self.api_base, str) else list(self.api_base)
+
+    def schema_style(self) -> str:
+        return self.response_format_style or ("json_object" if self.kind == "llamacpp" else "json_schema")
 
     def server_key(self) -> str:
         """What identifies the server(s) behind this config: configs equal here share one endpoint.

@@ -59,6 +59,20 @@ def _error_text(resp: httpx.Response, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def _merge_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """System message(s) folded into the first user message, for chat templates without a system role."""
+    system = [m for m in messages if m.get("role") in ("system", "developer")]
+    rest = [dict(m) for m in messages if m.get("role") not in ("system", "developer")]
+    texts = [m["content"] for m in system if isinstance(m.get("content"), str) and m["content"]]
+    if not texts:
+        return rest
+    for m in rest:
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            m["content"] = "\n\n".join([*texts, m["content"]])
+            return rest
+    return [{"role": "user", "content": "\n\n".join(texts)}, *rest]
+
+
 class OpenAIEngine:
     """A dspy custom engine for one OpenAI-compatible endpoint (chat completions), sync.
 
@@ -79,6 +93,8 @@ class OpenAIEngine:
         backoff_s: float = 0.5,
         max_wait_s: float = 60.0,
         response_schema: bool = False,
+        schema_style: str = "json_schema",
+        merge_system: bool = False,
         role: str | None = None,
     ):
         self.model = model
@@ -89,6 +105,8 @@ class OpenAIEngine:
         self.backoff_s = float(backoff_s)
         self.max_wait_s = float(max_wait_s)
         self.response_schema = bool(response_schema)
+        self.schema_style = schema_style
+        self.merge_system = bool(merge_system)
         self.role = role
         self._init_runtime()
 
@@ -121,7 +139,8 @@ class OpenAIEngine:
     def dump_state(self) -> dict[str, Any]:
         return {
             k: getattr(self, k)
-            for k in ("model", "api_base", "api_key_env", "timeout_s", "num_retries", "backoff_s", "max_wait_s", "response_schema", "role")
+            for k in ("model", "api_base", "api_key_env", "timeout_s", "num_retries", "backoff_s", "max_wait_s", "response_schema",
+                      "schema_style", "merge_system", "role")
         }
 
     @classmethod
@@ -153,6 +172,12 @@ class OpenAIEngine:
         # max_tokens is what every OpenAI-compatible server understands (llama.cpp ignores max_completion_tokens)
         if "max_completion_tokens" in kwargs:
             kwargs["max_tokens"] = kwargs.pop("max_completion_tokens")
+        fmt = kwargs.get("response_format")
+        if self.schema_style == "json_object" and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            kwargs["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+        if self.merge_system:
+            kwargs["messages"] = _merge_system(kwargs.get("messages") or [])
         return {"model": self.model, **kwargs, **extra}
 
     def _wait_s(self, attempt: int, retry_after: float | None) -> float:
@@ -371,6 +396,8 @@ def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int
         backoff_s=cfg.retry_backoff_s,
         max_wait_s=cfg.retry_max_wait_s,
         response_schema=cfg.response_schema,
+        schema_style=cfg.schema_style(),
+        merge_system=cfg.system_prompt == "merge",
         role=role,
     )
     kwargs: dict[str, Any] = {}
