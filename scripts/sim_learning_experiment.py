@@ -166,8 +166,12 @@ def accuracy(program, data, lm, threads: int) -> float:
     return sum(scores) / max(1, len(scores))
 
 
-def run_one(rows, labels, seed, args, task_lm, refl_lm):
-    train, val, test = stratified_split(rows, seed, args.train, args.val, args.test)
+def run_one(rows, labels, seed, args, task_lm, refl_lm, test_rows=None):
+    if test_rows is None:
+        train, val, test = stratified_split(rows, seed, args.train, args.val, args.test)
+    else:  # train/val from the main CSV, test from its own CSV
+        train, val, _ = stratified_split(rows, seed, args.train, args.val, 0)
+        test, _, _ = stratified_split(test_rows, seed, args.test, 0, 0)
     mk = lambda part: [dspy.Example(query=t, intent=c).with_inputs("query") for t, c in part]  # noqa: E731
     train, val, test = mk(train), mk(val), mk(test)
     program = make_program(labels)
@@ -216,6 +220,7 @@ def run_one(rows, labels, seed, args, task_lm, refl_lm):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv", nargs="?", help="CSV with columns text,category")
+    ap.add_argument("--test-csv", help="draw the test split from this CSV (e.g. banking77 test.csv)")
     ap.add_argument("--generate", metavar="PATH", help="write a generated corpus to PATH and use it")
     ap.add_argument("--gen-seed", type=int, default=1234)
     ap.add_argument("--labels", help="JSON list of labels (default: the CSV's categories, sorted)")
@@ -259,6 +264,7 @@ def main(argv=None) -> int:
     if not path:
         ap.error("give a CSV path or --generate PATH")
     rows = load_rows(path)
+    test_rows = load_rows(args.test_csv) if args.test_csv else None
     labels = json.loads(Path(args.labels).read_text()) if args.labels else sorted({c for _, c in rows})
 
     sim = None
@@ -273,7 +279,7 @@ def main(argv=None) -> int:
     results = []
     try:
         for seed in args.seeds:
-            r = run_one(rows, labels, seed, args, task_lm, refl_lm)
+            r = run_one(rows, labels, seed, args, task_lm, refl_lm, test_rows)
             results.append(r)
             print(
                 f"seed {seed}: val {r['seed_val']:.3f} -> {r['best_val']:.3f} ({r['best_val'] - r['seed_val']:+.3f})  "

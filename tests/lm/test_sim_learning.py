@@ -230,3 +230,21 @@ def test_gepa_improves_a_generated_corpus(sim):
     assert len({o[4] for o in outcomes}) > 1, "different seeds should give different outcomes"
     stats = sim.stats()
     assert stats["requests_by_kind"].get("json", 0) > 0  # reflection calls went through the server
+
+
+def test_numeric_feedback_and_gepa_default_template(sim):
+    math_ex = [{"Inputs": {"question": "Tom has 3 apples and buys 5 more."}, "Generated Outputs": {"answer": "5.0"},
+                "Feedback": 'Incorrect: you answered "5". The correct answer is "8".'}]
+    with httpx.Client(timeout=10) as client:
+        new = json.loads(ask(client, sim, reflection_body("Solve the problem.", math_ex)))["new_instruction"]
+        assert new.startswith("Solve the problem.") and "single number" in new and not RULE_RE.search(new)
+        # gepa.optimize's own proposal template (no dspy): the reply is a ``` block
+        from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+        prompt = InstructionProposalSignature.prompt_renderer({
+            "current_instruction_doc": SEED,
+            "dataset_with_feedback": [example("The code is locked after three tries", "card_arrival", "pin_blocked")],
+        })
+        content = ask(client, sim, {"model": "sim", "messages": [{"role": "user", "content": prompt}]})
+        new = InstructionProposalSignature.output_extractor(content)["new_instruction"]
+        assert new.startswith(SEED) and '"locked"' in new and "pin_blocked" in new

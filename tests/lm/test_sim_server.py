@@ -172,3 +172,17 @@ def test_stop_kills_the_process_group():
     assert not sim.alive()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
+
+
+def test_api_key_env_is_read_from_this_process_environment(monkeypatch):
+    key = "sk-sim-env-" + "51d2"
+    monkeypatch.setenv("GEPA_LAB_TEST_SIM_KEY", key)
+    with start_simulator(api_key_env="GEPA_LAB_TEST_SIM_KEY") as sim:
+        url = sim.url + "/chat/completions"
+        assert httpx.post(url, json=body(), timeout=10).status_code == 401
+        ok = httpx.post(url, json=body(), headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert ok.status_code == 200
+        assert key not in Path(f"/proc/{sim.pid}/cmdline").read_bytes().decode(errors="replace")
+    monkeypatch.delenv("GEPA_LAB_TEST_SIM_KEY")
+    with pytest.raises(SimulatorStartError):
+        start_simulator(api_key_env="GEPA_LAB_TEST_SIM_KEY")

@@ -141,6 +141,7 @@ def start_simulator(
     *,
     host: str = "127.0.0.1",
     api_key: str | None = None,
+    api_key_env: str | None = None,
     log_path: str | os.PathLike | None = None,
     startup_timeout: float = 30.0,
     python: str | None = None,
@@ -151,10 +152,15 @@ def start_simulator(
     ``options`` are the CLI options in Python spelling: ``model``, ``latency_ms``, ``per_token_ms``,
     ``max_in_flight``, ``error_rate``, ``rate_limit_rate``, ``retry_after_s``, ``hang_rate``, ``hang_s``,
     ``seed``, ``log_level``. ``api_key`` is passed to the child through the environment variable
-    ``GEPA_LAB_SIM_API_KEY`` (``--api-key-env``). The child's output goes to ``log_path`` (a temp file
+    ``GEPA_LAB_SIM_API_KEY`` (``--api-key-env``); ``api_key_env="NAME"`` instead makes the child read the
+    key from the variable NAME of this process's environment (it must be set). The child's output goes to ``log_path`` (a temp file
     that is removed on ``stop()`` if not given). Raises ``SimulatorStartError`` with the log tail if the
     server does not answer ``/health`` within ``startup_timeout`` seconds.
     """
+    if api_key and api_key_env:
+        raise TypeError("give api_key or api_key_env, not both")
+    if api_key_env and not os.environ.get(api_key_env):
+        raise SimulatorStartError(f"environment variable {api_key_env} (api_key_env) is not set or empty")
     unknown = set(options) - set(_FLAGS)
     if unknown:
         raise TypeError(f"unknown simulator option(s): {sorted(unknown)}")
@@ -163,20 +169,23 @@ def start_simulator(
     for _ in range(attempts):
         chosen = port if port is not None else free_port(host)
         try:
-            return _start_once(chosen, host, api_key, log_path, startup_timeout, python, options)
+            return _start_once(chosen, host, api_key, api_key_env, log_path, startup_timeout, python, options)
         except SimulatorStartError as exc:  # a port race: try another free port
             last_error = exc
     assert last_error is not None
     raise last_error
 
 
-def _start_once(port, host, api_key, log_path, startup_timeout, python, options) -> Simulator:
+def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, python, options) -> Simulator:
     cmd = [python or sys.executable, "-m", "gepa_lab.lm.sim", "--port", str(port), "--host", host]
     for name, flag in _FLAGS.items():
         if name in options and options[name] is not None:
             cmd += [flag, str(options[name])]
     env = dict(os.environ)
-    env.pop(API_KEY_ENV, None)
+    if api_key_env:
+        cmd += ["--api-key-env", api_key_env]
+    else:
+        env.pop(API_KEY_ENV, None)
     if api_key:
         env[API_KEY_ENV] = api_key
         cmd += ["--api-key-env", API_KEY_ENV]

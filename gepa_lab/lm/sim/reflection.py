@@ -48,6 +48,7 @@ class LearnParams:
     max_labels_per_cue: int = 12  # a cue listed under more labels than this is dropped as generic
     skip_label_words: bool = True  # words of the gold label's own name are already matched by name
     penalize_wrong: bool = True  # a wrong answer weakens the cues that pointed to it
+    correct_adds_new: bool = True  # a correctly answered example may add new cues (else it only reinforces)
 
 
 PARAMS = LearnParams()
@@ -123,6 +124,8 @@ def learn(rules: RuleSet, examples: list[Example], params: LearnParams | None = 
             key = (s,)
             if key in by_stem:
                 bucket[by_stem[key]] += 1
+            elif ex.correct and not params.correct_adds_new:
+                continue
             else:
                 bucket[surface] = 1
                 by_stem[key] = surface
@@ -169,5 +172,17 @@ def propose(current_instruction: str, raw_examples: str, params: LearnParams | N
             subject = subject_name.replace("_", " ")
         gold, pred, correct = parse_feedback(feedback, generated)
         examples.append(Example(text=text, gold=gold, pred=pred, correct=correct))
-    new_rules = learn(rules, examples, params)
-    return render_instruction(task_text or current_instruction, new_rules, subject=subject)
+    labelled = [ex for ex in examples if ex.gold and _LABEL_RE.match(ex.gold)]
+    task_text = task_text or (current_instruction or "").strip()
+    if examples and not labelled and any(ex.gold for ex in examples):
+        # numeric or free-text answers: there is no label to learn cues for; say what the feedback wants
+        if NUMERIC_HINT not in task_text and all(_NUMBER_RE.fullmatch(ex.gold or "") for ex in examples if ex.gold):
+            task_text = (task_text + "\n\n" + NUMERIC_HINT).strip()
+        return render_instruction(task_text, rules, subject=subject)
+    new_rules = learn(rules, labelled, params)
+    return render_instruction(task_text, new_rules, subject=subject)
+
+
+NUMERIC_HINT = "Give the final answer as a single number, without units."
+_LABEL_RE = re.compile(r"^(?!-?\d[\d,]*(?:\.\d+)?$)[\w][\w\-./ ]{0,80}$")
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

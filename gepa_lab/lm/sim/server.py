@@ -71,6 +71,8 @@ class Stats:
     """
 
     def __init__(self) -> None:
+        self.in_flight = 0  # gauges survive a reset; counters do not
+        self.queued = 0
         self.reset()
 
     def reset(self) -> None:
@@ -81,8 +83,6 @@ class Stats:
         self.errors: dict[str, int] = {"500": 0, "429": 0, "hang": 0, "401": 0, "400": 0}
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.in_flight = 0 if not hasattr(self, "in_flight") else self.in_flight
-        self.queued = 0 if not hasattr(self, "queued") else self.queued
         self.peak_in_flight = self.in_flight
         self.peak_queued = self.queued
         self.busy_seconds = 0.0
