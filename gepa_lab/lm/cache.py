@@ -40,7 +40,18 @@ from dspy.clients.cache import Cache
 from gepa_lab.lm.config import LMCacheConfig
 
 _STAT_PREFIX = "__gepa_lab_stats__:"
+_PENDING_PREFIX = "__gepa_lab_pending__:"
 _FLUSH_EVERY_S = 1.0
+PENDING_TTL_S = 20.0  # a claim lives this long unless its process keeps refreshing it (so a killed trial's claims expire)
+MAX_WAIT_S = 1800.0  # never wait longer than this for another process's answer
+CLAIM_MAX_AGE_S = 900.0  # a claim is refreshed at most this long (longer than any LM call with its retries)
+
+
+def _owner() -> str:
+    """Who claims: the LM call (dspy's ACTIVE_CALL_ID, set when callbacks are active), else this thread."""
+    from dspy.utils.callback_context import ACTIVE_CALL_ID
+
+    return ACTIVE_CALL_ID.get() or f"thread-{threading.get_ident()}"
 
 
 class RedisStore:
@@ -86,6 +97,13 @@ class RedisStore:
     def ping(self) -> bool:
         return bool(self.client.ping())
 
+    # single-flight markers
+    def add(self, key: str, value: Any, expire: float) -> bool:
+        return bool(self.client.set(self._k(key), pickle.dumps(value), nx=True, px=int(expire * 1000)))
+
+    def touch(self, key: str, expire: float) -> bool:
+        return bool(self.client.pexpire(self._k(key), int(expire * 1000)))
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -113,10 +131,17 @@ class RolloutCache(Cache):
             self.disk_cache = store
             self.enable_disk_cache = True
         self.description = description
-        self._counts = {"lookups": 0, "memory_hits": 0, "shared_hits": 0, "misses": 0, "puts": 0}
+        self._counts = {"lookups": 0, "memory_hits": 0, "shared_hits": 0, "misses": 0, "puts": 0, "waited": 0}
         self._pending = {"hits": 0, "shared_hits": 0, "puts": 0}
         self._count_lock = threading.Lock()
         self._last_flush = time.monotonic()
+        # single-flight across processes: the first process to miss a key claims it in the shared store; the
+        # others wait for its answer instead of sending the same request (trials start together and all
+        # evaluate the seed program on the same valset at once)
+        self.coalesce = store is not None and hasattr(store, "add") and hasattr(store, "touch")
+        self._claims: dict[str, tuple[str, float]] = {}  # key -> (owner: LM call id or thread, claimed at)
+        self._claims_lock = threading.Lock()
+        self._refresher: threading.Thread | None = None
 
     # counting ---------------------------------------------------------------------------------------
     def _count(self, name: str, pending: tuple[str, ...] = ()) -> None:
@@ -175,6 +200,15 @@ class RolloutCache(Cache):
                         self.memory_cache[key] = response
                 self._count("shared_hits", ("hits", "shared_hits"))
                 return self._prepare_cached_response(response)
+            if self.coalesce:
+                response = self._claim_or_wait(key)
+                if response is not None:
+                    if self.enable_memory_cache:
+                        with self._lock:
+                            self.memory_cache[key] = response
+                    self._count("waited")
+                    self._count("shared_hits", ("hits", "shared_hits"))
+                    return self._prepare_cached_response(response)
         self._count("misses")
         return None
 
@@ -182,6 +216,88 @@ class RolloutCache(Cache):
         super().put(request, value, ignored_args_for_cache_key, enable_memory_cache)
         if self.enable_memory_cache or self.enable_disk_cache:
             self._count("puts", ("puts",))
+        if self.coalesce and self._claims:
+            try:
+                key = self.cache_key(request, ignored_args_for_cache_key)
+            except Exception:
+                return
+            self._release(key)
+
+    # single-flight ------------------------------------------------------------------------------------
+    def _claim(self, key: str) -> bool:
+        try:
+            won = self.disk_cache.add(_PENDING_PREFIX + key, os.getpid(), expire=PENDING_TTL_S)
+        except Exception:
+            return False
+        if won:
+            with self._claims_lock:
+                self._claims[key] = (_owner(), time.monotonic())
+                if self._refresher is None or not self._refresher.is_alive():
+                    self._refresher = threading.Thread(target=self._refresh_claims, name="rollout-cache-claims", daemon=True)
+                    self._refresher.start()
+        return won
+
+    def _claim_or_wait(self, key: str) -> Any:
+        """None: this process claimed the key (it sends the request, then put() releases the claim) or gave up
+        waiting; else another process's answer."""
+        if self._claim(key):
+            return self._recheck(key)
+        deadline = time.monotonic() + MAX_WAIT_S
+        pause = 0.01
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+            try:
+                response = self.disk_cache.get(key)
+                if response is not None:
+                    return response
+                if (_PENDING_PREFIX + key) not in self.disk_cache and self._claim(key):
+                    return self._recheck(key)  # the claimant finished or gave up: check, else our turn
+            except Exception:
+                return None
+        return None
+
+    def _recheck(self, key: str) -> Any:
+        """Just claimed: the answer may have landed between our miss and our claim."""
+        try:
+            response = self.disk_cache.get(key)
+        except Exception:
+            response = None
+        if response is not None:
+            self._release(key)
+        return response
+
+    def _release(self, key: str) -> None:
+        with self._claims_lock:
+            if self._claims.pop(key, None) is None:
+                return
+        try:
+            self.disk_cache.delete(_PENDING_PREFIX + key)
+        except Exception:
+            pass
+
+    def release_call(self, owner: str) -> None:
+        """Drop the claims of an LM call that failed (the engine calls this), so waiters take over at once."""
+        if not self._claims:
+            return
+        with self._claims_lock:
+            keys = [k for k, (o, _) in self._claims.items() if o == owner]
+        for key in keys:
+            self._release(key)
+
+    def _refresh_claims(self) -> None:
+        while True:
+            time.sleep(PENDING_TTL_S / 4)
+            now = time.monotonic()
+            with self._claims_lock:
+                for key in [k for k, (_, at) in self._claims.items() if now - at > CLAIM_MAX_AGE_S]:
+                    del self._claims[key]  # never answered nor failed visibly: let it expire
+                keys = list(self._claims)
+            for key in keys:
+                try:
+                    self.disk_cache.touch(_PENDING_PREFIX + key, expire=PENDING_TTL_S)
+                except Exception:
+                    pass
 
 
 # one installed cache per process, reused when the same settings are asked for again
@@ -253,6 +369,13 @@ def installed_cache() -> RolloutCache | None:
     return _INSTALLED[1] if _INSTALLED is not None else None
 
 
+def release_failed_call() -> None:
+    """Called by the engine when an LM call fails for good: its single-flight claims are dropped."""
+    cache = dspy.cache
+    if isinstance(cache, RolloutCache) and cache.coalesce:
+        cache.release_call(_owner())
+
+
 def cache_stats() -> dict[str, Any]:
     """This process's rollout-cache counters (flushing them to the shared counters)."""
     cache = installed_cache()
@@ -274,13 +397,13 @@ def shared_cache_stats(output_dir: str | os.PathLike | None = None, **options: A
     if settings["mode"] == "disk":
         store = _disk_store(settings["dir"], int(settings["size_limit_gb"] * 1e9))
         get = lambda k: int(store.get(_STAT_PREFIX + k, 0) or 0)  # noqa: E731
-        entries = max(0, len(store) - sum(1 for k in ("hits", "shared_hits", "puts") if (_STAT_PREFIX + k) in store))
+        entries = sum(1 for k in iter(store) if not str(k).startswith(("__gepa_lab_stats__:", _PENDING_PREFIX)))
     else:
         store = RedisStore(settings["redis_url"], settings["namespace"])
         get = lambda k: int(store.client.get(store._k(_STAT_PREFIX + k)) or 0)  # noqa: E731
-        entries = sum(1 for _ in store.client.scan_iter(match=f"{settings['namespace']}:*", count=1000)) - sum(
-            1 for k in ("hits", "shared_hits", "puts") if store.client.exists(store._k(_STAT_PREFIX + k))
-        )
+        prefix = f"{settings['namespace']}:"
+        entries = sum(1 for k in store.client.scan_iter(match=prefix + "*", count=1000)
+                      if not k.decode().removeprefix(prefix).startswith(("__gepa_lab_stats__:", _PENDING_PREFIX)))
     try:
         return {"hits": get("hits"), "requests_saved": get("hits"), "shared_hits": get("shared_hits"), "puts": get("puts"), "entries": entries}
     finally:

@@ -31,6 +31,7 @@ from dspy.clients._http import retry_after_seconds
 from dspy.clients.lm15_boundary import request_kwargs, response_value
 
 from gepa_lab.lm import accounting
+from gepa_lab.lm.cache import release_failed_call
 from gepa_lab.lm.config import LMConfig
 
 _EXTRA_KEY = "gepa_lab"  # metadata key that carries extra_body (so it is part of dspy's cache key)
@@ -286,6 +287,8 @@ class OpenAIEngine:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._record(attempts, errors, raw, waited, failed)
+            if failed:
+                release_failed_call()
 
     async def acomplete(self, request: lm15.Request) -> lm15.Response:
         import asyncio
@@ -329,6 +332,8 @@ class OpenAIEngine:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self._record(attempts, errors, raw, waited, failed)
+            if failed:
+                release_failed_call()
 
     def stream(self, request: lm15.Request):
         # gepa_lab never streams; answer in one piece as a stream of events

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +82,24 @@ def test_cache_shared_by_two_processes_disk_and_redis(tmp_path):
             assert b["cache"]["shared_hits"] == 10 and b["cache"]["memory_hits"] == 0
             shared = shared_cache_stats(None, **opts)
             assert shared["hits"] == 10 and shared["shared_hits"] == 10 and shared["puts"] == 10 and shared["entries"] == 10
+
+        # two trials starting together (as a sweep's do): each request is still sent once, the other process
+        # waits for the answer (single-flight claims in the shared store) instead of sending it too
+        fresh = [{"mode": "disk", "dir": str(tmp_path / "lm_cache2")},
+                 {"mode": "redis", "redis_url": redis_server.url, "namespace": "t2"}]
+        procs = [subprocess.Popen([sys.executable, str(script), sim.url, json.dumps(fresh)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path) for _ in range(2)]
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+        assert sim.stats()["requests_served"] == 40  # 20 more: 10 per store, not 10 per store and process
+        for i in range(2):
+            a, b = outs[0][i], outs[1][i]
+            assert a["outs"] == b["outs"] == first[i]["outs"]
+            assert a["usage"]["server_requests"] + b["usage"]["server_requests"] == 10
+            assert a["usage"]["cache_hits"] + b["usage"]["cache_hits"] == 10
         pid = redis_server.proc.pid
     assert redis_server.proc.poll() is not None  # stopped with the context
     with pytest.raises(ProcessLookupError):
@@ -103,6 +122,20 @@ def test_cache_service_starts_and_stops_redis(tmp_path):
     with pytest.raises(ConnectionError, match="does not answer"):
         with cache_service({"mode": "redis", "redis_url": "redis://127.0.0.1:1/0"}, tmp_path):
             pass
+
+
+def test_a_failed_call_hands_its_claim_over(tmp_path):
+    """A process whose request fails drops its single-flight claim, so another one sends it at once."""
+    use_cache(tmp_path, mode="disk", dir=str(tmp_path / "c"))
+    with start_simulator(error_rate=1.0) as bad, start_simulator() as good:
+        failing = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), bad.url)
+        with pytest.raises(Exception, match="HTTP 500"):
+            failing("claimed then failed")
+        assert not dspy.cache._claims  # released, not left to expire
+        t = time.monotonic()
+        ok = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), good.url)
+        assert ok("claimed then failed")[0]  # same request: not blocked by a stale claim
+        assert time.monotonic() - t < 5 and good.stats()["requests_served"] == 1
 
 
 def test_sampling_seed_is_part_of_the_key(tmp_path):
