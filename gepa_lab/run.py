@@ -1,10 +1,8 @@
 """python -m gepa_lab.run: one GEPA compile, no Ray. Rerun with the same output_dir to resume."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import dspy
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
@@ -14,18 +12,12 @@ from gepa_lab.config.identity import claim_output_dir
 from gepa_lab.config.load import check_task_imports, register_resolvers, to_plain, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import EventStream
+from gepa_lab.lm.cache import cache_service, use_cache
 from gepa_lab.lm.serving import serve_all
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import ConsoleProgress, scores_table
 from gepa_lab.results.writer import ResultsWriter
 from gepa_lab.trial import run_trial
-
-
-def use_cache_dir(out: Path) -> None:
-    """Point dspy's disk cache into this run's folder: nothing leaks between runs via ~/.dspy_cache."""
-    cache_dir = out / ".dspy_cache"
-    os.environ["DSPY_CACHEDIR"] = str(cache_dir)
-    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(cache_dir))
 
 
 def load_run_config(cfg: DictConfig) -> RunConfig:
@@ -37,12 +29,12 @@ def load_run_config(cfg: DictConfig) -> RunConfig:
 def compile_once(config: RunConfig) -> dict:
     out = Path(config.output_dir)
     resumed = claim_output_dir(config, out)
-    use_cache_dir(out)
     console = Console(stderr=True)
     if resumed:
         console.print(f"resuming the run in {out}")
     events = EventStream("run", [ConsoleProgress(config.optimizer.max_metric_calls, console), ResultsWriter(out / "results")])
-    with serve_all({"task": config.lm, "reflection": config.reflection_lm}) as endpoints:
+    with cache_service(config.cache, out) as cache, serve_all({"task": config.lm, "reflection": config.reflection_lm}) as endpoints:
+        use_cache(out, **cache)  # dspy's cache lives inside output_dir, never in ~/.dspy_cache
         return run_trial(config, endpoints, events)
 
 

@@ -5,6 +5,7 @@ LM endpoints and the sinks; the trial just emits events (gepa_lab.events) and ne
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -104,12 +105,27 @@ def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: in
     return sum(scores) / len(scores), scores
 
 
+@dataclass
+class NoOvershoot:
+    """GEPA stop condition: stop before an iteration that could take the run past max_metric_calls
+    (a reflection minibatch before and after, plus a full validation pass if accepted)."""
+
+    max_metric_calls: int
+    iteration_cost: int
+
+    def __call__(self, gepa_state) -> bool:
+        return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
+
+
 def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks: list, stop_callbacks: list | None) -> dspy.GEPA:
     opt = cfg.optimizer
     gepa_kwargs = dict(opt.gepa_kwargs)
     gepa_kwargs["callbacks"] = [*gepa_kwargs.get("callbacks", []), *callbacks]
+    stop_callbacks = list(stop_callbacks or [])
+    if opt.strict_budget and opt.max_metric_calls:
+        stop_callbacks.append(NoOvershoot(opt.max_metric_calls, 2 * opt.reflection_minibatch_size + len(task.val)))
     if stop_callbacks:
-        gepa_kwargs["stop_callbacks"] = list(stop_callbacks)
+        gepa_kwargs["stop_callbacks"] = stop_callbacks
     return dspy.GEPA(
         metric=task.metric,
         **opt.budget(),
@@ -133,6 +149,26 @@ def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks
     )
 
 
+@contextlib.contextmanager
+def library_output_to(path: Path):
+    """dspy and GEPA print progress bars and log every iteration: into the trial's compile.log, not the console
+    (our own events drive the progress users see)."""
+    with open(path, "a") as log, contextlib.redirect_stdout(log):
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        saved = []
+        for logger in map(logging.getLogger, ("dspy", "gepa")):
+            saved.append((logger, logger.level, logger.propagate, logger.handlers[:]))
+            logger.handlers, logger.propagate = [handler], False
+            logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            for logger, level, propagate, handlers in saved:
+                logger.handlers, logger.propagate = handlers, propagate
+                logger.setLevel(level)
+
+
 def save_program(program: dspy.Module, path: Path) -> None:
     with atomic.atomic_path(path) as tmp:
         program.save(str(tmp))  # state only (instructions, demos): no LM, no key
@@ -151,17 +187,15 @@ def run_trial(
     out = Path(cfg.output_dir)
     identity = run_identity(cfg)
     task = load_task(cfg)
-    task_lm = build_lm(cfg.lm, endpoints["task"].api_base)
-    reflection_lm = build_lm(cfg.reflection_lm, endpoints["reflection"].api_base)
+    task_lm = build_lm(cfg.lm, endpoints["task"].api_base, role="task", seed=cfg.optimizer.seed)
+    reflection_lm = build_lm(cfg.reflection_lm, endpoints["reflection"].api_base, role="reflection", seed=cfg.optimizer.seed)
     meter = UsageMeter({"task": task_lm, "reflection": reflection_lm}, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
     optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter)], stop_callbacks)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
-        # dspy and GEPA print progress bars on stdout; they go to compile.log, our events to the sinks.
-        with open(out / "compile.log", "a") as log, contextlib.redirect_stdout(log), \
-                dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter]):
+        with library_output_to(out / "compile.log"), dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter]):
             seed_test, seed_scores = evaluate(task.program, test, task.metric, threads)
             events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_scores)))
             winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)

@@ -25,8 +25,10 @@ def test_each_task_composes_and_validates(task):
 @pytest.mark.parametrize("lm", LMS)
 def test_each_lm_composes_for_both_roles(lm):
     overrides = [f"lm={lm}", f"lm@reflection_lm={lm}", "output_dir=/tmp/x"]
-    if lm in ("openai_compatible", "vllm"):  # external endpoints: the user names the URL
-        overrides += ["lm.api_base=http://127.0.0.1:1/v1", "reflection_lm.api_base=http://127.0.0.1:1/v1"]
+    for role in ("lm", "reflection_lm"):  # the user names the served model, and the URL of external endpoints
+        overrides.append(f"{role}.model=my-model")
+        if lm in ("openai_compatible", "vllm"):
+            overrides.append(f"{role}.api_base=http://127.0.0.1:1/v1")
     cfg = validate(RunConfig, to_plain(compose("run", overrides)))
     assert cfg.lm.kind == cfg.reflection_lm.kind
 
@@ -56,7 +58,7 @@ def test_cfg_job_prints_the_composed_config_with_overrides():
     [
         ("sweep.search=optuna", "Optuna TPE takes no grid"),
         ("+sweep.space.optimizer.nope={choice:[1,2]}", "no such config key"),
-        ("sweep.space.optimizer.seed={uniform:[3,1]}", "low < high"),
+        ("+sweep.space.optimizer.failure_score={uniform:[3,1]}", "low < high"),
         ("sweep.space.optimizer.reflection_minibatch_size={grid:[0,3]}", "reflection_minibatch_size"),
         ("sweep.max_concurrent=0", "sweep.max_concurrent"),
     ],

@@ -67,14 +67,14 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
     from gepa_lab.lm.sim.launch import start_simulator
 
     out = tmp_path / "resume"
-    budget = 600
+    budget = 1000
     with start_simulator(max_in_flight=8, latency_ms=15) as sim:  # slow enough to kill mid-run
         args = ["task=banking77", "tracking=none", f"output_dir={out}", f"optimizer.max_metric_calls={budget}",
                 f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
         proc = subprocess.Popen([sys.executable, "-m", "gepa_lab.run", *args], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300
-        while not (out / "gepa" / "gepa_state.bin").exists() or _iterations_done(out) < 3:
+        while not (out / "gepa" / "gepa_state.bin").exists() or _iterations_done(out) < 1:
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline
             time.sleep(0.2)
@@ -85,21 +85,23 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         assert "resuming" in done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert budget <= summary["metric_calls"] <= budget * 1.15, summary["metric_calls"]
+    # strict_budget: the resumed run continues the killed one's count and never crosses the budget
+    assert budget * 0.75 <= summary["metric_calls"] <= budget, summary["metric_calls"]
 
 
 def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_path):
     out = tmp_path / "cli"
     args = ["task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=40",
             "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20", "corpus.name=banking77_tiny"]
+    sims_before = set(subprocess.run(["pgrep", "-f", "gepa_lab.lm.sim"], capture_output=True, text=True).stdout.split())
     first = run_cli("gepa_lab.run", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert "seed" in first.stdout and "winner" in first.stdout
     assert summary["program_path"] == str(out / "program.json")
     assert (out / ".hydra" / "config.yaml").exists() and (out / ".dspy_cache").is_dir()
-    sims = subprocess.run(["pgrep", "-f", "gepa_lab.lm.sim"], capture_output=True, text=True).stdout.split()
-    assert not sims, "the run left its simulator running"
+    sims = set(subprocess.run(["pgrep", "-f", "gepa_lab.lm.sim"], capture_output=True, text=True).stdout.split())
+    assert not sims - sims_before, "the run left its simulator running"
     again = run_cli("gepa_lab.run", *args[:-1], "optimizer.seed=7", args[-1])
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and "another config" in again.stderr, again.stderr

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gepa_lab.corpus.config import CorpusConfig
-from gepa_lab.lm.config import LMConfig
+from gepa_lab.lm.config import LMCacheConfig, LMConfig
 from gepa_lab.tasks.task import TaskConfig
 
 
@@ -20,6 +20,7 @@ class OptimizerConfig(_Strict):
     auto: Literal["light", "medium", "heavy"] | None = None
     max_full_evals: int | None = Field(None, ge=1)
     max_metric_calls: int | None = Field(None, ge=1)
+    strict_budget: bool = True  # no iteration starts that could take max_metric_calls past its limit
     reflection_minibatch_size: int = Field(3, ge=1)
     candidate_selection_strategy: Literal["pareto", "current_best"] = "pareto"
     skip_perfect_score: bool = True
@@ -91,6 +92,7 @@ class RunConfig(_Strict):
     reflection_lm: LMConfig
     optimizer: OptimizerConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    cache: LMCacheConfig = Field(default_factory=LMCacheConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def eval_threads(self) -> int:

@@ -311,7 +311,7 @@ def _settings(output_dir: str | os.PathLike | None, cfg: LMCacheConfig) -> dict[
     if mode == "disk":
         if cfg.dir is None and output_dir is None:
             raise ValueError("the disk rollout cache needs a folder: set cache.dir or give an output_dir")
-        out["dir"] = str(Path(cfg.dir) if cfg.dir else Path(output_dir) / "lm_cache")
+        out["dir"] = str(Path(cfg.dir) if cfg.dir else Path(output_dir) / ".dspy_cache")
         out["size_limit_gb"] = cfg.size_limit_gb
     elif mode == "redis":
         if not cfg.redis_url:
@@ -347,11 +347,13 @@ def use_cache(output_dir: str | os.PathLike | None = None, **options: Any) -> Ro
     """Install the rollout cache as `dspy.cache` in this process and return it.
 
     options are LMCacheConfig fields (mode, dir, redis_url, namespace, memory, size_limit_gb, ttl_s); with none,
-    a disk cache in <output_dir>/lm_cache. Calling it again with the same settings keeps the installed cache
+    a disk cache in <output_dir>/.dspy_cache (DSPY_CACHEDIR points there too). Calling it again with the same settings keeps the installed cache
     (and its in-memory layer)."""
     global _INSTALLED
     options = {k: v for k, v in options.items() if k in LMCacheConfig.model_fields}
     settings = _settings(output_dir, LMCacheConfig(**options))
+    if settings["mode"] == "disk":  # anything that opens dspy's cache later lands here too, never in ~/.dspy_cache
+        os.environ["DSPY_CACHEDIR"] = settings["dir"]
     key = repr(sorted(settings.items()))
     with _INSTALL_LOCK:
         if _INSTALLED is not None and _INSTALLED[0] == key and dspy.cache is _INSTALLED[1]:

@@ -127,7 +127,7 @@ class LMCacheConfig(_Strict):
     many processes); redis = a Redis server (a cluster); memory = per process only; off = no caching at all."""
 
     mode: Literal["auto", "disk", "redis", "memory", "off"] = "auto"
-    dir: str | None = None  # disk mode: the folder; None = <output_dir>/lm_cache
+    dir: str | None = None  # disk mode: the folder; None = <output_dir>/.dspy_cache (also DSPY_CACHEDIR)
     redis_url: str | None = None  # redis mode: redis://host:port/db; None + start_redis = the sweep starts one
     start_redis: bool = False  # start a redis-server next to the sweep driver (scripts/ensure_redis.sh installs it)
     namespace: str | None = None  # key prefix in Redis; None = the sweep's output folder name

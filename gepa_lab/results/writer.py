@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gepa_lab.tracking.secrets import redact
 from gepa_lab import atomic
 from gepa_lab.events import Event
 from gepa_lab.results.schema import SCHEMAS
@@ -25,7 +26,7 @@ def write_table(path: Path, table: str, rows: list[dict[str, Any]]) -> None:
         pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema), tmp)
 
 
-def _utc(ts: float) -> datetime:
+def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
@@ -52,11 +53,11 @@ class ResultsWriter:
         self.trial_row = {
             **self._key(event),
             "task": d["config"]["task"]["name"],
-            "config_json": json.dumps(self.trial_config or d["config"], sort_keys=True),
+            "config_json": json.dumps(redact(self.trial_config or d["config"]), sort_keys=True),
             "config_hash": d["config_hash"],
             "corpus_manifest_hash": d["manifest_hash"],
             "git_commit": d["git_commit"],
-            "started_at": _utc(event.time),
+            "started_at": utc(event.time),
         }
         self._write_trial("running", event)
 
@@ -73,7 +74,7 @@ class ResultsWriter:
                 "metric_calls": d["metric_calls"],
                 "instruction": next(iter(instructions.values()), ""),
                 "instructions_json": json.dumps(instructions, sort_keys=True),
-                "created_at": _utc(event.time),
+                "created_at": utc(event.time),
             }
         )
 
@@ -105,7 +106,7 @@ class ResultsWriter:
 
     def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
         row = {**self.trial_row, "status": status, "error": error}
-        row["ended_at"] = None if status == "running" else _utc(event.time)
+        row["ended_at"] = None if status == "running" else utc(event.time)
         write_table(self.root / "trials" / f"{event.trial_id}.parquet", "trials", [row])
 
     def _flush(self, trial_id: str) -> None:

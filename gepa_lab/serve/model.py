@@ -113,7 +113,13 @@ def _load_program(local_path: str) -> dspy.Module:
         from mlflow.dspy.load import _load_model
     except ImportError:  # another mlflow: the public loader (it reconfigures dspy.settings)
         return mlflow.dspy.load_model(local_path)
-    return _load_model(local_path).model
+    before = mlflow.get_active_model_id()
+    program = _load_model(local_path).model
+    # Loading makes the model "active": every metric this process logs later, to any server, would be
+    # attached to it (a foreign-key error on another tracking server).
+    if mlflow.get_active_model_id() != before:
+        mlflow.clear_active_model()
+    return program
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None) -> ServedModel:

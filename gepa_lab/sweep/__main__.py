@@ -3,7 +3,7 @@ import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
-from gepa_lab.cli import one_line_errors
+from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.config.load import register_resolvers, to_plain, validate
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.results.query import connect, leaderboard_table
@@ -16,6 +16,7 @@ register_resolvers()
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    quiet_libraries()
     summary = run_sweep(validate(SweepConfig, to_plain(cfg)))
     console = Console()
     console.print(leaderboard_table(connect([summary["output_dir"]])))
@@ -26,6 +27,8 @@ def main(cfg: DictConfig) -> None:
             f"best trial {summary['best_trial_id']}: val {summary['seed_val_score']:.3f} -> {summary['best_val_score']:.3f}, "
             f"test {summary['seed_test_score']:.3f} -> {summary['best_test_score']:.3f}"
         )
+    if cache := summary.get("lm_cache"):
+        console.print(f"rollout cache: {cache.get('requests_saved', 0)} LM requests saved ({cache.get('entries', 0)} answers stored)")
     out = summary["output_dir"]
     model = summary.get("registered_model") or {}
     console.print(f"""

@@ -16,11 +16,12 @@ from gepa_lab import atomic
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.errors import ConfigError, GepaLabError
-from gepa_lab.lm.cache import use_cache
+from gepa_lab.corpus import ensure_prepared
+from gepa_lab.lm.cache import cache_service, shared_cache_stats, use_cache
 from gepa_lab.lm.config import LMConfig
 from gepa_lab.lm.serving import serve_all
 from gepa_lab.results import query
-from gepa_lab.results.writer import write_table
+from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
 from gepa_lab.sweep.budget import BudgetLedger
 from gepa_lab.sweep.cluster import check_shared_storage, connect
@@ -50,15 +51,16 @@ def planned_trials(cfg: SweepConfig, leaves: dict) -> int:
 
 
 def lm_configs(cfg: SweepConfig, leaves: dict) -> dict[str, LMConfig]:
-    """Every LM a trial may talk to, keyed by its JSON (trials look their endpoint up by it)."""
+    """Every LM server a trial may talk to, keyed by LMConfig.server_key() (trials look their endpoint up by it;
+    client-side settings such as temperature, even sampled from a range, share one server)."""
     base = cfg.base_run()
-    configs = {c.model_dump_json(): c for c in (cfg.lm, cfg.reflection_lm)}
+    configs = {c.server_key(): c for c in (cfg.lm, cfg.reflection_lm)}
     for path, (kind, arg) in leaves.items():
         if path.split(".")[0] in ("lm", "reflection_lm") and kind in ("grid", "choice"):
             for value in arg:
                 trial = RunConfig.model_validate(space.apply(base, {path: value}))
                 for c in (trial.lm, trial.reflection_lm):
-                    configs[c.model_dump_json()] = c
+                    configs[c.server_key()] = c
     return configs
 
 
@@ -98,33 +100,39 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     sweep_id = out.name
     console = Console(stderr=True)
     tracking = cfg.tracking
+    ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
     if tracking.wandb.enabled:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
-    use_cache(out)
     started_ray = connect(cfg.ray)
+    parent_run = None
     try:
         check_shared_storage(out)
-        with serve_all(lm_configs(cfg, leaves)) as endpoints:
+        with cache_service(cfg.cache, out) as cache, serve_all(lm_configs(cfg, leaves), workdir=out / "lm") as endpoints:
+            use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
-            parent_run = (
-                mlflow_sink.start_parent_run(tracking.mlflow, out, cfg.sweep.name, {"sweep": cfg.sweep.model_dump(mode="json")})
-                if tracking.mlflow.enabled else None
-            )
+            if tracking.mlflow.enabled:
+                parent_run = mlflow_sink.start_parent_run(tracking.mlflow, out, cfg.sweep.name, {"sweep": cfg.sweep.model_dump(mode="json")})
+            budget = cfg.sweep.budget.model_dump()
             ctx = SweepContext(
                 sweep_id=sweep_id,
                 output_dir=str(out),
                 base_config=cfg.base_run(),
-                endpoints={key: ep for key, ep in endpoints.items()},
+                endpoints=endpoints,
                 eval_threads=eval_threads(cfg, concurrent),
-                ledger=BudgetLedger.remote(cfg.sweep.budget.model_dump()) if any(cfg.sweep.budget.model_dump().values()) else None,
+                ledger=BudgetLedger.remote(budget) if any(budget.values()) else None,
                 mlflow_parent_run_id=parent_run,
+                cache=cache,
             )
             planned = planned_trials(cfg, leaves)
             console.print(f"[bold]sweep {cfg.sweep.name}[/]: {planned} trials, {concurrent} at a time -> {out}")
             fit(cfg, ctx, out, concurrent, LiveProgress(planned, cfg.optimizer.max_metric_calls, console))
-            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints)
-            if parent_run:
-                mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
+            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache)
+        if parent_run:
+            mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
+    except BaseException:
+        if parent_run:  # a later resume starts a new parent run; this one must not look like it is still going
+            mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, status="FAILED")
+        raise
     finally:
         if started_ray:
             ray.shutdown()
@@ -162,7 +170,7 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
     tuner.fit()
 
 
-def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints) -> dict:
+def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict) -> dict:
     con = query.connect([out])
     counts = dict(con.sql("SELECT status, count(*) FROM trials GROUP BY status").fetchall())
     best = query.best_trial(con)
@@ -186,14 +194,19 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
             **{k: trial_summary[k] for k in ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score")},
         )
         if parent_run:
-            task_endpoint = endpoints[RunConfig.model_validate(trial_config).lm.model_dump_json()]
-            summary["registered_model"] = registry.register_winner(
-                cfg.tracking.mlflow, out, parent_run, trial_summary, trial_config,
-                load_back={"api_base": task_endpoint.api_base},
-            )
+            task_endpoint = endpoints[RunConfig.model_validate(trial_config).lm.server_key()]
+            try:
+                summary["registered_model"] = registry.register_winner(
+                    cfg.tracking.mlflow, out, parent_run, trial_summary, trial_config,
+                    load_back={"api_base": task_endpoint.api_base},
+                )
+            except Exception as exc:  # the sweep's results stand; say loudly that the winner is not registered
+                Console(stderr=True).print(f"[red]the winner was not registered[/]: {type(exc).__name__}: {exc}")
+                summary["registration_error"] = f"{type(exc).__name__}: {exc}"
+    summary["lm_cache"] = shared_cache_stats(out, **cache)  # requests the sweep's trials did not have to send
     summary["wall_seconds"] = round(time.time() - started, 3)
     write_table(out / "results" / "sweeps" / f"{sweep_id}.parquet", "sweeps", [{
-        "sweep_id": sweep_id, "name": cfg.sweep.name, "started_at": _utc(started), "ended_at": _utc(time.time()),
+        "sweep_id": sweep_id, "name": cfg.sweep.name, "started_at": utc(started), "ended_at": utc(time.time()),
         "trials_total": summary["trials"]["total"], "trials_completed": summary["trials"]["completed"],
         "trials_failed": summary["trials"]["failed"], "best_trial_id": summary["best_trial_id"],
         "best_val_score": summary.get("best_val_score"), "best_test_score": summary.get("best_test_score"),
@@ -202,8 +215,3 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
     atomic.write_json(out / "summary.json", summary)
     return summary
 
-
-def _utc(ts: float):
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts, tz=timezone.utc)

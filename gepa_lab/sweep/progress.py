@@ -17,9 +17,15 @@ class LiveProgress(Callback):
         self.metric_calls: dict[str, int] = {}
         self.best: dict[str, float] = {}
         self.state: dict[str, str] = {}
-        self.live = Live(self._render(), console=console or Console(stderr=True), refresh_per_second=2, transient=False)
+        self.console = console
+        self.live: Live | None = None
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment state; a terminal is not state
+        return {k: v for k, v in self.__dict__.items() if k not in ("console", "live")}
 
     def setup(self, **info):
+        self.live = Live(self._render(), console=getattr(self, "console", None) or Console(stderr=True),
+                         refresh_per_second=2, transient=False)
         self.live.start()
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -46,10 +52,12 @@ class LiveProgress(Callback):
 
     def on_experiment_end(self, trials, **info):
         self._refresh()
-        self.live.stop()
+        if self.live is not None:
+            self.live.stop()
 
     def _refresh(self):
-        self.live.update(self._render())
+        if self.live is not None:
+            self.live.update(self._render())
 
     def _eta(self, spent: int) -> str:
         if not self.calls_per_trial or not spent:

@@ -28,7 +28,7 @@ class SweepContext:
     sweep_id: str
     output_dir: str
     base_config: dict[str, Any]
-    endpoints: dict[str, Endpoint]  # LMConfig JSON -> live endpoint, started once by the driver
+    endpoints: dict[str, Endpoint]  # LMConfig.server_key() -> live endpoint, started once by the driver
     eval_threads: int
     ledger: Any = None  # BudgetLedger actor handle, when the sweep has a budget
     mlflow_parent_run_id: str | None = None
@@ -36,7 +36,7 @@ class SweepContext:
 
 
 class TuneReporter:
-    """Sink: per-iteration metrics to Tune (and the budget ledger), a final report at the end."""
+    """Sink: per-iteration metrics to Tune (and the budget ledger)."""
 
     def __init__(self, ledger=None):
         self.ledger = ledger
@@ -56,10 +56,6 @@ class TuneReporter:
                     "lm_tokens": tokens,
                 }
             )
-        elif event.kind == "trial_finished":
-            s = d["summary"]
-            keys = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
-            tune.report({**{k: s[k] for k in keys}, "done": True})
 
 
 def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> RunConfig:
@@ -87,13 +83,16 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     if tracking.mlflow.enabled and ctx.mlflow_parent_run_id:
         sinks.append(MlflowSink(tracking.mlflow, Path(ctx.output_dir), ctx.mlflow_parent_run_id, run_name=trial_id))
     endpoints = {
-        "task": ctx.endpoints[cfg.lm.model_dump_json()],
-        "reflection": ctx.endpoints[cfg.reflection_lm.model_dump_json()],
+        "task": ctx.endpoints[cfg.lm.server_key()],
+        "reflection": ctx.endpoints[cfg.reflection_lm.server_key()],
     }
     stop = [BudgetStop(ctx.ledger)] if ctx.ledger is not None else None
     try:
-        run_trial(cfg, endpoints, EventStream(trial_id, sinks), stop_callbacks=stop, extra_summary={"params": params})
+        summary = run_trial(cfg, endpoints, EventStream(trial_id, sinks), stop_callbacks=stop, extra_summary={"params": params})
     finally:
         for sink in sinks:
             if hasattr(sink, "finish"):
                 sink.finish()
+    # The final report comes last: Tune may end this actor as soon as the trial's function returns after it.
+    keys = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
+    tune.report({k: summary[k] for k in keys})

@@ -118,7 +118,7 @@ def test_cache_service_starts_and_stops_redis(tmp_path):
     with pytest.raises(redis.exceptions.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     with cache_service({"mode": "disk"}, tmp_path / "sweep2") as kwargs:
-        assert kwargs == {"mode": "disk", "memory": True, "dir": str((tmp_path / "sweep2" / "lm_cache").resolve()), "size_limit_gb": 30.0}
+        assert kwargs == {"mode": "disk", "memory": True, "dir": str((tmp_path / "sweep2" / ".dspy_cache").resolve()), "size_limit_gb": 30.0}
     with pytest.raises(ConnectionError, match="does not answer"):
         with cache_service({"mode": "redis", "redis_url": "redis://127.0.0.1:1/0"}, tmp_path):
             pass

@@ -46,6 +46,7 @@ def rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 def write(folder: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path]:
     """Write tickets.csv and a corpus YAML (conf group layout: folder/corpus/generated.yaml)."""
+    folder.mkdir(parents=True, exist_ok=True)
     data = folder / "tickets.csv"
     with data.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["ticket", "topic"])

@@ -1,0 +1,58 @@
+"""Submit a sweep to a Ray cluster as a Ray job, stream its logs, wait for it.
+
+    python scripts/submit.py [--address http://HEAD:8265] [--no-wait] sweep=NAME output_dir=/shared/sweeps/x [key=value ...]
+
+The same as `ray job submit --working-dir . -- python -m gepa_lab.sweep ...`, with the two things that trip
+people up checked first: the job runs in a temporary copy of this folder, so output_dir must be an absolute
+path (on storage every node shares, for a multi-node cluster); and the copy skips git-ignored files, so
+prepared corpora are not uploaded (the sweep prepares them from corpora/raw, which is committed).
+The address comes from --address, else RAY_ADDRESS, else http://127.0.0.1:8265 (the head's dashboard).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265")
+    parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    args, overrides = parser.parse_known_args(argv)
+    out = [o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")]
+    if not out or not Path(out[-1]).is_absolute():
+        parser.error("give an absolute output_dir=PATH: the job runs in a temporary copy of this folder")
+    return args, overrides
+
+
+async def follow(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    args, overrides = parse(argv)
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(args.address)
+    entrypoint = shlex.join(["python", "-m", "gepa_lab.sweep", *overrides])
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
+    print(f"submitted {job_id} to {args.address}: {entrypoint}", file=sys.stderr)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    asyncio.run(follow(client, job_id))
+    status = str(client.get_job_status(job_id).value)
+    print(f"job {job_id}: {status}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
