@@ -232,7 +232,8 @@ def run_trial(
         }
         atomic.write_json(out / "summary.json", summary)
     except BaseException as exc:  # the sinks record the failure; the caller decides what it means
-        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}")
+        # SystemExit: Ray Tune ends a trial its scheduler (ASHA) stopped by raising it in tune.report
+        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}", stopped=isinstance(exc, SystemExit))
         raise
     events.emit("trial_finished", summary=summary)
     return summary

@@ -102,7 +102,8 @@ class ResultsWriter:
         self._flush(event.trial_id)
         self.trial_row.setdefault("sweep_id", self.sweep_id)
         self.trial_row.setdefault("trial_id", event.trial_id)
-        self._write_trial("failed", event, error=event.data["error"])
+        status = "stopped" if event.data.get("stopped") else "failed"  # stopped: by the sweep's scheduler
+        self._write_trial(status, event, error=event.data["error"])
 
     def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
         row = {**self.trial_row, "status": status, "error": error}

@@ -1,4 +1,6 @@
 """python -m gepa_lab.sweep sweep=NAME [key=value ...] [output_dir=PATH]"""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
@@ -18,10 +20,10 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     summary = run_sweep(validate(SweepConfig, to_plain(cfg)))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # logs: no 80-column wrapping of the leaderboard
     console.print(leaderboard_table(connect([summary["output_dir"]])))
     trials = summary["trials"]
-    console.print(f"trials: {trials['completed']} completed, {trials['failed']} failed of {trials['total']}")
+    console.print(f"trials: {trials['total']}: " + ", ".join(f"{n} {status}" for status, n in trials.items() if status != "total" and n))
     if summary.get("best_trial_id"):
         console.print(
             f"best trial {summary['best_trial_id']}: val {summary['seed_val_score']:.3f} -> {summary['best_val_score']:.3f}, "

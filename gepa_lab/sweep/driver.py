@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import ray
 from ray import tune
 from rich.console import Console
@@ -129,9 +130,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache)
         if parent_run:
             mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
-    except BaseException:
+    except BaseException as exc:
         if parent_run:  # a later resume starts a new parent run; this one must not look like it is still going
-            mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, status="FAILED")
+            mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         if started_ray:
@@ -167,7 +168,20 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-    tuner.fit()
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        # Tune caught Ctrl-C and saved its experiment state (each trial's GEPA state is in its folder): stop
+        # everything this sweep started; rerunning with the same output_dir resumes.
+        raise KeyboardInterrupt
+    mark_stopped(out / "results" / "trials")
+
+
+def mark_stopped(trials_dir: Path) -> None:
+    """After fit() nothing runs: a trial whose row still says running was ended by the scheduler (ASHA)."""
+    for path in trials_dir.glob("*.parquet"):
+        row = pq.read_table(path).to_pylist()[0]
+        if row["status"] == "running":
+            write_table(path, "trials", [{**row, "status": "stopped", "ended_at": utc(time.time())}])
 
 
 def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict) -> dict:
@@ -178,7 +192,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
         "sweep": cfg.sweep.name,
         "sweep_id": sweep_id,
         "output_dir": str(out),
-        "trials": {"total": sum(counts.values()), "completed": counts.get("completed", 0), "failed": counts.get("failed", 0)},
+        "trials": {"total": sum(counts.values()), **{s: counts.get(s, 0) for s in ("completed", "failed", "stopped", "skipped")}},
         "best_trial_id": None,
         "tracking_uri": mlflow_sink.tracking_uri(cfg.tracking.mlflow, out) if cfg.tracking.mlflow.enabled else None,
         "registered_model": None,

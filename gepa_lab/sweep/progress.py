@@ -30,7 +30,7 @@ class LiveProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.state[trial.trial_id] = "running"
-        self._refresh()
+        self._refresh(log=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "metric_calls" in result:
@@ -44,20 +44,24 @@ class LiveProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.state.get(trial.trial_id) != "skipped":
             self.state[trial.trial_id] = "done"
-        self._refresh()
+        self._refresh(log=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.state[trial.trial_id] = "failed"
-        self._refresh()
+        self._refresh(log=True)
 
     def on_experiment_end(self, trials, **info):
         self._refresh()
         if self.live is not None:
             self.live.stop()
 
-    def _refresh(self):
-        if self.live is not None:
+    def _refresh(self, log: bool = False):
+        if self.live is None:
+            return
+        if self.live.console.is_terminal:
             self.live.update(self._render())
+        elif log:  # a log file or a Ray job's log: one line per trial event, not a redrawn screen
+            self.live.console.print(self._render())
 
     def _eta(self, spent: int) -> str:
         if not self.calls_per_trial or not spent:

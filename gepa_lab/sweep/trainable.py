@@ -13,7 +13,7 @@ from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import Event, EventStream
 from gepa_lab.lm.cache import use_cache
 from gepa_lab.lm.serving import Endpoint
-from gepa_lab.results.writer import ResultsWriter
+from gepa_lab.results.writer import ResultsWriter, write_table
 from gepa_lab.sweep import space
 from gepa_lab.sweep.budget import BudgetStop
 from gepa_lab.tracking.mlflow_sink import MlflowSink
@@ -70,7 +70,9 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(ctx, params, trial_id)
     if ctx.ledger is not None and (reason := ray.get(ctx.ledger.exhausted.remote())):
-        tune.report({"skipped": reason, "done": True})
+        write_table(Path(ctx.output_dir) / "results" / "trials" / f"{trial_id}.parquet", "trials",
+                    [{"sweep_id": ctx.sweep_id, "trial_id": trial_id, "status": "skipped", "error": reason}])
+        tune.report({"skipped": reason})
         return
     out = Path(cfg.output_dir)
     claim_output_dir(cfg, out)

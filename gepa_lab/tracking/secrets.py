@@ -32,9 +32,17 @@ def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(str(name)))
 
 
+def _environ_snapshot() -> dict[str, str]:
+    while True:  # other threads (mlflow's telemetry) change os.environ while we copy it
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+
+
 def secret_values(environ: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> list[str]:
     """Values of secret-looking environment variables (plus `extra`), longest first."""
-    environ = os.environ if environ is None else environ
+    environ = _environ_snapshot() if environ is None else environ
     found = {
         v
         for k, v in environ.items()

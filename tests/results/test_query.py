@@ -161,7 +161,7 @@ def test_connect_and_leaderboard_table(sweep_dir: Path):
 def test_readme_example_queries_run(sweep_dir: Path):
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "gepa_lab" / "results" / "README_SECTION.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = re.search(r"```sql\n(.*?)```", readme, re.S).group(1)
     statements = [s.strip() for s in block.split(";") if s.strip()]
     assert len(statements) == 4

@@ -46,7 +46,7 @@ def sweep(tmp_path_factory):
 
 def test_best_trial_beats_the_seed_on_val_and_test(sweep):
     s = sweep["summary"]
-    assert s["trials"] == {"total": 4, "completed": 4, "failed": 0}
+    assert s["trials"]["total"] == s["trials"]["completed"] == 4
     assert s["best_val_score"] > s["seed_val_score"]
     assert s["best_test_score"] > s["seed_test_score"]
     assert "where everything went" in sweep["stdout"]
@@ -54,16 +54,16 @@ def test_best_trial_beats_the_seed_on_val_and_test(sweep):
 
 def test_duckdb_over_results_agrees_with_summary(sweep):
     con = query.connect([sweep["out"]])
-    trial_id, val, test = con.sql(
+    trial_id, val, test = con.execute(
         "SELECT trial_id, best_val_score, best_test_score FROM trials WHERE status = 'completed' "
         "ORDER BY best_val_score DESC, metric_calls ASC LIMIT 1").fetchone()
     s = sweep["summary"]
     assert (trial_id, val, test) == (s["best_trial_id"], s["best_val_score"], s["best_test_score"])
-    assert con.sql("SELECT count(DISTINCT trial_id) FROM candidates").fetchone()[0] == 4
-    assert con.sql("SELECT count(*) FROM evaluations WHERE split = 'test'").fetchone()[0] > 0
-    roles = {r for (r,) in con.sql("SELECT DISTINCT role FROM lm_usage").fetchall()}
+    assert con.execute("SELECT count(DISTINCT trial_id) FROM candidates").fetchone()[0] == 4
+    assert con.execute("SELECT count(*) FROM evaluations WHERE split = 'test'").fetchone()[0] > 0
+    roles = {r for (r,) in con.execute("SELECT DISTINCT role FROM lm_usage").fetchall()}
     assert roles == {"task", "reflection"}
-    assert con.sql("SELECT best_trial_id FROM sweeps").fetchone()[0] == s["best_trial_id"]
+    assert con.execute("SELECT best_trial_id FROM sweeps").fetchone()[0] == s["best_trial_id"]
 
 
 def test_wandb_offline_run_per_trial_with_metrics(sweep):

@@ -1,4 +1,4 @@
-"""Deterministic offline LM simulator speaking the OpenAI chat-completions API (see README_SECTION.md)."""
+"""Deterministic offline LM simulator speaking the OpenAI chat-completions API (README: "The LM simulator")."""
 
 from .launch import Simulator, SimulatorStartError, free_port, start_simulator
 
