@@ -61,6 +61,7 @@ def test_cfg_job_prints_the_composed_config_with_overrides():
         ("+sweep.space.optimizer.failure_score={uniform:[3,1]}", "low < high"),
         ("sweep.space.optimizer.reflection_minibatch_size={grid:[0,3]}", "reflection_minibatch_size"),
         ("sweep.max_concurrent=0", "sweep.max_concurrent"),
+        ("lm.api_base=http://127.0.0.1:9/v1", "does not answer"),  # an external endpoint that is down
     ],
 )
 def test_bad_sweep_is_one_line_before_ray_starts(tmp_path, override, message):

@@ -67,10 +67,11 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
     from gepa_lab.lm.sim.launch import start_simulator
 
     out = tmp_path / "resume"
-    budget = 1000
-    with start_simulator(max_in_flight=8, latency_ms=15) as sim:  # slow enough to kill mid-run
+    budget = 300
+    with start_simulator(max_in_flight=8, latency_ms=100) as sim:  # slow enough to kill mid-run
         args = ["task=banking77", "tracking=none", f"output_dir={out}", f"optimizer.max_metric_calls={budget}",
-                f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
+                "optimizer.reflection_minibatch_size=4", "corpus.name=banking77_tiny", "corpus.splits.train=40",
+                "corpus.splits.val=20", "corpus.splits.test=20", f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
         proc = subprocess.Popen([sys.executable, "-m", "gepa_lab.run", *args], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300

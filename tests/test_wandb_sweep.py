@@ -5,10 +5,8 @@ against the sweep definitions, and the agent entry runs one real tiny trial offl
 parameters injected as W&B's agent would hand them (wandb.config)."""
 from __future__ import annotations
 
-import glob
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ from gepa_lab.errors import ConfigError
 from gepa_lab.paths import SWEEPS_DIR
 from gepa_lab.sweep.space import flatten
 from gepa_lab.wandb_sweep import export, to_wandb
+from tests.support.wandb_offline import wandb_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DROPPED = ("num_samples", "max_concurrent", "budget", "scheduler", "resources")
@@ -138,48 +137,9 @@ def test_export_errors_are_one_line():
 # -------------------------------------------------------------------------------------------- agent
 
 
-def wandb_records(run_dir: Path):
-    """The records of an offline run's .wandb file (a LevelDB-style log of protobuf Records)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = next(run_dir.glob("*.wandb")).read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if length == 0 and kind == 0:
-            pos += left
-            continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 2):  # full / first
-            buf = chunk
-        else:  # middle / last
-            buf += chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(buf)
-            yield record
-
-
-def wandb_run(wandb_dir: Path) -> dict:
-    [run_dir] = glob.glob(str(wandb_dir / "wandb" / "offline-run-*"))
-    out = {"config": {}, "summary": {}, "exit_code": None}
-    for r in wandb_records(Path(run_dir)):
-        kind = r.WhichOneof("record_type")
-        if kind == "run":
-            out["run_id"], out["group"] = r.run.run_id, r.run.run_group
-            out["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
-        elif kind == "config":
-            out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update if i.key})
-        elif kind == "summary":
-            out["summary"].update({i.key: json.loads(i.value_json) for i in r.summary.update if i.key})
-        elif kind == "exit":
-            out["exit_code"] = r.exit.exit_code
-    return out
+def offline_run(wandb_dir: Path) -> dict:
+    [run_dir] = (wandb_dir / "wandb").glob("offline-run-*")
+    return wandb_run(run_dir)
 
 
 AGENT = """
@@ -211,7 +171,7 @@ def test_agent_runs_one_trial_with_the_injected_parameters(tmp_path: Path):
     summary = json.loads(done.stdout.split("SUMMARY ", 1)[1])
     assert summary["params"] == {"optimizer.seed": 1, "optimizer.reflection_minibatch_size": 6}
 
-    run = wandb_run(tmp_path / "wb")
+    run = offline_run(tmp_path / "wb")
     trial_dir = out / "trials" / run["run_id"]
     assert Path(summary["program_path"]) == trial_dir / "program.json" and (trial_dir / "program.json").exists()
     config = json.loads((trial_dir / "config.json").read_text())["config"]
@@ -237,4 +197,4 @@ def test_agent_rejects_a_bad_parameter_and_marks_the_run_failed(tmp_path: Path):
     done = run_agent(tmp_path, [*TINY, f"output_dir={tmp_path / 'out'}"], {"optimizer.reflection_minibatch_size": 0})
     assert done.returncode == 2, done.stderr[-2000:]
     assert "reflection_minibatch_size" in done.stderr and "Traceback" not in done.stderr
-    assert wandb_run(tmp_path / "wb")["exit_code"] == 1
+    assert offline_run(tmp_path / "wb")["exit_code"] == 1

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from gepa_lab.errors import GepaLabError
 from gepa_lab.paths import PROJECT_ROOT
 
 
-class CorpusError(Exception):
+class CorpusError(GepaLabError):
     """Bad corpus input or config. ``str(err)`` is one line naming the file (and column) at fault."""
 
     def __init__(self, message: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import httpx
 
+from gepa_lab.errors import GepaLabError
 from gepa_lab.lm.config import LMConfig
 
 log = logging.getLogger("gepa_lab.lm.serving")
@@ -45,11 +46,18 @@ class Endpoint:
         return httpx.get(url, timeout=timeout).raise_for_status().json()
 
 
-class EndpointError(RuntimeError):
-    pass
+class EndpointError(GepaLabError):
+    """An LM endpoint that does not answer (or refuses the key): one line naming it."""
 
 
 _REPLICA_SETS: dict[str, Any] = {}  # api_base -> the ReplicaSet behind it (vllm_ray), in the process that serves
+
+
+def check_external(configs: dict[str, LMConfig]) -> None:
+    """Every already-running endpoint (an explicit api_base) answers: checked before anything is started."""
+    for cfg in configs.values():
+        for base in cfg.api_bases:
+            check_endpoint(base, api_key=_key(cfg), model=cfg.model)
 
 
 def replica_set(endpoint: Endpoint):
@@ -137,7 +145,7 @@ def _ray_ready() -> Iterator[None]:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or None, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(address=address or "local", include_dashboard=False, ignore_reinit_error=True)
     try:
         yield
     finally:

@@ -21,7 +21,8 @@ def connect(cfg: RayConfig) -> bool:
     if address:
         ray.init(address=address)
         return False
-    ray.init(num_cpus=cfg.num_cpus, resources=cfg.resources or None, include_dashboard=False)
+    # "local": a new instance, never the cluster a past `ray start` on this machine left in /tmp/ray/ray_current_cluster
+    ray.init(address="local", num_cpus=cfg.num_cpus, resources=cfg.resources or None, include_dashboard=False)
     return True
 
 

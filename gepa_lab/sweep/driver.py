@@ -20,7 +20,7 @@ from gepa_lab.errors import ConfigError, GepaLabError
 from gepa_lab.corpus import ensure_prepared
 from gepa_lab.lm.cache import cache_service, shared_cache_stats, use_cache
 from gepa_lab.lm.config import LMConfig
-from gepa_lab.lm.serving import serve_all
+from gepa_lab.lm.serving import check_external, serve_all
 from gepa_lab.results import query
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
@@ -102,13 +102,15 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     console = Console(stderr=True)
     tracking = cfg.tracking
     ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
+    lms = lm_configs(cfg, leaves)
+    check_external(lms)  # before Ray starts; managed servers are checked once started, before any trial
     if tracking.wandb.enabled:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
     started_ray = connect(cfg.ray)
     parent_run = None
     try:
         check_shared_storage(out)
-        with cache_service(cfg.cache, out) as cache, serve_all(lm_configs(cfg, leaves), workdir=out / "lm") as endpoints:
+        with cache_service(cfg.cache, out) as cache, serve_all(lms, workdir=out / "lm") as endpoints:
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
             if tracking.mlflow.enabled:

@@ -31,8 +31,8 @@ def call_with_known_kwargs(factory: Callable, available: dict[str, Any], extra: 
 
     Built-in factories take the task facts they need (labels, inputs, ...); a user's class with
     no parameters gets none of them."""
-    try:
-        params = inspect.signature(factory).parameters
+    try:  # a class's own __init__: dspy.Module's metaclass hides it behind __call__(*args, **kwargs)
+        params = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters
     except (TypeError, ValueError):
         return factory(**extra)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

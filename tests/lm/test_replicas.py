@@ -31,7 +31,7 @@ SIM_COMMAND = ["{python}", "-m", "gepa_lab.lm.sim", "--host", "{host}", "--port"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, resources={"fake_gpu": 2}, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, resources={"fake_gpu": 2}, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}})
     yield
     ray.shutdown()

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,10 +50,10 @@ def wait_until_answers(url: str, proc: subprocess.Popen, log: Path, timeout: flo
 def ray_head(tmp_path):
     """`ray start --head --block` in its own process group: stopping the group stops the whole head."""
     log = tmp_path / "ray-head.log"
-    dashboard = free_port()
+    dashboard, gcs_port = free_port(), free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
              "--include-dashboard", "true", "--disable-usage-stats"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -65,6 +66,10 @@ def ray_head(tmp_path):
         yield url
     finally:
         stop_group(proc)
+        # what `ray stop` would also do: forget this head, so a later ray.init() on this machine does not look for it
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+            current.unlink()
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import struct
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from gepa_lab.corpus import ensure_prepared, load_corpus_config, read_manifest, read_split
 from gepa_lab.events import EventStream
+from tests.support.wandb_offline import wandb_records, wandb_run  # noqa: F401  (the tracking tests import them from here)
 from gepa_lab.tasks.task import build_program, resolve_metric, to_examples
 
 SEED_INSTRUCTION = "Classify the sentiment of a product review."
@@ -104,62 +104,6 @@ def emit_trial(
     if finish:
         events.emit("trial_finished", summary=summary)
     return summary
-
-
-# ---- W&B offline run files ----------------------------------------------------------------------------------
-def wandb_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(record type, protobuf) of every record in a .wandb file (LevelDB-style log: 32 KiB blocks,
-    7-byte headers crc32/length/type, FULL=1 FIRST=2 MIDDLE=3 LAST=4)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B data file"
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            pos += left
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            whole = chunk
-        elif kind == 2:
-            buf = chunk
-            continue
-        elif kind == 3:
-            buf += chunk
-            continue
-        else:
-            whole, buf = buf + chunk, b""
-        record = pb.Record()
-        record.ParseFromString(whole)
-        which = record.WhichOneof("record_type")
-        yield which, getattr(record, which)
-
-
-def wandb_run(run_dir: Path) -> dict[str, Any]:
-    """The run, config, history rows, final summary and exit code of one offline run folder."""
-    (data_file,) = run_dir.glob("run-*.wandb")
-    out: dict[str, Any] = {"run": None, "config": {}, "history": [], "summary": {}, "exit_code": None}
-    for kind, rec in wandb_records(data_file):
-        if kind == "run":
-            out["run"] = rec
-            out["config"].update({u.key: json.loads(u.value_json) for u in rec.config.update})
-        elif kind == "config":
-            out["config"].update({u.key: json.loads(u.value_json) for u in rec.update})
-        elif kind == "history":
-            out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.item})
-        elif kind == "summary":
-            for u in rec.update:
-                out["summary"]["/".join(u.nested_key) or u.key] = json.loads(u.value_json)
-        elif kind == "exit":
-            out["exit_code"] = rec.exit_code
-    return out
 
 
 def wait_until(predicate, timeout: float = 10.0, every: float = 0.1) -> bool:
