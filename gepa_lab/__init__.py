@@ -8,6 +8,8 @@ for _key, _value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TQDM_DISABLE": "1",  # GEPA's and dspy's progress bars; gepa_lab prints its own progress
-    "RAY_AIR_NEW_OUTPUT": "0",  # Tune prints no experiment tables: the sweep shows its own live progress
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Ctrl-C: Tune's own handler would end fit() normally and the sweep would look finished; let it interrupt
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Tune prints no experiment tables: the sweep shows its own live progress
 }.items():
     _os.environ.setdefault(_key, _value)

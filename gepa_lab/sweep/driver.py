@@ -170,11 +170,9 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-    results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(results):
-        # Tune caught Ctrl-C and saved its experiment state (each trial's GEPA state is in its folder): stop
-        # everything this sweep started; rerunning with the same output_dir resumes.
-        raise KeyboardInterrupt
+    # Ctrl-C raises KeyboardInterrupt out of fit() (TUNE_DISABLE_SIGINT_HANDLER, gepa_lab/__init__.py): the sweep
+    # stops everything it started; Tune's experiment state and each trial's GEPA state let a rerun resume.
+    tuner.fit()
     mark_stopped(out / "results" / "trials")
 
 

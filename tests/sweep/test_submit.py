@@ -118,5 +118,5 @@ def test_sweep_as_a_ray_job_tracked_on_an_mlflow_server(ray_head, mlflow_server,
     assert not (ROOT / "corpora" / "banking77_job").exists()
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("job-winner", "champion")
-    assert version.version == str(summary["registered_model"]["version"])
+    assert str(version.version) == str(summary["registered_model"]["version"])
     assert not (out / "mlartifacts").exists()  # artifacts went through the server

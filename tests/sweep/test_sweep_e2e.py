@@ -86,7 +86,7 @@ def test_mlflow_parent_and_child_runs_and_champion_loads_in_a_fresh_process(swee
     model = s["registered_model"]
     assert model["alias"] == "champion"
     name = model["name"]
-    assert client.get_model_version_by_alias(name, "champion").version == str(model["version"])
+    assert str(client.get_model_version_by_alias(name, "champion").version) == str(model["version"])
     code = (f"import mlflow; mlflow.set_tracking_uri({s['tracking_uri']!r}); "
             f"m = mlflow.dspy.load_model('models:/{name}@champion'); print(type(m).__name__)")
     # the registry saves the program with cloudpickle, which mlflow only loads when told to (README: Serving)
