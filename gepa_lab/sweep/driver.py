@@ -16,7 +16,6 @@ from rich.console import Console
 from gepa_lab import atomic
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
-from gepa_lab.errors import ConfigError, GepaLabError
 from gepa_lab.corpus import ensure_prepared
 from gepa_lab.lm.cache import cache_service, shared_cache_stats, use_cache
 from gepa_lab.lm.config import LMConfig
@@ -101,9 +100,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     sweep_id = out.name
     console = Console(stderr=True)
     tracking = cfg.tracking
-    ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
     lms = lm_configs(cfg, leaves)
     check_external(lms)  # before Ray starts; managed servers are checked once started, before any trial
+    ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
     if tracking.wandb.enabled:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
     started_ray = connect(cfg.ray)

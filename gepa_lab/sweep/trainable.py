@@ -72,7 +72,9 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     if ctx.ledger is not None and (reason := ray.get(ctx.ledger.exhausted.remote())):
         write_table(Path(ctx.output_dir) / "results" / "trials" / f"{trial_id}.parquet", "trials",
                     [{"sweep_id": ctx.sweep_id, "trial_id": trial_id, "status": "skipped", "error": reason}])
-        return  # no report: a result without the sweep's metric is an error to Optuna and ASHA
+        # Optuna and ASHA need the sweep's metric and time axis in every result: NaN = no score
+        tune.report({"skipped": reason, "best_val_score": float("nan"), "metric_calls": 0})
+        return
     out = Path(cfg.output_dir)
     claim_output_dir(cfg, out)
     use_cache(out, **ctx.cache)
