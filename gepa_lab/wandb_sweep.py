@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from gepa_lab.errors import ConfigError, GepaLabError
+from gepa_lab.errors import ConfigError
 
 METHODS = {"grid": "grid", "random": "random", "optuna": "bayes"}
 METRIC = {"name": "best_val_score", "goal": "maximize"}

@@ -1,8 +1,10 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,3 +35,37 @@ def simulator():
 
     with start_simulator(max_in_flight=8) as sim:
         yield sim
+
+
+def wait_until_answers(url: str, server, timeout: float = 300) -> None:
+    """Poll GET url until it answers 200; fail with the server's log tail if it dies or never answers."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert server.alive(), server.log_tail()
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer: {server.log_tail()}")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 without a local artifact root: artifacts are proxied through it.
+    It spawns helper processes (huey, uvicorn): stopping its process group stops them all. Yields (url, root)."""
+    from gepa_lab.lm.process import ChildProcess, free_port
+
+    root = tmp_path / "mlflow-server"
+    root.mkdir()
+    port = free_port()
+    server = ChildProcess([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                           f"sqlite:///{root}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                          log_path=root / "server.log", cwd=root)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_answers(f"{url}/health", server)  # ~14 s on an idle machine; much more under load
+        yield url, root
+    finally:
+        server.stop(timeout=15)

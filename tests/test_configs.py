@@ -1,6 +1,5 @@
 """Every shipped config composes and validates (run, each task, each LM, each sweep definition),
 and `--cfg job` prints the composed config, as lightning-hydra-template does for its experiments."""
-from pathlib import Path
 
 import pytest
 

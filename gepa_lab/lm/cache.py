@@ -26,8 +26,6 @@ import contextlib
 import os
 import pickle
 import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -38,6 +36,7 @@ import dspy
 from dspy.clients.cache import Cache
 
 from gepa_lab.lm.config import LMCacheConfig
+from gepa_lab.lm.process import ChildProcess, free_port
 
 _STAT_PREFIX = "__gepa_lab_stats__:"
 _PENDING_PREFIX = "__gepa_lab_pending__:"
@@ -423,13 +422,7 @@ def _flush_at_exit() -> None:  # pragma: no cover - process teardown
 # A Redis server for the sweep (Debian's redis-server; scripts/ensure_redis.sh installs it)
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
+class RedisServer(ChildProcess):
     """`redis-server` as a child process: no persistence (a cache), its own process group, stopped on exit.
 
     with RedisServer() as r: r.url  -> "redis://127.0.0.1:PORT/0"
@@ -441,7 +434,7 @@ class RedisServer:
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: run scripts/ensure_redis.sh (Debian package redis-server)")
         self.host = host
-        self.port = port or _free_port("127.0.0.1" if host in ("127.0.0.1", "localhost") else "")
+        self.port = port or free_port("127.0.0.1" if host in ("127.0.0.1", "localhost") else "")
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_redis_")
@@ -455,8 +448,7 @@ class RedisServer:
             cmd += ["--protected-mode", "no"]
         if max_memory:
             cmd += ["--maxmemory", max_memory, "--maxmemory-policy", "allkeys-lru"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        super().__init__(cmd, log_path=self.log_path)
         self.url = f"redis://{advertise_host or ('127.0.0.1' if host in ('0.0.0.0', 'localhost') else host)}:{self.port}/0"
         self._wait()
 
@@ -475,23 +467,12 @@ class RedisServer:
                     return
             except Exception:
                 time.sleep(0.05)
-        tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        tail = self.log_tail(2000)
         self.stop()
         raise RuntimeError(f"redis-server on {self.host}:{self.port} did not start. Log tail:\n{tail}")
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=5)
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -17,12 +17,8 @@ vLLM itself is not a dependency: the command is whatever `server.command` says (
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,26 +28,13 @@ from typing import Any, Callable
 import httpx
 
 from gepa_lab.lm.config import LMConfig
+from gepa_lab.lm.process import ChildProcess, free_port
 
 log = logging.getLogger("gepa_lab.lm.replicas")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerStartError(RuntimeError):
     pass
-
-
-def free_port(host: str = "") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def format_command(template: list[str], values: dict[str, Any]) -> list[str]:
@@ -130,42 +113,19 @@ def answers(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple
         return False, f"{type(e).__name__}: {e}"
 
 
-class ServerProcess:
-    """One server command as a child process (own process group), with a log file."""
+class ServerProcess(ChildProcess):
+    """One server command as a child process (own process group, dies with its parent), with a log file."""
 
     def __init__(self, argv: list[str], *, url: str, log_path: str | os.PathLike, env: dict[str, str] | None = None,
                  cwd: str | os.PathLike | None = None):
-        self.argv = list(argv)
         self.url = url
-        self.log_path = Path(log_path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
-        full_env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(self.log_path, "ab") as logf:
-            logf.write(f"$ {' '.join(self.argv)}\n".encode())
-            logf.flush()
-            try:
-                self.proc = subprocess.Popen(
-                    self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
-                    start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-                )
-            except OSError as e:
-                raise ServerStartError(f"cannot run {self.argv[0]!r} for {url}: {e}") from None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 3000) -> str:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"$ {' '.join(argv)}\n".encode())
         try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+            super().__init__(argv, log_path=log_path, env={**os.environ, **(env or {})}, cwd=cwd, die_with_parent=True)
+        except OSError as e:
+            raise ServerStartError(f"cannot run {argv[0]!r} for {url}: {e}") from None
 
     def wait_ready(self, timeout_s: float, api_key: str | None = None) -> None:
         deadline = time.monotonic() + timeout_s
@@ -187,19 +147,8 @@ class ServerProcess:
             f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{tail}"
         )
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, sig)
-                try:
-                    self.proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        else:  # the leader is gone; its group may not be
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+    def stop(self, timeout: float = 15.0) -> None:  # a GPU server may take a while to free its memory
+        super().stop(timeout)
 
 
 def start_server(cfg: LMConfig, *, host: str, log_dir: str | os.PathLike, name: str, url_host: str | None = None,

@@ -30,13 +30,14 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gepa_lab.lm.process import ChildProcess
 
 log = logging.getLogger("gepa_lab.lm.router")
 
@@ -427,7 +428,7 @@ class RouterError(RuntimeError):
     pass
 
 
-class RouterProcess:
+class RouterProcess(ChildProcess):
     """The router as a child process of the sweep driver (own process group; `stop()` ends it)."""
 
     def __init__(self, replicas: list[str], *, max_in_flight: int, host: str = "127.0.0.1", port: int = 0,
@@ -436,8 +437,6 @@ class RouterProcess:
                  max_attempts: int = 3, log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0):
         self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_router_")
         port_file = Path(self._tmp.name) / "port"
-        self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "router.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "gepa_lab.lm.router", "--host", host, "--port", str(port), "--port-file", str(port_file),
                "--max-in-flight", str(max_in_flight), "--affinity-slack", str(affinity_slack),
                "--health-interval-s", str(health_interval_s), "--queue-timeout-s", str(queue_timeout_s),
@@ -446,12 +445,7 @@ class RouterProcess:
             cmd.append("--no-affinity")
         for r in replicas:
             cmd += ["--replica", r]
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
+        super().__init__(cmd, log_path=Path(log_path) if log_path else Path(self._tmp.name) / "router.log")
         self.host = host
         self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         deadline = time.monotonic() + startup_timeout_s
@@ -489,25 +483,8 @@ class RouterProcess:
 
         return httpx.post(f"{self._local}/router/replicas", json={"replicas": list(urls)}, timeout=timeout).raise_for_status().json()
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, sig)
-                try:
-                    self.proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

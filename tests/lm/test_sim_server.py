@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gepa_lab.lm.sim.launch import SimulatorStartError, free_port, start_simulator
+from gepa_lab.lm.process import free_port
+from gepa_lab.lm.sim.launch import SimulatorStartError, start_simulator
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,64 +1,16 @@
 """A remote tracking URI: a real `mlflow server` on 127.0.0.1 without a local artifact root, so the runs'
 artifacts and the registered model travel through the server (mlflow-artifacts:/)."""
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
-import httpx
-import pytest
 from mlflow import MlflowClient
 
 from gepa_lab.config.schema import MlflowConfig
 from gepa_lab.events import EventStream
-from gepa_lab.lm.sim.launch import free_port, start_simulator
+from gepa_lab.lm.sim.launch import start_simulator
 from gepa_lab.tracking import mlflow_sink, registry
 from tracking_helpers import emit_trial, run_config
 
 KEY_ENV = "GEPA_LAB_TEST_REMOTE_KEY"  # deliberately NOT in os.environ: register_winner hands it to the check
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    port = free_port()
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,  # it spawns helper processes (huey): stop the whole group
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300  # ~14 s on an idle machine; much more under load
-        while time.time() < deadline:
-            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health: " + (root / "server.log").read_text()[-3000:])
-        yield url, root
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
 
 
 def test_remote_tracking_and_registration_through_the_server(mlflow_server, tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ import pytest
 from gepa_lab.config.schema import WandbConfig
 from gepa_lab.events import EventStream
 from gepa_lab.tracking.wandb_sink import WandbKeyMissing, WandbSink, wandb_env
-from tracking_helpers import WINNER_INSTRUCTION, emit_trial, run_config, wait_until, wandb_run
+from tests.support.wandb_offline import wandb_run
+from tracking_helpers import WINNER_INSTRUCTION, emit_trial, run_config, wait_until
 
 
 def runs_by_name(out: Path) -> dict[str, dict]:

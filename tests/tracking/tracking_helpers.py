@@ -1,14 +1,12 @@
-"""Shared pieces of the tracking and serve tests: a tiny real task, synthetic trial events, W&B file reader."""
+"""Shared pieces of the tracking and serve tests: a tiny real task and synthetic trial events."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gepa_lab.corpus import ensure_prepared, load_corpus_config, read_manifest, read_split
 from gepa_lab.events import EventStream
-from tests.support.wandb_offline import wandb_records, wandb_run  # noqa: F401  (the tracking tests import them from here)
 from gepa_lab.tasks.task import build_program, resolve_metric, to_examples
 
 SEED_INSTRUCTION = "Classify the sentiment of a product review."
@@ -153,7 +151,8 @@ def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
     import dspy
 
     from gepa_lab.config.schema import MlflowConfig, WandbConfig
-    from gepa_lab.lm.sim.launch import free_port, start_simulator
+    from gepa_lab.lm.process import free_port
+    from gepa_lab.lm.sim.launch import start_simulator
     from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 
     key = canary()

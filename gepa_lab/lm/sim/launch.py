@@ -14,11 +14,9 @@ The child runs ``python -m gepa_lab.lm.sim`` in its own process group (``start_n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +25,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gepa_lab.lm.process import ChildProcess, free_port
+
 API_KEY_ENV = "GEPA_LAB_SIM_API_KEY"
-_REPO_ROOT = Path(__file__).resolve().parents[3]
 
 _FLAGS = {
     "model": "--model",
@@ -49,27 +48,19 @@ class SimulatorStartError(RuntimeError):
     pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str, timeout: float = 5.0, method: str = "GET") -> Any:
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read().decode())
 
 
-class Simulator:
+class Simulator(ChildProcess):
     """A running simulator child process."""
 
-    def __init__(self, proc: subprocess.Popen, host: str, port: int, log_path: Path, own_log: bool):
-        self.proc = proc
+    def __init__(self, argv: list[str], host: str, port: int, log_path: Path, own_log: bool, env: dict[str, str]):
+        super().__init__(argv, log_path=log_path, env=env)
         self.host = host
         self.port = port
-        self.log_path = log_path
         self._own_log = own_log
 
     @property
@@ -81,13 +72,6 @@ class Simulator:
         """The OpenAI-style API base, e.g. ``http://127.0.0.1:PORT/v1`` (for ``dspy.LM(api_base=...)``)."""
         return f"{self.base}/v1"
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def health(self, timeout: float = 2.0) -> dict[str, Any]:
         return _get_json(f"{self.base}/health", timeout=timeout)
 
@@ -97,34 +81,12 @@ class Simulator:
     def reset_stats(self, timeout: float = 5.0) -> dict[str, Any]:
         return _get_json(f"{self.base}/stats/reset", timeout=timeout, method="POST")
 
-    def log_tail(self, n_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n_chars:]
-        except OSError:
-            return ""
-
     def stop(self, timeout: float = 10.0) -> None:
-        """Kill the child's process group (SIGTERM, then SIGKILL) and wait for it."""
-        if self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    break
-                try:
-                    self.proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        try:
-            self.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:  # pragma: no cover - should not happen after SIGKILL
-            pass
+        """Kill the child's process group (SIGTERM, then SIGKILL) and wait for it; remove a log we made."""
+        super().stop(timeout)
         if self._own_log:
-            try:
+            with contextlib.suppress(OSError):
                 self.log_path.unlink()
-            except OSError:
-                pass
 
     def __enter__(self) -> "Simulator":
         return self
@@ -189,8 +151,6 @@ def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, pyt
     if api_key:
         env[API_KEY_ENV] = api_key
         cmd += ["--api-key-env", API_KEY_ENV]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
     own_log = log_path is None
     if own_log:
         fd, name = tempfile.mkstemp(prefix="gepa_lab_sim_", suffix=".log")
@@ -198,20 +158,10 @@ def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, pyt
         path = Path(name)
     else:
         path = Path(log_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as log_file:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    sim = Simulator(proc, host, port, path, own_log)
+    sim = Simulator(cmd, host, port, path, own_log, env)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if not sim.alive():
             break
         try:
             if sim.health(timeout=1.0).get("status") == "ok":
@@ -219,15 +169,7 @@ def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, pyt
         except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(0.05)
-    tail = sim.log_tail()
-    code = proc.poll()
-    own = sim._own_log
-    sim._own_log = False
+    tail, code = sim.log_tail(), sim.proc.poll()
     sim.stop()
-    if own:
-        try:
-            path.unlink()
-        except OSError:
-            pass
     state = f"exited with code {code}" if code is not None else f"did not answer /health within {startup_timeout:g}s"
     raise SimulatorStartError(f"LM simulator on {host}:{port} {state}. Log tail:\n{tail}")

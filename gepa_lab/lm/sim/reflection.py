@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .rules import RuleSet, cue_stems, render_instruction, split_instruction
