@@ -15,7 +15,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy  # noqa: E402
 
-from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
 from gepa_lab.lm.sim.text import count_tokens  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
@@ -37,15 +36,6 @@ def predict_body(query: str, system: str = PREDICT_SYSTEM) -> dict:
         "'cancel_transfer', 'card_acceptance']), and then ending with the marker for `[[ ## completed ## ]]`."
     )
     return {"model": "sim", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
-
-
-@pytest.fixture(scope="module")
-def sim():
-    s = start_simulator()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

@@ -9,25 +9,14 @@ import re
 from pathlib import Path
 
 import httpx
-import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
 from gepa_lab.lm.sim.reflection import parse_feedback  # noqa: E402
 
 SEED = "Classify the intent of an online-banking customer query."
 LABELS = ["card_arrival", "card_not_working", "cancel_transfer", "pin_blocked"]
 RULE_RE = re.compile(r'^\s*- If the query mentions (.+), answer (\w+)\.$', re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def sim():
-    s = start_simulator()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def task_body(instruction: str, query: str, labels=LABELS) -> dict:
