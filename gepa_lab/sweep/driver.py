@@ -176,7 +176,8 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
 
 
 def mark_stopped(trials_dir: Path) -> None:
-    """After fit() nothing runs: a trial whose row still says running was ended by the scheduler (ASHA)."""
+    """After fit() nothing runs: a trial whose row still says running did not get to finish: ASHA ended it (or,
+    rarely, its worker died without a word; Tune's own log in tune/ tells which)."""
     for path in trials_dir.glob("*.parquet"):
         row = pq.read_table(path).to_pylist()[0]
         if row["status"] == "running":
