@@ -6,7 +6,7 @@ Bounded dev experiment. For each seed: a stratified seeded split of a ``text,cat
 the feedback wording the simulator learns from, dspy.GEPA with ``max_metric_calls``; then seed and
 winner are scored on val and test. Prints a table and (``--out``) writes JSON.
 
-    python scripts/sim_learning_experiment.py ../shared/datasets/banking77/train.csv --seeds 0 1 2
+    python scripts/sim_learning_experiment.py corpora/raw/banking77/train.csv --seeds 0 1 2
     python scripts/sim_learning_experiment.py --generate /tmp/gen.csv --seeds 0 1 2 --train 120 --val 60 --test 200
 
 By default the LMs are a real simulator server (HTTP, ``start_simulator``); ``--inproc`` calls the

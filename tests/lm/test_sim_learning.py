@@ -36,7 +36,7 @@ def reflection_body(current: str, examples: list[dict]) -> dict:
     sample = Path(__file__).resolve().parents[3] / "shared" / "samples" / "gepa_reflection.json"
     if sample.exists():
         system = json.loads(sample.read_text())["request_body"]["messages"][0]["content"]
-    else:  # the same layout dspy 3.4.1 sends (see ../shared/samples/gepa_reflection.json)
+    else:  # the same layout dspy 3.4.1 sends (see tests/lm/dspy_requests/gepa_reflection.json)
         system = (
             "Your input fields are:\n1. `current_instruction` (str): The instructions I provided to the assistant.\n"
             "2. `examples_with_feedback` (list[dict[str, Any]]): Task inputs, responses and feedback.\n"
