@@ -88,20 +88,30 @@ class ServedModel:
 @contextlib.contextmanager
 def mlflow_uris(uri: str | None) -> Iterator[None]:
     """Use `uri` as MLflow's tracking and registry URI for a while (models:/ URIs resolve through the
-    global registry URI only), then restore the previous ones."""
+    global registry URI only), then restore exactly what was set before: get_*_uri() would return MLflow's
+    derived defaults, and setting those back would pin this process (and its children, through the
+    MLFLOW_*_URI variables) to them."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     if not uri:
         yield
         return
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _load_program(local_path: str) -> dspy.Module:
