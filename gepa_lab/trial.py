@@ -226,14 +226,15 @@ def run_trial(
                         "temperature": cfg.lm.temperature, "max_tokens": cfg.lm.max_tokens},
             "program_path": str(out / "program.json"),
             "gepa_log_dir": str(out / "gepa"),
+            # a stop callback that ends the compile early for the sweep (budget, ASHA) says why in `.reason`
+            "stop_reason": next((r for cb in stop_callbacks or [] if (r := getattr(cb, "reason", None))), None),
             "sink_failures": dict(events.failures),
             "wall_seconds": round(time.time() - started, 3),
             **(extra_summary or {}),
         }
         atomic.write_json(out / "summary.json", summary)
     except BaseException as exc:  # the sinks record the failure; the caller decides what it means
-        # SystemExit: Ray Tune ends a trial its scheduler (ASHA) stopped by raising it in tune.report
-        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}", stopped=isinstance(exc, SystemExit))
+        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}")
         raise
     events.emit("trial_finished", summary=summary)
     return summary

@@ -1,13 +1,16 @@
 """Every shipped config composes and validates (run, each task, each LM, each sweep definition),
 and `--cfg job` prints the composed config, as lightning-hydra-template does for its experiments."""
 
+import re
+
 import pytest
 
 from gepa_lab.config.load import compose, to_plain, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.paths import CONF_DIR, SWEEPS_DIR
 from gepa_lab.sweep.config import SweepConfig
-from gepa_lab.sweep.driver import check, planned_trials
+from gepa_lab.errors import GepaLabError
+from gepa_lab.sweep.driver import check, planned_trials, preflight
 from tests.conftest import run_cli
 
 TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
@@ -63,9 +66,15 @@ def test_cfg_job_prints_the_composed_config_with_overrides():
         ("lm.api_base=http://127.0.0.1:9/v1", "does not answer"),  # an external endpoint that is down
     ],
 )
-def test_bad_sweep_is_one_line_before_ray_starts(tmp_path, override, message):
-    result = run_cli("gepa_lab.sweep", "sweep=demo", f"output_dir={tmp_path / 'bad'}", override)
+def test_bad_sweep_fails_preflight(override, message):
+    """What run_sweep does before anything else: each problem is a GepaLabError, which the CLI prints as one line."""
+    with pytest.raises(GepaLabError, match=re.escape(message)):
+        preflight(validate(SweepConfig, to_plain(compose("sweep", ["sweep=demo", "output_dir=/tmp/x", override]))))
+
+
+def test_bad_sweep_is_one_line_and_exit_2_before_ray_starts(tmp_path):
+    result = run_cli("gepa_lab.sweep", "sweep=demo", f"output_dir={tmp_path / 'bad'}", "sweep.search=optuna")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1 and "Optuna TPE takes no grid" in lines[0], result.stderr
     assert not (tmp_path / "bad" / "tune").exists()

@@ -96,14 +96,14 @@ class ResultsWriter:
         fields = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "best_candidate_idx",
                   "num_candidates", "metric_calls", "lm_calls", "wall_seconds", "program_path")
         self.trial_row.update({k: summary[k] for k in fields})
-        self._write_trial("completed", event)
+        stop_reason = summary.get("stop_reason")  # ended early by the sweep (budget, ASHA), keeping what it found
+        self._write_trial("stopped" if stop_reason else "completed", event, error=stop_reason)
 
     def _on_trial_failed(self, event: Event) -> None:
         self._flush(event.trial_id)
         self.trial_row.setdefault("sweep_id", self.sweep_id)
         self.trial_row.setdefault("trial_id", event.trial_id)
-        status = "stopped" if event.data.get("stopped") else "failed"  # stopped: by the sweep's scheduler
-        self._write_trial(status, event, error=event.data["error"])
+        self._write_trial("failed", event, error=event.data["error"])
 
     def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
         row = {**self.trial_row, "status": status, "error": error}

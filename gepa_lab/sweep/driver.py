@@ -23,10 +23,10 @@ from gepa_lab.lm.serving import check_external, serve_all
 from gepa_lab.results import query
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
-from gepa_lab.sweep.budget import BudgetLedger
 from gepa_lab.sweep.cluster import check_shared_storage, connect
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
+from gepa_lab.sweep.stopping import GracefulASHA, SweepLedger, ledger_name
 from gepa_lab.sweep.trainable import SweepContext, gepa_trial
 from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 
@@ -43,6 +43,15 @@ def check(cfg: SweepConfig) -> dict[str, tuple[str, Any]]:
         for value in arg:  # every option of a grid/choice; both bounds of a range
             validate(RunConfig, space.apply(base, {path: value}), prefix="")
     return leaves
+
+
+def preflight(cfg: SweepConfig) -> tuple[dict[str, tuple[str, Any]], dict[str, LMConfig]]:
+    """check(), then every external LM endpoint must answer: all of it before Ray starts. Managed servers are
+    checked once started, before any trial."""
+    leaves = check(cfg)
+    lms = lm_configs(cfg, leaves)
+    check_external(lms)
+    return leaves, lms
 
 
 def planned_trials(cfg: SweepConfig, leaves: dict) -> int:
@@ -72,12 +81,11 @@ def searcher(cfg: SweepConfig):
     return OptunaSearch(metric=METRIC, mode="max", seed=cfg.sweep.searcher_seed)
 
 
-def scheduler(cfg: SweepConfig):
+def scheduler(cfg: SweepConfig, sweep_id: str):
     if cfg.sweep.scheduler == "fifo":
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(
+    return GracefulASHA(
+        sweep_id,
         time_attr="metric_calls",  # compare trials at equal metric calls, not wall time
         metric=METRIC,
         mode="max",
@@ -94,14 +102,12 @@ def eval_threads(cfg: SweepConfig, concurrent: int) -> int:
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     started = time.time()
-    leaves = check(cfg)
+    leaves, lms = preflight(cfg)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sweep_id = out.name
     console = Console(stderr=True)
     tracking = cfg.tracking
-    lms = lm_configs(cfg, leaves)
-    check_external(lms)  # before Ray starts; managed servers are checked once started, before any trial
     ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
     if tracking.wandb.enabled:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
@@ -121,7 +127,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 base_config=cfg.base_run(),
                 endpoints=endpoints,
                 eval_threads=eval_threads(cfg, concurrent),
-                ledger=BudgetLedger.remote(budget) if any(budget.values()) else None,
+                ledger=SweepLedger.options(name=ledger_name(sweep_id)).remote(budget)
+                if any(budget.values()) or cfg.sweep.scheduler == "asha" else None,
                 mlflow_parent_run_id=parent_run,
                 cache=cache,
             )
@@ -158,7 +165,7 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
                 num_samples=cfg.sweep.num_samples,
                 max_concurrent_trials=concurrent,
                 search_alg=searcher(cfg),
-                scheduler=scheduler(cfg),
+                scheduler=scheduler(cfg, ctx.sweep_id),
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
@@ -172,16 +179,17 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
     # Ctrl-C raises KeyboardInterrupt out of fit() (TUNE_DISABLE_SIGINT_HANDLER, gepa_lab/__init__.py): the sweep
     # stops everything it started; Tune's experiment state and each trial's GEPA state let a rerun resume.
     tuner.fit()
-    mark_stopped(out / "results" / "trials")
+    mark_unfinished(out / "results" / "trials")
 
 
-def mark_stopped(trials_dir: Path) -> None:
-    """After fit() nothing runs: a trial whose row still says running did not get to finish: ASHA ended it (or,
-    rarely, its worker died without a word; Tune's own log in tune/ tells which)."""
+def mark_unfinished(trials_dir: Path) -> None:
+    """After fit() nothing runs: a trial whose row still says running lost its worker without a word (killed,
+    out of memory); Tune's own log in tune/ tells more."""
     for path in trials_dir.glob("*.parquet"):
         row = pq.read_table(path).to_pylist()[0]
         if row["status"] == "running":
-            write_table(path, "trials", [{**row, "status": "stopped", "ended_at": utc(time.time())}])
+            write_table(path, "trials", [{**row, "status": "failed", "ended_at": utc(time.time()),
+                                         "error": "the trial's worker ended without reporting (see tune/ logs)"}])
 
 
 def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict) -> dict:

@@ -6,7 +6,6 @@ import time
 from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 
 class LiveProgress(Callback):
@@ -24,9 +23,11 @@ class LiveProgress(Callback):
         return {k: v for k, v in self.__dict__.items() if k not in ("console", "live")}
 
     def setup(self, **info):
-        self.live = Live(self._render(), console=getattr(self, "console", None) or Console(stderr=True),
-                         refresh_per_second=2, transient=False)
-        self.live.start()
+        self.console = getattr(self, "console", None) or Console(stderr=True)
+        self.live = None  # a terminal gets a redrawn line; logs get one line per trial event instead
+        if self.console.is_terminal:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            self.live.start()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.state[trial.trial_id] = "running"
@@ -56,12 +57,10 @@ class LiveProgress(Callback):
             self.live.stop()
 
     def _refresh(self, log: bool = False):
-        if self.live is None:
-            return
-        if self.live.console.is_terminal:
+        if self.live is not None:
             self.live.update(self._render())
-        elif log:  # a log file or a Ray job's log: one line per trial event, not a redrawn screen
-            self.live.console.print(self._render())
+        elif log:
+            self.console.print(self._render(), soft_wrap=True)
 
     def _eta(self, spent: int) -> str:
         if not self.calls_per_trial or not spent:
@@ -70,18 +69,10 @@ class LiveProgress(Callback):
         remaining = max(planned - spent, 0) * (time.time() - self.started) / spent
         return f"{remaining:.0f}s"
 
-    def _render(self) -> Table:
+    def _render(self) -> str:
         counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("done", "running", "failed", "skipped")}
         spent = sum(self.metric_calls.values())
         best = max(self.best.values(), default=float("nan"))
-        table = Table.grid(padding=(0, 2))
-        table.add_row(
-            f"trials {counts['done']}/{self.planned} done",
-            f"{counts['running']} running",
-            f"{counts['failed']} failed" + (f", {counts['skipped']} skipped" if counts["skipped"] else ""),
-            f"best val {best:.3f}",
-            f"metric calls {spent}",
-            f"elapsed {time.time() - self.started:.0f}s",
-            f"ETA {self._eta(spent)}",
-        )
-        return table
+        skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+        return (f"trials {counts['done']}/{self.planned} done  {counts['running']} running  {counts['failed']} failed{skipped}"
+                f"  best val {best:.3f}  metric calls {spent}  elapsed {time.time() - self.started:.0f}s  ETA {self._eta(spent)}")

@@ -15,7 +15,7 @@ from gepa_lab.lm.cache import use_cache
 from gepa_lab.lm.serving import Endpoint
 from gepa_lab.results.writer import ResultsWriter, write_table
 from gepa_lab.sweep import space
-from gepa_lab.sweep.budget import BudgetStop
+from gepa_lab.sweep.stopping import LedgerStop
 from gepa_lab.tracking.mlflow_sink import MlflowSink
 from gepa_lab.tracking.wandb_sink import WandbSink
 from gepa_lab.trial import run_trial
@@ -30,7 +30,7 @@ class SweepContext:
     base_config: dict[str, Any]
     endpoints: dict[str, Endpoint]  # LMConfig.server_key() -> live endpoint, started once by the driver
     eval_threads: int
-    ledger: Any = None  # BudgetLedger actor handle, when the sweep has a budget
+    ledger: Any = None  # SweepLedger actor handle, when the sweep has a budget or ASHA
     mlflow_parent_run_id: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # kwargs for gepa_lab.lm.cache.use_cache
 
@@ -89,7 +89,7 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         "task": ctx.endpoints[cfg.lm.server_key()],
         "reflection": ctx.endpoints[cfg.reflection_lm.server_key()],
     }
-    stop = [BudgetStop(ctx.ledger)] if ctx.ledger is not None else None
+    stop = [LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else None
     try:
         summary = run_trial(cfg, endpoints, EventStream(trial_id, sinks), stop_callbacks=stop, extra_summary={"params": params})
     finally:

@@ -1,32 +1,43 @@
 """Beyond the demo's grid, in one small sweep: Optuna TPE proposing trials, ASHA stopping weak ones early, and a
-sweep-level budget that stops running trials at their next iteration and keeps later ones from starting."""
+sweep-level budget that stops running trials at their next iteration and keeps later ones from starting. A trial
+ended early still finishes cleanly: scored on test, its W&B and MLflow runs closed."""
 import json
+
+from mlflow.tracking import MlflowClient
 
 from gepa_lab.results import query
 from tests.conftest import run_cli
+from tests.support.wandb_offline import wandb_run
 
-TINY = ["tracking=none", "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20",
-        "corpus.splits.test=20"]
-
-
-def sweep(out, *overrides: str) -> dict:
-    result = run_cli("gepa_lab.sweep", f"output_dir={out}", *TINY, *overrides, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return json.loads((out / "summary.json").read_text())
+TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
+TINY = ["tracking=none", *TINY_CORPUS]
 
 
 def test_optuna_tpe_with_asha_within_a_sweep_budget(tmp_path):
     out = tmp_path / "tpe"
-    summary = sweep(out, "sweep=banking77_tpe", "sweep.num_samples=4", "optimizer.max_metric_calls=160",
-                    "sweep.space.optimizer.reflection_minibatch_size={choice:[4,8]}", "sweep.asha.grace_metric_calls=50",
-                    "sweep.budget.metric_calls=200")
+    result = run_cli("gepa_lab.sweep", "sweep=banking77_tpe", f"output_dir={out}", *TINY_CORPUS, "sweep.num_samples=4",
+                     "optimizer.max_metric_calls=160", "sweep.space.optimizer.reflection_minibatch_size={choice:[4,8]}",
+                     "sweep.asha.grace_metric_calls=50", "sweep.budget.metric_calls=200",
+                     "tracking.mlflow.load_back_examples=2", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    summary = json.loads((out / "summary.json").read_text())
     trials = summary["trials"]
     assert trials["total"] == 4 and trials["completed"] + trials["stopped"] + trials["skipped"] == 4, trials
     assert trials["skipped"] >= 1, trials  # the budget was spent before the last trial could start
+    assert trials["stopped"] >= 1, trials  # running trials ended early, by the budget or by ASHA
     con = query.connect([out])
-    rows = con.execute("SELECT status, config_json, metric_calls FROM trials WHERE status != 'skipped'").fetchall()
-    for status, config, calls in rows:
+    rows = con.execute("SELECT status, config_json, metric_calls, best_test_score, error FROM trials "
+                       "WHERE status != 'skipped'").fetchall()
+    for status, config, calls, test_score, reason in rows:
         assert set(json.loads(config)["params"]) == {"optimizer.seed", "optimizer.reflection_minibatch_size",
                                                      "optimizer.candidate_selection_strategy", "optimizer.use_merge"}
-        assert status == "stopped" or calls <= 160
+        assert calls <= 160 and test_score is not None  # ended early or not, it kept and scored what it found
+        assert (status == "stopped") == bool(reason) and (status == "completed" or "ASHA" in reason or "budget" in reason)
     assert summary["best_trial_id"] and summary["best_val_score"] >= summary["seed_val_score"]  # what was found is kept
+
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == len(rows)  # skipped trials open no run
+    assert all(wandb_run(r)["exit_code"] == 0 for r in runs)
+    client = MlflowClient(summary["tracking_uri"])
+    mlflow_runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in mlflow_runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in mlflow_runs]
