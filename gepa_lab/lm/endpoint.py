@@ -22,6 +22,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -36,6 +37,17 @@ from gepa_lab.lm.config import LMConfig
 
 _EXTRA_KEY = "gepa_lab"  # metadata key that carries extra_body (so it is part of dspy's cache key)
 _RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class _Call:
+    """What one LM call's attempts add up to, for accounting."""
+
+    attempts: int = 0
+    errors: int = 0
+    waited: float = 0.0
+    raw: dict[str, Any] | None = None
+    failed: bool = True
 
 
 def api_key(cfg: LMConfig) -> str:
@@ -247,93 +259,72 @@ class OpenAIEngine:
                 )
             return self._client
 
+    def _judge(self, call: _Call, request: lm15.Request, resp: httpx.Response | None, exc: Exception | None):
+        """One attempt's outcome: the response, or the seconds to wait before the next attempt; raises when
+        giving up. complete() and acomplete() differ only in how they post and sleep."""
+        call.attempts += 1
+        if exc is not None:
+            err: lm15.LM15Error = (
+                lm15.TimeoutError(f"{self._where()}: no answer within {self.timeout_s:g}s (timeout_s)")
+                if isinstance(exc, httpx.TimeoutException)
+                else lm15.TransportError(f"{self._where()}: cannot reach it: {type(exc).__name__}: {exc}")
+            )
+        elif resp.status_code == 200:
+            try:
+                response, call.raw = self._parse(resp, request)
+                call.failed = False
+                return response
+            except lm15.ServerError as e:
+                err = e
+        else:
+            err = self._classify(resp)
+            if resp.status_code not in _RETRY_STATUSES:
+                call.errors += 1
+                raise self._gave_up(err, call.attempts)
+        call.errors += 1
+        if call.attempts > self.num_retries:
+            raise self._gave_up(err, call.attempts)
+        pause = float(self._wait_s(call.attempts - 1, err.retry_after))
+        call.waited += pause
+        return pause
+
+    def _close(self, call: _Call) -> None:
+        self._record(call.attempts, call.errors, call.raw, call.waited, call.failed)
+        if call.failed:
+            release_failed_call()
+
     def complete(self, request: lm15.Request) -> lm15.Response:
-        payload = json.dumps(self.body(request)).encode()
-        headers = self._headers()
-        client = self._client_sync()
-        attempts = errors = 0
-        waited = 0.0
-        raw = None
-        failed = True
+        payload, headers, client = json.dumps(self.body(request)).encode(), self._headers(), self._client_sync()
+        call = _Call()
         try:
-            for attempt in range(self.num_retries + 1):
-                attempts += 1
-                err: lm15.LM15Error
+            while True:
                 try:
-                    resp = client.post(self.url, content=payload, headers=headers)
-                except httpx.TimeoutException:
-                    err = lm15.TimeoutError(f"{self._where()}: no answer within {self.timeout_s:g}s (timeout_s)")
-                except httpx.TransportError as e:
-                    err = lm15.TransportError(f"{self._where()}: cannot reach it: {type(e).__name__}: {e}")
-                else:
-                    if resp.status_code == 200:
-                        try:
-                            response, raw = self._parse(resp, request)
-                            failed = False
-                            return response
-                        except lm15.ServerError as e:
-                            err = e
-                    else:
-                        err = self._classify(resp)
-                        if resp.status_code not in _RETRY_STATUSES:
-                            errors += 1
-                            raise self._gave_up(err, attempts)
-                errors += 1
-                if attempt >= self.num_retries:
-                    raise self._gave_up(err, attempts)
-                pause = self._wait_s(attempt, err.retry_after)
-                waited += pause
-                time.sleep(pause)
-            raise AssertionError("unreachable")  # pragma: no cover
+                    outcome = self._judge(call, request, client.post(self.url, content=payload, headers=headers), None)
+                except httpx.TransportError as e:  # timeouts included
+                    outcome = self._judge(call, request, None, e)
+                if not isinstance(outcome, float):
+                    return outcome
+                time.sleep(outcome)
         finally:
-            self._record(attempts, errors, raw, waited, failed)
-            if failed:
-                release_failed_call()
+            self._close(call)
 
     async def acomplete(self, request: lm15.Request) -> lm15.Response:
         import asyncio
 
-        payload = json.dumps(self.body(request)).encode()
-        headers = self._headers()
-        attempts = errors = 0
-        waited = 0.0
-        raw = None
-        failed = True
-        timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
+        payload, headers = json.dumps(self.body(request)).encode(), self._headers()
+        call = _Call()
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
-                for attempt in range(self.num_retries + 1):
-                    attempts += 1
+            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))) as client:
+                while True:
                     try:
-                        resp = await client.post(self.url, content=payload, headers=headers)
-                    except httpx.TimeoutException:
-                        err = lm15.TimeoutError(f"{self._where()}: no answer within {self.timeout_s:g}s (timeout_s)")
+                        outcome = self._judge(call, request, await client.post(self.url, content=payload, headers=headers), None)
                     except httpx.TransportError as e:
-                        err = lm15.TransportError(f"{self._where()}: cannot reach it: {type(e).__name__}: {e}")
-                    else:
-                        if resp.status_code == 200:
-                            try:
-                                response, raw = self._parse(resp, request)
-                                failed = False
-                                return response
-                            except lm15.ServerError as e:
-                                err = e
-                        else:
-                            err = self._classify(resp)
-                            if resp.status_code not in _RETRY_STATUSES:
-                                errors += 1
-                                raise self._gave_up(err, attempts)
-                    errors += 1
-                    if attempt >= self.num_retries:
-                        raise self._gave_up(err, attempts)
-                    pause = self._wait_s(attempt, err.retry_after)
-                    waited += pause
-                    await asyncio.sleep(pause)
-            raise AssertionError("unreachable")  # pragma: no cover
+                        outcome = self._judge(call, request, None, e)
+                    if not isinstance(outcome, float):
+                        return outcome
+                    await asyncio.sleep(outcome)
         finally:
-            self._record(attempts, errors, raw, waited, failed)
-            if failed:
-                release_failed_call()
+            self._close(call)
 
     def stream(self, request: lm15.Request):
         # gepa_lab never streams; answer in one piece as a stream of events

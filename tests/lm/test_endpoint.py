@@ -72,6 +72,25 @@ def test_retries_honour_retry_after():
         assert snap["failed_requests"] == 0
 
 
+def test_async_calls_retry_the_same_way():
+    """lm.acall goes through the async engine, which shares the sync engine's retry policy and accounting."""
+    import asyncio
+
+    with start_simulator(rate_limit_rate=0.5, retry_after_s=0.2, seed=3) as sim:
+        lm = build_lm(_cfg(num_retries=10, retry_backoff_s=0.01), sim.url, role="task")
+
+        async def ask_all():
+            return await asyncio.gather(*(lm.acall(f"async question {i}") for i in range(6)))
+
+        outs = asyncio.run(ask_all())
+        assert all(o and o[0] for o in outs)
+        n429 = sim.stats()["errors"]["429"]
+        assert n429 >= 1, (sim.stats(), lm._engine_spec.stats)
+        engine = lm._engine_spec
+        assert engine.stats["attempts"] == 6 + n429 and engine.stats["errors"] == n429
+        assert engine.stats["waited_s"] == pytest.approx(0.2 * n429, rel=0.01)
+
+
 def test_timeouts_are_retried_and_counted():
     with start_simulator(hang_rate=0.4, hang_s=30, seed=1) as sim:
         lm = build_lm(_cfg(num_retries=8, timeout_s=0.6, retry_backoff_s=0.01), sim.url, role="task")
