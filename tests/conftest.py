@@ -51,14 +51,14 @@ def wait_until_answers(url: str, server, timeout: float = 300) -> None:
     pytest.fail(f"{url} did not answer: {server.log_tail()}")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 without a local artifact root: artifacts are proxied through it.
-    It spawns helper processes (huey, uvicorn): stopping its process group stops them all. Yields (url, root)."""
+    It spawns helper processes (huey, uvicorn): stopping its process group stops them all. Yields (url, root).
+    One per session (it takes ~50 s to start on 2 cores): tests use their own experiment and model names."""
     from gepa_lab.lm.process import ChildProcess, free_port
 
-    root = tmp_path / "mlflow-server"
-    root.mkdir()
+    root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     server = ChildProcess([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                            f"sqlite:///{root}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

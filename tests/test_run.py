@@ -10,16 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from gepa_lab.config.load import compose
-from gepa_lab.run import compile_once, load_run_config
 from tests.conftest import ROOT, run_cli
 from tests.support import generated
 
 
-def compile_with(tmp_path: Path, name: str, overrides: list[str], sim) -> dict:
-    cfg = compose("run", [f"output_dir={tmp_path / name}", "tracking=none",
-                          f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}", *overrides])
-    return compile_once(load_run_config(cfg))
+def compile_seeds(tmp_path: Path, name: str, overrides: list[str], sim, seeds=(0, 1, 2)) -> list[dict]:
+    """One `python -m gepa_lab.run` per seed, all at once (a run keeps about one core busy; these machines have
+    two), sharing one rollout cache as a sweep's trials do: the seed program's evaluations are answered once."""
+    procs = []
+    for seed in seeds:
+        out = tmp_path / f"{name}{seed}"
+        args = [f"output_dir={out}", "tracking=none", f"cache.dir={tmp_path / f'{name}-cache'}", f"lm.api_base={sim.url}",
+                f"reflection_lm.api_base={sim.url}", *overrides, f"optimizer.seed={seed}"]
+        log = open(tmp_path / f"{name}{seed}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "gepa_lab.run", *args], cwd=ROOT, stdout=log, stderr=log), out, log))
+    summaries = []
+    for proc, out, log in procs:
+        code = proc.wait(timeout=1200)
+        log.close()
+        assert code == 0, Path(log.name).read_text()[-3000:]
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    return summaries
 
 
 def margins(summary: dict) -> tuple[float, float]:
@@ -28,7 +39,7 @@ def margins(summary: dict) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_banking77_winner_beats_seed_for_most_seeds(tmp_path, simulator):
-    summaries = [compile_with(tmp_path, f"seed{s}", ["task=banking77", f"optimizer.seed={s}"], simulator) for s in (0, 1, 2)]
+    summaries = compile_seeds(tmp_path, "seed", ["task=banking77"], simulator)
     report = [(round(s["seed_val_score"], 3), round(s["best_val_score"], 3), round(s["seed_test_score"], 3),
                round(s["best_test_score"], 3), s["metric_calls"]) for s in summaries]
     print("seed val, best val, seed test, best test, metric calls:", report)
@@ -47,11 +58,8 @@ def test_banking77_winner_beats_seed_for_most_seeds(tmp_path, simulator):
 @pytest.mark.slow
 def test_generated_corpus_unseen_by_the_simulator_improves(tmp_path, simulator):
     generated.write(tmp_path / "gen")
-    summaries = [
-        compile_with(tmp_path, f"gen{s}", [f"hydra.searchpath=[file://{tmp_path / 'gen'}]", "task=classify",
-                                           "corpus=generated", f"optimizer.seed={s}"], simulator)
-        for s in (0, 1, 2)
-    ]
+    summaries = compile_seeds(tmp_path, "gen", [f"hydra.searchpath=[file://{tmp_path / 'gen'}]", "task=classify",
+                                                "corpus=generated"], simulator)
     report = [(round(s["seed_val_score"], 3), round(s["best_val_score"], 3), round(s["seed_test_score"], 3),
                round(s["best_test_score"], 3)) for s in summaries]
     print("generated corpus: seed val, best val, seed test, best test:", report)

@@ -27,7 +27,8 @@ def ray_head(tmp_path):
          "--include-dashboard", "true", "--disable-usage-stats"],
         log_path=tmp_path / "ray-head.log",
         # the job's `python` is the head's: this environment's, as on a cluster whose nodes run gepa_lab's venv
-        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # SIGTERM stops it at once, not after a 30 s drain
     )
     try:
         url = f"http://127.0.0.1:{dashboard}"
