@@ -166,7 +166,7 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
                 max_concurrent_trials=concurrent,
                 search_alg=searcher(cfg),
                 scheduler=scheduler(cfg, ctx.sweep_id),
-                reuse_actors=False,
+                reuse_actors=True,  # a trial after another reuses its worker: no second start and imports
             ),
             run_config=tune.RunConfig(
                 name="tune",

@@ -17,7 +17,7 @@ def running(pattern: str) -> set[str]:
 
 def test_ctrl_c_stops_everything_and_a_rerun_resumes(tmp_path):
     out = tmp_path / "interrupted"
-    args = ["sweep=demo", f"output_dir={out}", *TINY, "optimizer.max_metric_calls=200", "lm.sim.latency_ms=20",
+    args = ["sweep=demo", f"output_dir={out}", *TINY, "optimizer.max_metric_calls=120", "lm.sim.latency_ms=20",
             "sweep.space.optimizer.seed={grid:[0]}", "sweep.space.optimizer.reflection_minibatch_size={grid:[4,8]}"]
     before = running("gepa_lab.lm.sim") | running("raylet")
     proc = subprocess.Popen([sys.executable, "-m", "gepa_lab.sweep", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
