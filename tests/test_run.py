@@ -27,13 +27,11 @@ def compile_seeds(tmp_path: Path, name: str, overrides: list[str], sim, seeds=(0
                 f"reflection_lm.api_base={sim.url}", *overrides, f"optimizer.seed={seed}"]
         log = open(tmp_path / f"{name}{seed}.log", "w")
         procs.append((subprocess.Popen([sys.executable, "-m", "gepa_lab.run", *args], cwd=ROOT, stdout=log, stderr=log), out, log))
-    summaries = []
-    for proc, out, log in procs:
-        code = proc.wait(timeout=1200)
+    codes = [proc.wait(timeout=1200) for proc, _, _ in procs]  # all of them end before any assertion
+    for (_, out, log), code in zip(procs, codes):
         log.close()
         assert code == 0, Path(log.name).read_text()[-3000:]
-        summaries.append(json.loads((out / "summary.json").read_text()))
-    return summaries
+    return [json.loads((out / "summary.json").read_text()) for _, out, _ in procs]
 
 
 def margins(summary: dict) -> tuple[float, float]:

@@ -235,19 +235,21 @@ class OpenAIEngine:
         err.args = (err.message,)
         return err
 
-    def _record(self, attempts: int, errors: int, raw: dict[str, Any] | None, waited: float, failed: bool) -> None:
-        usage = (raw or {}).get("usage") or {}
+    def _record(self, call: _Call) -> None:
+        """Account one finished call (all its attempts); a failed one hands its rollout-cache claim on."""
+        usage = (call.raw or {}).get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
         with self._lock:
             self.stats["calls"] += 1
-            self.stats["attempts"] += attempts
-            self.stats["errors"] += errors
-            self.stats["failed_calls"] += int(failed)
-            self.stats["waited_s"] += waited
-        accounting.report_attempts(
-            attempts=attempts, errors=errors, prompt_tokens=prompt, completion_tokens=completion, endpoint=self.api_base
-        )
+            self.stats["attempts"] += call.attempts
+            self.stats["errors"] += call.errors
+            self.stats["failed_calls"] += int(call.failed)
+            self.stats["waited_s"] += call.waited
+        accounting.report_attempts(attempts=call.attempts, errors=call.errors, prompt_tokens=prompt,
+                                   completion_tokens=completion, endpoint=self.api_base)
+        if call.failed:
+            release_failed_call()
 
     # the engine contract ------------------------------------------------------------------------------
     def _client_sync(self) -> httpx.Client:
@@ -288,11 +290,6 @@ class OpenAIEngine:
         call.waited += pause
         return pause
 
-    def _close(self, call: _Call) -> None:
-        self._record(call.attempts, call.errors, call.raw, call.waited, call.failed)
-        if call.failed:
-            release_failed_call()
-
     def complete(self, request: lm15.Request) -> lm15.Response:
         payload, headers, client = json.dumps(self.body(request)).encode(), self._headers(), self._client_sync()
         call = _Call()
@@ -306,7 +303,7 @@ class OpenAIEngine:
                     return outcome
                 time.sleep(outcome)
         finally:
-            self._close(call)
+            self._record(call)
 
     async def acomplete(self, request: lm15.Request) -> lm15.Response:
         import asyncio
@@ -324,7 +321,7 @@ class OpenAIEngine:
                         return outcome
                     await asyncio.sleep(outcome)
         finally:
-            self._close(call)
+            self._record(call)
 
     def stream(self, request: lm15.Request):
         # gepa_lab never streams; answer in one piece as a stream of events
