@@ -76,8 +76,8 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
     from gepa_lab.lm.sim.launch import start_simulator
 
     out = tmp_path / "resume"
-    budget = 300
-    with start_simulator(max_in_flight=8, latency_ms=100) as sim:  # slow enough to kill mid-run
+    budget = 200
+    with start_simulator(max_in_flight=8, latency_ms=50) as sim:  # slow enough to kill mid-run
         args = ["task=banking77", "tracking=none", f"output_dir={out}", f"optimizer.max_metric_calls={budget}",
                 "optimizer.reflection_minibatch_size=4", "corpus.name=banking77_tiny", "corpus.splits.train=40",
                 "corpus.splits.val=20", "corpus.splits.test=20", f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
