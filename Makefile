@@ -6,8 +6,9 @@ PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 # constraints.txt pins every package version that is known to work (see README: "Reproducible installs").
 INSTALL := $(UV) pip install --quiet --python $(PY) -c constraints.txt
-# llama-cpp-python compiles llama.cpp (20+ minutes on 2 cores); its multimodal library, a third of that,
-# serves image models only. uv caches the built wheel, so only the first install on a machine compiles.
+# llama-cpp-python (the cpu-lm extra) compiles llama.cpp: 15 to 25 minutes on 2 cores. Its multimodal library
+# (a third of the objects) serves image models only. pip installs that extra because pip's wheel cache reliably
+# keeps the build for the next install on the machine; uv, here, fetched the sdist anew and compiled again.
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
 
@@ -25,7 +26,8 @@ $(VENV)/.installed: $(UV) pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(INSTALL) -e ".[dev,cpu-lm]"
+	$(INSTALL) -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,cpu-lm]"
 	touch $@
 
 install: $(VENV)/.installed
