@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from gepa_lab.errors import ConfigError
 from gepa_lab.paths import PROJECT_ROOT
 from gepa_lab.tasks.imports import ImportPathError, import_object
-from gepa_lab.tasks.task import resolve_metric
 
 
 def register_resolvers() -> None:
@@ -40,6 +39,8 @@ def validate(model: type, data: dict[str, Any], prefix: str = ""):
 
 
 def check_task_imports(program: str, metric: str) -> None:
+    from gepa_lab.tasks.task import resolve_metric  # imports dspy (~2 s): only where a task is checked
+
     try:
         import_object(program)
         resolve_metric(metric)

@@ -10,7 +10,6 @@ from gepa_lab.config.load import register_resolvers, to_plain, validate
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.results.query import connect, leaderboard_table
 from gepa_lab.sweep.config import SweepConfig
-from gepa_lab.sweep.driver import run_sweep
 
 register_resolvers()
 
@@ -18,6 +17,8 @@ register_resolvers()
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    from gepa_lab.sweep.driver import run_sweep  # Ray, Tune, MLflow: not imported for --cfg/--help
+
     quiet_libraries()
     summary = run_sweep(validate(SweepConfig, to_plain(cfg)))
     console = Console(width=None if sys.stdout.isatty() else 200)  # logs: no 80-column wrapping of the leaderboard

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray import tune
-
 from gepa_lab.errors import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -66,6 +64,8 @@ def _has_path(data: dict, path: str) -> bool:
 
 
 def to_tune(leaves: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    from ray import tune  # here, not at the top: validating a sweep and exporting it need no Ray (~5 s to import)
+
     domains = {
         "grid": tune.grid_search,
         "choice": tune.choice,
