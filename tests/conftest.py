@@ -54,7 +54,7 @@ def wait_until_answers(url: str, server, timeout: float = 300) -> None:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 without a local artifact root: artifacts are proxied through it.
-    It spawns helper processes (huey, uvicorn): stopping its process group stops them all. Yields (url, root).
+    It spawns helper processes (uvicorn): stopping its process group stops them all. Yields (url, root).
     One per session (it takes ~50 s to start on 2 cores): tests use their own experiment and model names."""
     from gepa_lab.lm.process import ChildProcess, free_port
 
@@ -62,7 +62,9 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     server = ChildProcess([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                            f"sqlite:///{root}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                          log_path=root / "server.log", cwd=root)
+                          log_path=root / "server.log", cwd=root,
+                          # its job runner and seven huey consumers (GenAI jobs, unused here) keep a whole core busy
+                          env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_answers(f"{url}/health", server)  # ~14 s on an idle machine; much more under load
