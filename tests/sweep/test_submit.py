@@ -21,10 +21,14 @@ BIN = Path(sys.executable).parent
 def ray_head(tmp_path):
     """`ray start --head --block` as a ChildProcess: stopping its process group stops the whole head."""
     dashboard, gcs_port = free_port(), free_port()
+    # The agents' ports are given, not discovered: the raylet otherwise waits 15 s (hard-coded) for each agent to
+    # write its port file and aborts when an agent starts slower than that (seen on 2 busy cores).
+    agent_ports = [f"--{flag}={free_port()}" for flag in ("metrics-export-port", "dashboard-agent-grpc-port",
+                                                           "dashboard-agent-listen-port", "runtime-env-agent-port")]
     head = ChildProcess(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-         "--include-dashboard", "true", "--disable-usage-stats"],
+         "--include-dashboard", "true", "--disable-usage-stats", *agent_ports],
         log_path=tmp_path / "ray-head.log",
         # the job's `python` is the head's: this environment's, as on a cluster whose nodes run gepa_lab's venv
         env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
