@@ -2,7 +2,6 @@
 replicas serve measurably fewer requests than without it, the trials score exactly the same, and the router
 never lets a replica hold more than lm.max_in_flight requests, however hard the trials push."""
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -34,12 +33,8 @@ def sweep_against_two_replicas(out, cache: str) -> tuple[dict, list[dict]]:
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
-    """Both sweeps at once, each with its own replicas and local Ray: much of a sweep's time is single-threaded
-    start-up (imports, Ray, workers), which two of them overlap on two cores."""
     root = tmp_path_factory.mktemp("lm_edge")
-    with ThreadPoolExecutor(2) as pool:
-        runs = {cache: pool.submit(sweep_against_two_replicas, root / cache, cache) for cache in ("disk", "off")}
-        return {cache: (root / cache, *run.result()) for cache, run in runs.items()}
+    return {cache: (root / cache, *sweep_against_two_replicas(root / cache, cache)) for cache in ("disk", "off")}
 
 
 def scores_by_params(out) -> dict:
