@@ -8,8 +8,8 @@ UV     := $(VENV)/bin/uv
 # Bytecode compiled at install, as pip does: else the first import of each module compiles it, and Ray's agents,
 # importing cold on a busy machine, miss the raylet's 15 s start-up window (the raylet then aborts).
 INSTALL := $(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt
-# llama-cpp-python (the cpu-lm extra) compiles llama.cpp: 15 to 25 minutes on 2 cores. Its multimodal library
-# (a third of the objects) serves image models only. pip installs that extra because pip's wheel cache reliably
+# llama-cpp-python (the cpu-lm extra) compiles llama.cpp: 20 minutes on 2 cores without its multimodal library
+# (25 with it; it serves image models only). pip installs that extra because pip's wheel cache reliably
 # keeps the build for the next install on the machine; uv, here, fetched the sdist anew and compiled again.
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
