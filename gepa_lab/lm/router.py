@@ -87,8 +87,9 @@ def affinity_key(body: bytes) -> str | None:
     return None
 
 
-def _score(key: str, url: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}\0{url}".encode(), digest_size=8).digest(), "big")
+def rendezvous_score(key: str, url: str) -> int:
+    """The replica with the highest score for a key is that key's preferred replica."""
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{url.rstrip('/')}".encode(), digest_size=8).digest(), "big")
 
 
 @dataclass
@@ -131,7 +132,7 @@ class RouterState:
             return None
         least = min(free, key=lambda r: (r.in_flight, r.requests))
         if self.affinity and key is not None:
-            preferred = max(cands, key=lambda r: _score(key, r.url))
+            preferred = max(cands, key=lambda r: rendezvous_score(key, r.url))
             if preferred.in_flight < self.max_in_flight and preferred.in_flight <= least.in_flight + self.affinity_slack:
                 preferred.affinity_hits += 1
                 return preferred

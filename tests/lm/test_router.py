@@ -16,7 +16,7 @@ from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.lm.router import RouterProcess  # noqa: E402
+from gepa_lab.lm.router import RouterProcess, rendezvous_score  # noqa: E402
 from gepa_lab.lm.serving import EndpointError, serve  # noqa: E402
 from gepa_lab.lm.process import free_port  # noqa: E402
 from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
@@ -108,18 +108,24 @@ def test_failover_when_a_replica_dies_mid_traffic(tmp_path):
 
 def test_prefix_affinity_keeps_an_instruction_on_one_replica():
     with start_simulator() as a, start_simulator() as b:
-        with RouterProcess([a.url, b.url], max_in_flight=8) as router, httpx.Client(timeout=60) as c:
-            placement = {}
-            for k in range(6):
-                system = f"Candidate instruction number {k}: classify the intent."
+        urls = [a.url, b.url]
+        # six instructions whose rendezvous-preferred replicas cover both (the ports are random, so pick them)
+        texts = (f"Candidate instruction number {k}: classify the intent." for k in range(1000))
+        by_replica: dict[int, list[str]] = {0: [], 1: []}
+        for system in texts:
+            home = max((0, 1), key=lambda i: rendezvous_score(system, urls[i]))
+            if len(by_replica[home]) < 3:
+                by_replica[home].append(system)
+        instructions = [(home, s) for home, group in by_replica.items() for s in group]
+        with RouterProcess(urls, max_in_flight=8) as router, httpx.Client(timeout=60) as c:
+            for home, system in instructions:
                 before = (a.stats()["requests_received"], b.stats()["requests_received"])
                 for j in range(4):  # sequential: no load, so affinity decides alone
                     assert c.post(router.url + "/chat/completions", json=_body(system, f"q{j}")).status_code == 200
                 after = (a.stats()["requests_received"], b.stats()["requests_received"])
                 delta = (after[0] - before[0], after[1] - before[1])
                 assert sorted(delta) == [0, 4], delta  # all four requests of this instruction on one replica
-                placement[k] = delta.index(4)
-            assert set(placement.values()) == {0, 1}  # different instructions spread over both
+                assert delta.index(4) == home  # the replica rendezvous hashing prefers: spread over both
             assert sum(r["affinity_hits"] for r in router.stats()["replicas"]) == 24
 
 
