@@ -3,8 +3,8 @@
 It is dspy's own cache (`dspy.cache`, a `dspy.clients.cache.Cache`) with the on-disk tier swapped for a
 store every trial of the sweep sees:
 
-- disk:  a diskcache folder inside the sweep's output_dir (trials are separate Ray worker processes on
-         one machine; diskcache is multi-process safe) — dspy's own backend, just pointed there;
+- disk:  a diskcache file inside the sweep's output_dir (trials are separate Ray worker processes on
+         one machine; diskcache is multi-process safe), written in batches by one thread per process;
 - redis: a Redis server (a cluster: every node reaches it). `cache_service` starts one next to the
          driver when asked (`start_redis`), or use your own (`redis_url`);
 - memory / off: per process only / nothing.
@@ -43,6 +43,7 @@ _PENDING_PREFIX = "__gepa_lab_pending__:"
 _FLUSH_EVERY_S = 1.0
 PENDING_TTL_S = 20.0  # a claim lives this long unless its process keeps refreshing it (so a killed trial's claims expire)
 MAX_WAIT_S = 1800.0  # never wait longer than this for another process's answer
+_BATCH_WINDOW_S = 0.05
 CLAIM_MAX_AGE_S = 900.0  # a claim is refreshed at most this long (longer than any LM call with its retries)
 
 
@@ -96,12 +97,15 @@ class RedisStore:
     def ping(self) -> bool:
         return bool(self.client.ping())
 
-    # single-flight markers
-    def add(self, key: str, value: Any, expire: float) -> bool:
-        return bool(self.client.set(self._k(key), pickle.dumps(value), nx=True, px=int(expire * 1000)))
+    # single-flight claims: a key that expires unless its owner refreshes it
+    def claim(self, key: str, ttl_s: float) -> bool:
+        return bool(self.client.set(self._k(_PENDING_PREFIX + key), os.getpid(), nx=True, px=int(ttl_s * 1000)))
 
-    def touch(self, key: str, expire: float) -> bool:
-        return bool(self.client.pexpire(self._k(key), int(expire * 1000)))
+    def refresh_claim(self, key: str, ttl_s: float) -> None:
+        self.client.pexpire(self._k(_PENDING_PREFIX + key), int(ttl_s * 1000))
+
+    def release_claim(self, key: str) -> None:
+        self.client.delete(self._k(_PENDING_PREFIX + key))
 
     def close(self) -> None:
         if self._client is not None:
@@ -110,9 +114,112 @@ class RedisStore:
 
 
 def _disk_store(directory: str, size_limit_bytes: int):
-    from diskcache import FanoutCache
+    from diskcache import Cache as DiskCache
 
-    return FanoutCache(directory=directory, shards=16, timeout=10, size_limit=size_limit_bytes)
+    # one SQLite file, not a FanoutCache: dspy opens a new thread pool per evaluation, and every new thread
+    # opens its own connection to every shard it touches (16 shards made a run 60% slower than no cache)
+    return DiskCache(directory=directory, timeout=10, size_limit=size_limit_bytes)
+
+
+class DiskStore:
+    """The disk tier: answers in one diskcache file, written by one thread in batches; claims as files.
+
+    SQLite has one write lock per file. Evaluation threads that each commit their own small write (an answer,
+    a claim, its release) queue on it for far longer than the write takes: in a run of 2,000 LM calls they
+    waited 140 ms per claim. So answers are queued and one writer thread commits them many per transaction
+    (reads see this process's queued answers first; `drain()` waits for the rest), and a claim is a file
+    created with O_EXCL (atomic across processes, no lock held), refreshed by its mtime, removed on release."""
+
+    def __init__(self, directory: str, size_limit_bytes: int):
+        self.cache = _disk_store(directory, size_limit_bytes)
+        self.claims_dir = Path(directory) / "claims"
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
+        self._queued: dict[str, Any] = {}
+        self._writing: dict[str, Any] = {}  # the batch being committed
+        self._release_after: set[str] = set()  # claims to drop once their answer is committed
+        self._cond = threading.Condition()
+        threading.Thread(target=self._write_forever, name="rollout-cache-writer", daemon=True).start()
+
+    def _pending(self, key: str) -> Any:
+        return self._queued.get(key, self._writing.get(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._cond:
+            value = self._pending(key)
+        return self.cache.get(key, default) if value is None else value
+
+    def __contains__(self, key: str) -> bool:
+        with self._cond:
+            if self._pending(key) is not None:
+                return True
+        return key in self.cache
+
+    def set(self, key: str, value: Any) -> bool:
+        with self._cond:
+            self._queued[key] = value
+            self._cond.notify_all()
+        return True
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        return self.cache.incr(key, delta)
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued:
+                    self._cond.wait()
+            time.sleep(_BATCH_WINDOW_S)  # let answers gather: one commit for many
+            with self._cond:
+                self._writing, self._queued = self._queued, {}
+            try:
+                with self.cache.transact(retry=True):
+                    for key, value in self._writing.items():
+                        self.cache.set(key, value, retry=True)
+            except Exception:  # a failed cache write loses a cache entry, never an LM call
+                pass
+            with self._cond:  # atomically: a claim released from now on finds its answer committed
+                released = self._release_after & self._writing.keys()
+                self._release_after -= released
+                for key in released:
+                    self._unlink_claim(key)
+                self._writing = {}
+                self._cond.notify_all()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every queued answer is in the shared file."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._queued and not self._writing, timeout=timeout)
+
+    # single-flight claims (keys are dspy's sha256 cache keys: safe file names)
+    def claim(self, key: str, ttl_s: float) -> bool:
+        path = self.claims_dir / key
+        for _ in range(2):
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return True
+            except FileExistsError:
+                try:
+                    if time.time() - path.stat().st_mtime <= ttl_s:
+                        return False
+                    path.unlink()  # its owner died without releasing it: take over
+                except FileNotFoundError:
+                    pass  # released meanwhile: try again
+        return False
+
+    def refresh_claim(self, key: str, ttl_s: float) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.claims_dir / key)
+
+    def release_claim(self, key: str) -> None:
+        """Once the key's answer is in the shared file: a waiter that finds no claim must find the answer."""
+        with self._cond:
+            if self._pending(key) is not None:
+                self._release_after.add(key)
+                return
+        self._unlink_claim(key)
+
+    def _unlink_claim(self, key: str) -> None:
+        (self.claims_dir / key).unlink(missing_ok=True)
 
 
 class RolloutCache(Cache):
@@ -137,7 +244,7 @@ class RolloutCache(Cache):
         # single-flight across processes: the first process to miss a key claims it in the shared store; the
         # others wait for its answer instead of sending the same request (trials start together and all
         # evaluate the seed program on the same valset at once)
-        self.coalesce = store is not None and hasattr(store, "add") and hasattr(store, "touch")
+        self.coalesce = store is not None and hasattr(store, "claim")
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (owner: LM call id or thread, claimed at)
         self._claims_lock = threading.Lock()
         self._refresher: threading.Thread | None = None
@@ -165,6 +272,12 @@ class RolloutCache(Cache):
                     self.disk_cache.incr(_STAT_PREFIX + name, n)
         except Exception:  # counters are advisory: never fail an LM call over them
             pass
+
+    def sync(self) -> None:
+        """This process's queued writes and counters reach the shared store now."""
+        if hasattr(self.disk_cache, "drain"):
+            self.disk_cache.drain()
+        self.flush()
 
     def stats(self) -> dict[str, Any]:
         with self._count_lock:
@@ -225,7 +338,7 @@ class RolloutCache(Cache):
     # single-flight ------------------------------------------------------------------------------------
     def _claim(self, key: str) -> bool:
         try:
-            won = self.disk_cache.add(_PENDING_PREFIX + key, os.getpid(), expire=PENDING_TTL_S)
+            won = self.disk_cache.claim(key, PENDING_TTL_S)
         except Exception:
             return False
         if won:
@@ -250,7 +363,7 @@ class RolloutCache(Cache):
                 response = self.disk_cache.get(key)
                 if response is not None:
                     return response
-                if (_PENDING_PREFIX + key) not in self.disk_cache and self._claim(key):
+                if self._claim(key):
                     return self._recheck(key)  # the claimant finished or gave up: check, else our turn
             except Exception:
                 return None
@@ -271,7 +384,7 @@ class RolloutCache(Cache):
             if self._claims.pop(key, None) is None:
                 return
         try:
-            self.disk_cache.delete(_PENDING_PREFIX + key)
+            self.disk_cache.release_claim(key)
         except Exception:
             pass
 
@@ -294,7 +407,7 @@ class RolloutCache(Cache):
                 keys = list(self._claims)
             for key in keys:
                 try:
-                    self.disk_cache.touch(_PENDING_PREFIX + key, expire=PENDING_TTL_S)
+                    self.disk_cache.refresh_claim(key, PENDING_TTL_S)
                 except Exception:
                     pass
 
@@ -330,7 +443,7 @@ def _build(settings: dict[str, Any]) -> RolloutCache:
         return RolloutCache(None, memory=True, description="memory")
     if mode == "disk":
         Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
-        store = _disk_store(settings["dir"], int(settings["size_limit_gb"] * 1e9))
+        store = DiskStore(settings["dir"], int(settings["size_limit_gb"] * 1e9))
         return RolloutCache(store, memory=memory, description=f"disk:{settings['dir']}")
     if mode == "redis":
         store = RedisStore(settings["redis_url"], settings["namespace"], settings.get("ttl_s"))
@@ -358,7 +471,7 @@ def use_cache(output_dir: str | os.PathLike | None = None, **options: Any) -> Ro
         if _INSTALLED is not None and _INSTALLED[0] == key and dspy.cache is _INSTALLED[1]:
             return _INSTALLED[1]
         if _INSTALLED is not None:
-            _INSTALLED[1].flush()
+            _INSTALLED[1].sync()
         cache = _build(settings)
         with dspy._cache_lock:
             dspy.cache = cache
@@ -377,12 +490,19 @@ def release_failed_call() -> None:
         cache.release_call(_owner())
 
 
+def sync_cache() -> None:
+    """This process's queued cache writes and counters reach the shared store now (a trial's end)."""
+    cache = installed_cache()
+    if cache is not None:
+        cache.sync()
+
+
 def cache_stats() -> dict[str, Any]:
     """This process's rollout-cache counters (flushing them to the shared counters)."""
     cache = installed_cache()
     if cache is None:
         return {}
-    cache.flush()
+    cache.sync()
     return cache.stats()
 
 
@@ -392,9 +512,7 @@ def shared_cache_stats(output_dir: str | os.PathLike | None = None, **options: A
     settings = _settings(output_dir, LMCacheConfig(**options))
     if settings["mode"] not in ("disk", "redis"):
         return {}
-    current = installed_cache()
-    if current is not None:
-        current.flush()
+    sync_cache()
     if settings["mode"] == "disk":
         store = _disk_store(settings["dir"], int(settings["size_limit_gb"] * 1e9))
         get = lambda k: int(store.get(_STAT_PREFIX + k, 0) or 0)  # noqa: E731
@@ -413,9 +531,7 @@ def shared_cache_stats(output_dir: str | os.PathLike | None = None, **options: A
 
 @atexit.register
 def _flush_at_exit() -> None:  # pragma: no cover - process teardown
-    cache = installed_cache()
-    if cache is not None:
-        cache.flush()
+    sync_cache()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ray import tune
 from gepa_lab.config.identity import claim_output_dir
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import Event, EventStream
-from gepa_lab.lm.cache import use_cache
+from gepa_lab.lm.cache import sync_cache, use_cache
 from gepa_lab.lm.serving import Endpoint
 from gepa_lab.results.writer import ResultsWriter, write_table
 from gepa_lab.sweep import space
@@ -93,6 +93,7 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     try:
         summary = run_trial(cfg, endpoints, EventStream(trial_id, sinks), stop_callbacks=stop, extra_summary={"params": params})
     finally:
+        sync_cache()  # Ray may end this worker without running its exit hooks
         for sink in sinks:
             if hasattr(sink, "finish"):
                 sink.finish()

@@ -219,3 +219,18 @@ def test_gepa_results_identical_with_and_without_the_cache(tmp_path):
         assert warm_usage[role]["requests"] == cold_usage[role]["requests"] == plain_usage[role]["requests"]
         assert warm_usage[role]["cache_hits"] == warm_usage[role]["requests"]
     assert cache_stats()["shared_hits"] > 0
+
+
+def test_disk_store_claims_expire_and_are_released_only_once_the_answer_is_shared(tmp_path):
+    from gepa_lab.lm.cache import DiskStore
+
+    store, other = DiskStore(str(tmp_path), 10**9), DiskStore(str(tmp_path), 10**9)  # two processes' views
+    assert store.claim("k", ttl_s=20) and not other.claim("k", ttl_s=20)
+    os.utime(store.claims_dir / "k", (time.time() - 30, time.time() - 30))  # its owner died 30 s ago
+    assert other.claim("k", ttl_s=20)  # expired: taken over
+    other.set("k", {"answer": 1})
+    other.release_claim("k")
+    other.drain()
+    assert other.cache.get("k") == {"answer": 1}  # committed to the shared file ...
+    assert not (store.claims_dir / "k").exists()  # ... and only then the claim is gone
+    assert store.get("k") == {"answer": 1} and "k" in store
