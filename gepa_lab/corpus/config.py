@@ -105,7 +105,9 @@ class SourceConfig(_Strict):
             return {"all": [self.files]}
         if isinstance(self.files, list):
             return {"all": list(self.files)}
-        return {role: [p] if isinstance(p, str) else list(p) for role, p in self.files.items()}
+        # in FILE_ROLES order whatever the mapping's order: a config that went through sorted JSON (a sweep's
+        # trials get theirs that way) must fingerprint the same, or each side rebuilds the other's corpus
+        return {role: [p] if isinstance(p, str) else list(p) for role in FILE_ROLES if (p := self.files.get(role)) is not None}
 
 
 class SplitSizes(_Strict):

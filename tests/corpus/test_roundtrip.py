@@ -229,6 +229,14 @@ def test_shipped_corpora_prepare(ws: Workspace) -> None:
     assert [f["path"] for f in b["source"]["files"]] == [
         "corpora/raw/banking77/train.csv", "corpora/raw/banking77/test.csv", "corpora/raw/banking77/categories.json"
     ]
+    # the same config with its files listed in another order (a sweep's trials get theirs through sorted JSON)
+    # is the same corpus: nothing is rebuilt
+    cfg = load_corpus_config("banking77", ["splits.train=77", "splits.val=77", "splits.test=77"])
+    written = {p.name: p.stat().st_mtime_ns for p in (ws.root / "banking77").iterdir()}
+    data = cfg.model_dump()
+    data["source"]["files"] = dict(reversed(list(data["source"]["files"].items())))
+    prepare(type(cfg).model_validate(data), ws.root)
+    assert {p.name: p.stat().st_mtime_ns for p in (ws.root / "banking77").iterdir()} == written
     g = prepare(load_corpus_config("gsm8k", ["splits.train=20", "splits.val=5", "splits.test=20"]), ws.root)
     rows = read_split(g, "test")
     assert len(rows) == 20 and all(r["answer"].lstrip("-").replace(".", "").isdigit() for r in rows)
