@@ -20,7 +20,8 @@ def main(cfg: DictConfig) -> None:
     from gepa_lab.sweep.driver import run_sweep  # Ray, Tune, MLflow: not imported for --cfg/--help
 
     quiet_libraries()
-    summary = run_sweep(validate(SweepConfig, to_plain(cfg)))
+    sweep_cfg = validate(SweepConfig, to_plain(cfg))
+    summary = run_sweep(sweep_cfg)
     console = Console(width=None if sys.stdout.isatty() else 200)  # logs: no 80-column wrapping of the leaderboard
     console.print(leaderboard_table(connect([summary["output_dir"]])))
     trials = summary["trials"]
@@ -34,14 +35,20 @@ def main(cfg: DictConfig) -> None:
         console.print(f"rollout cache: {cache.get('requests_saved', 0)} LM requests saved ({cache.get('entries', 0)} answers stored)")
     out = summary["output_dir"]
     model = summary.get("registered_model") or {}
-    console.print(f"""
-[bold]where everything went[/]
-  summary      {out}/summary.json
-  results      {out}/results/  (python -m gepa_lab.results {out})
-  trials       {out}/trials/<trial_id>/  (program.json, summary.json, gepa/)
-  W&B offline  {out}/wandb/  (wandb sync {out}/wandb/offline-run-*)
-  MLflow       {summary.get('tracking_uri')}  (mlflow ui --backend-store-uri {summary.get('tracking_uri')})
-  winner       {model.get('model_uri', 'not registered')}""")
+    wandb, uri = sweep_cfg.tracking.wandb, summary.get("tracking_uri")
+    lines = [
+        f"  summary      {out}/summary.json",
+        f"  results      {out}/results/  (python -m gepa_lab.results {out})",
+        f"  trials       {out}/trials/<trial_id>/  (program.json, summary.json, gepa/)",
+    ]
+    if wandb.enabled and wandb.mode == "offline":
+        lines.append(f"  W&B offline  {out}/wandb/  (wandb sync {out}/wandb/offline-run-*)")
+    elif wandb.enabled and wandb.mode == "online":
+        lines.append(f"  W&B          project {wandb.project}, group {summary['sweep_id']}")
+    if uri:
+        lines.append(f"  MLflow       {uri}  (mlflow ui --backend-store-uri {uri})")
+        lines.append(f"  winner       {model.get('model_uri', 'not registered')}")
+    console.print("\n[bold]where everything went[/]\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

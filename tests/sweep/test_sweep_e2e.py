@@ -50,6 +50,7 @@ def test_best_trial_beats_the_seed_on_val_and_test(sweep):
     assert s["best_val_score"] > s["seed_val_score"]
     assert s["best_test_score"] > s["seed_test_score"]
     assert "where everything went" in sweep["stdout"]
+    assert "W&B offline" in sweep["stdout"] and f"winner       {s['registered_model']['model_uri']}" in sweep["stdout"]
 
 
 def test_duckdb_over_results_agrees_with_summary(sweep):

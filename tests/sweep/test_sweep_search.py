@@ -18,6 +18,7 @@ def test_optuna_tpe_with_asha_within_a_sweep_budget(tmp_path):
                      "sweep.asha.grace_metric_calls=50", "sweep.budget.metric_calls=200",
                      "tracking.mlflow.enabled=false", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "W&B offline" in result.stdout and "MLflow" not in result.stdout  # only what this sweep wrote is listed
     summary = json.loads((out / "summary.json").read_text())
     trials = summary["trials"]
     assert trials["total"] == 4 and trials["completed"] + trials["stopped"] + trials["skipped"] == 4, trials
