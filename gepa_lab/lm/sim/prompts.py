@@ -11,20 +11,21 @@ import json
 import re
 import textwrap
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any
 
 FIELD_HEADER_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
 OBJECTIVE_RE = re.compile(r"your objective is:[ \t]*\n?", re.IGNORECASE)
 
 
-@dataclass
+@dataclass(frozen=True)  # shared by every request with the same system prompt (parse_system's cache)
 class Field:
     name: str
     type: str = "str"
     description: str = ""
 
-    @property
-    def literal_values(self) -> list[str] | None:
+    @cached_property
+    def literal_values(self) -> tuple[str, ...] | None:
         """The allowed values of a ``Literal[...]`` type, else None."""
         t = self.type.strip()
         if not t.startswith("Literal[") or not t.endswith("]"):
@@ -34,7 +35,7 @@ class Field:
             values = ast.literal_eval("[" + inner + "]")
         except (ValueError, SyntaxError):
             values = [v.strip().strip("'\"") for v in inner.split(",")]
-        return [str(v) for v in values if str(v) != ""]
+        return tuple(str(v) for v in values if str(v) != "")
 
     @property
     def base_type(self) -> str:
@@ -140,7 +141,10 @@ def _section(text: str, start_marker: str, end_markers: tuple[str, ...]) -> str:
     return text[i + len(start_marker) : j]
 
 
-def parse_system(system: str) -> tuple[list[Field], list[Field], str]:
+@lru_cache(maxsize=1024)
+def parse_system(system: str) -> tuple[tuple[Field, ...], tuple[Field, ...], str]:
+    """(input fields, output fields, instruction) of an adapter's system prompt. Cached: every example a program
+    candidate is evaluated on repeats its system prompt, and parsing it was half of the simulator's CPU time."""
     inputs = _parse_field_list(
         _section(system, "Your input fields are:", ("Your output fields are:", "All interactions will"))
     )
@@ -151,7 +155,7 @@ def parse_system(system: str) -> tuple[list[Field], list[Field], str]:
         pass
     if m is not None:
         instruction = textwrap.dedent(system[m.end() :]).strip()
-    return inputs, outputs, instruction
+    return tuple(inputs), tuple(outputs), instruction
 
 
 def parse_sections(text: str) -> dict[str, str]:
@@ -191,7 +195,7 @@ def parse_request(body: dict[str, Any]) -> ParsedPrompt:
     )
     if not system and not values:
         instruction = last_user
-    return ParsedPrompt(inputs=inputs, outputs=outputs, instruction=instruction, values=values, json_mode=json_mode)
+    return ParsedPrompt(inputs=list(inputs), outputs=list(outputs), instruction=instruction, values=values, json_mode=json_mode)
 
 
 def format_chat_reply(outputs: list[tuple[str, str]]) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from .engine import respond
-from .text import count_tokens
+from .text import count_message_tokens, count_tokens
 
 log = logging.getLogger("gepa_lab.lm.sim")
 
@@ -242,12 +242,12 @@ class SimServer:
                 log.warning("simulator could not answer a request: %s", type(exc).__name__)
                 content = "I could not understand the request."
             messages = body.get("messages") or []
-            prompt_text = "\n".join(
-                m.get("content", "") if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
+            # per message (the newline that joins them is no token): most messages repeat, and their counts are cached
+            prompt_tokens = sum(
+                count_message_tokens(m.get("content", "") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
                 for m in messages
                 if isinstance(m, dict)
             )
-            prompt_tokens = count_tokens(prompt_text)
             completion_tokens = count_tokens(content)
             delay = (cfg.latency_ms + cfg.per_token_ms * completion_tokens) / 1000.0
             if delay > 0:

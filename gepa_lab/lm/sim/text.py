@@ -121,3 +121,10 @@ def count_tokens(text: str) -> int:
     """The simulator's token count: word pieces (runs of letters/digits/underscore) plus each
     punctuation character, i.e. ``len(re.findall(r"\\w+|[^\\w\\s]", text))``."""
     return len(_TOKEN_RE.findall(text or ""))
+
+
+@lru_cache(maxsize=4096)
+def count_message_tokens(text: str) -> int:
+    """count_tokens of one chat message, cached: a candidate's system prompt, and each example's user message,
+    come back on every evaluation."""
+    return count_tokens(text)
