@@ -57,8 +57,10 @@ def mlflow_server(tmp_path_factory):
     It spawns helper processes (uvicorn): stopping its process group stops them all. Yields (url, root).
     One per session (it takes ~50 s to start on 2 cores): tests use their own experiment and model names."""
     from gepa_lab.lm.process import ChildProcess, free_port
+    from gepa_lab.tracking.mlflow_sink import create_sqlite_store
 
     root = tmp_path_factory.mktemp("mlflow-server")
+    create_sqlite_store(root / "mlflow.db")  # as a sweep would: the server opens it without migrating it
     port = free_port()
     server = ChildProcess([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                            f"sqlite:///{root}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -24,8 +24,11 @@ import json
 import math
 import os
 import re
+import shutil
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -74,8 +77,55 @@ def client(cfg: MlflowConfig, output_dir: str | os.PathLike):
 
     uri = tracking_uri(cfg, output_dir)
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def create_sqlite_store(db: Path) -> None:
+    """A new SQLite store at db, unless one is there: a copy of an empty, fully migrated store kept per MLflow version
+    in this environment. Left to MLflow, a store's first open creates the tables and runs every alembic migration,
+    ~8 s on 2 cores, once per sweep. Where the copy cannot be made, MLflow creates the store as usual."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if db.exists():
+        return
+    try:
+        template = _empty_store_template()
+        staged = db.with_name(f".{db.name}.{uuid.uuid4().hex}")
+        shutil.copyfile(template, staged)
+        try:
+            os.link(staged, db)  # unlike a rename, never replaces a store another process created meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            staged.unlink()
+    except (OSError, ImportError, _sqlalchemy_error()):
+        pass
+
+
+def _empty_store_template() -> Path:
+    import mlflow
+
+    template = Path(sys.prefix) / "var" / "cache" / "gepa_lab" / f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.exists():
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables  # what MLflow runs on a store's first open
+
+        template.parent.mkdir(parents=True, exist_ok=True)
+        staged = template.with_name(f".{template.name}.{uuid.uuid4().hex}")
+        engine = sqlalchemy.create_engine(f"sqlite:///{staged}")
+        try:
+            _initialize_tables(engine)
+            os.replace(staged, template)  # whole or absent: a concurrent maker writes the same schema
+        finally:
+            engine.dispose()
+            staged.unlink(missing_ok=True)
+    return template
+
+
+def _sqlalchemy_error() -> type[Exception]:
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.SQLAlchemyError
 
 
 def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:

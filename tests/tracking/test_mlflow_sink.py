@@ -1,12 +1,14 @@
 """MLflow sink on the embedded store (SQLite + artifact folder inside output_dir), read back with MlflowClient."""
 import json
+import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from gepa_lab.config.schema import MlflowConfig
-from gepa_lab.tracking.mlflow_sink import flatten, tracking_uri
+from gepa_lab.tracking.mlflow_sink import client as sink_client, create_sqlite_store, flatten, tracking_uri
 
 
 def children(c: MlflowClient, sweep) -> dict[str, object]:
@@ -67,3 +69,19 @@ def test_trial_run_params_tags_metrics_artifacts(sweep, client):
     assert {"summary.json", "candidates.json", "program.json"} <= names
     local = client.download_artifacts(run.info.run_id, "summary.json")
     assert json.loads(Path(local).read_text())["best_val_score"] == 0.75
+
+
+def test_new_sqlite_stores_start_from_one_migrated_template_and_share_nothing(tmp_path):
+    cfg = MlflowConfig()
+    first, second = sink_client(cfg, tmp_path / "a"), sink_client(cfg, tmp_path / "b")
+    first.create_experiment("only-in-a")
+    assert second.get_experiment_by_name("only-in-a") is None
+    # each store made its own default experiment on first open, as MLflow does for a store it migrated itself
+    assert {e.name for e in second.search_experiments()} == {"Default"}
+    templates = list(Path(sys.prefix, "var", "cache", "gepa_lab").glob("mlflow-*-empty.db"))
+    assert len(templates) == 1
+    with sqlite3.connect(templates[0]) as con:
+        assert con.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+    create_sqlite_store(tmp_path / "a" / "mlflow.db")  # an existing store is never replaced
+    assert sink_client(cfg, tmp_path / "a").get_experiment_by_name("only-in-a") is not None
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no staged copy left behind
