@@ -10,11 +10,14 @@ from typing import Literal
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy  # noqa: E402
 
+from gepa_lab.lm.sim.server import prompt_token_count  # noqa: E402
 from gepa_lab.lm.sim.text import count_tokens  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent / "dspy_requests"  # real requests dspy 3.4.1 sent (README there)
@@ -77,6 +80,12 @@ def test_token_count_rule():
     assert count_tokens("Hello, world!") == 4
     assert count_tokens("[[ ## intent ## ]]") == 9
     assert count_tokens("") == 0
+
+
+@given(st.lists(st.text(alphabet="ab ,.\n\t_é!", max_size=12), max_size=4))
+def test_prompt_tokens_counted_per_message_equal_the_joined_prompt(contents):
+    messages = [{"role": "user", "content": c} for c in contents]
+    assert prompt_token_count(messages) == prompt_token_count(messages) == count_tokens("\n".join(contents))
 
 
 def test_same_body_same_reply(client):

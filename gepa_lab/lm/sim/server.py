@@ -241,13 +241,7 @@ class SimServer:
             except Exception as exc:  # never crash on an odd prompt
                 log.warning("simulator could not answer a request: %s", type(exc).__name__)
                 content = "I could not understand the request."
-            messages = body.get("messages") or []
-            # per message (the newline that joins them is no token): most messages repeat, and their counts are cached
-            prompt_tokens = sum(
-                count_message_tokens(m.get("content", "") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
-                for m in messages
-                if isinstance(m, dict)
-            )
+            prompt_tokens = prompt_token_count(body.get("messages") or [])
             completion_tokens = count_tokens(content)
             delay = (cfg.latency_ms + cfg.per_token_ms * completion_tokens) / 1000.0
             if delay > 0:
@@ -310,6 +304,16 @@ class SimServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def prompt_token_count(messages: list) -> int:
+    """count_tokens of the messages joined by newlines, counted per message (a newline is no token): most messages
+    repeat, a candidate's system prompt on every example, and their counts are cached."""
+    return sum(
+        count_message_tokens(m.get("content", "") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
+        for m in messages
+        if isinstance(m, dict)
+    )
 
 
 def _fmt_seconds(s: float) -> str:
