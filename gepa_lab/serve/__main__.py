@@ -5,10 +5,14 @@ check prints one human line on stderr and, on stdout, a JSON object as its last 
 (too many examples raised), 2 the model could not be loaded or bound, or the endpoint does not answer.
 The LM key, if any, comes from the environment variable named by the model's api_key_env
 (or --api-key-env): never pass a key on the command line.
+
+`python -m gepa_lab.serve --args-from-stdin` imports what a check needs, then reads its arguments as one JSON
+list from stdin (a sweep starts it early: gepa_lab.tracking.registry.LoadBackProcess); no line, no check.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -30,8 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_what_a_check_needs() -> None:
+    for module in ("mlflow.dspy.load", "mlflow.store.tracking.sqlalchemy_store", "gepa_lab.corpus",
+                   "gepa_lab.lm.endpoint", "gepa_lab.serve.model", "gepa_lab.tasks.task"):
+        importlib.import_module(module)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--args-from-stdin"]:
+        _import_what_a_check_needs()
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        argv = json.loads(line)
     args = _parser().parse_args(argv)
     from gepa_lab.serve.model import ServeError, check, load_model
 

@@ -111,9 +111,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
     if tracking.wandb.enabled:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
-    started_ray = connect(cfg.ray)
+    # the winner's load-back check, in a process that imports what it needs while Ray starts (a core is idle then)
+    load_back = registry.LoadBackProcess() if tracking.mlflow.enabled else None
+    started_ray = False
     parent_run = None
     try:
+        started_ray = connect(cfg.ray)
         check_shared_storage(out)
         with cache_service(cfg.cache, out) as cache, serve_all(lms, workdir=out / "lm") as endpoints:
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
@@ -135,7 +138,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             planned = planned_trials(cfg, leaves)
             console.print(f"[bold]sweep {cfg.sweep.name}[/]: {planned} trials, {concurrent} at a time -> {out}")
             fit(cfg, ctx, out, concurrent, LiveProgress(planned, cfg.optimizer.max_metric_calls, console))
-            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache)
+            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache, load_back)
         if parent_run:
             mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
     except BaseException as exc:
@@ -143,6 +146,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
+        if load_back is not None:
+            load_back.close()
         if started_ray:
             ray.shutdown()
     return summary
@@ -192,7 +197,8 @@ def mark_unfinished(trials_dir: Path) -> None:
                                          "error": "the trial's worker ended without reporting (see tune/ logs)"}])
 
 
-def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict) -> dict:
+def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict,
+              load_back: registry.LoadBackProcess | None = None) -> dict:
     con = query.connect([out])
     counts = dict(con.sql("SELECT status, count(*) FROM trials GROUP BY status").fetchall())
     best = query.best_trial(con)
@@ -220,7 +226,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
             try:
                 summary["registered_model"] = registry.register_winner(
                     cfg.tracking.mlflow, out, parent_run, trial_summary, trial_config,
-                    load_back={"api_base": task_endpoint.api_base},
+                    load_back={"api_base": task_endpoint.api_base, "process": load_back},
                 )
             except Exception as exc:  # the sweep's results stand; say loudly that the winner is not registered
                 Console(stderr=True).print(f"[red]the winner was not registered[/]: {type(exc).__name__}: {exc}")

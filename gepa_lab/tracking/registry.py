@@ -13,7 +13,8 @@ register_winner():
    corpus + manifest hash, config hash, git commit, package versions, scores and the trial config;
 3. runs ``python -m gepa_lab.serve check`` in a fresh process against ``models:/NAME/VERSION`` and the live
    endpoint ``load_back["api_base"]`` (a key, if any, travels in the environment variable named by the
-   LM's api_key_env, never in argv);
+   LM's api_key_env, never in argv). A sweep starts that process when it starts (``LoadBackProcess``): its
+   imports are done by the time the winner is known;
 4. only if the check passes, sets the alias (``champion``) to the new version. Either way the version is
    tagged ``load_back_status`` (passed/failed), ``load_back_score``, ``load_back_error``.
 """
@@ -23,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,37 +134,74 @@ def _log_model(uri: str, run_id: str, program, name: str, metadata: dict, secret
             )
 
 
+class LoadBackProcess:
+    """A fresh `python -m gepa_lab.serve check` process, started before it is needed: it imports MLflow, dspy and
+    the corpus readers (~12 s on 2 cores) and then waits for its arguments on stdin. A sweep starts one when it
+    starts, so the winner's check does not wait for those imports. It shares nothing else with the sweep: it loads
+    the winner from the registry as any other process would. Its environment is this process's at start."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None):
+        env = {**os.environ, **(extra_env or {}), "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+        env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        # files, not pipes: nobody reads its output until it ends, and a full pipe would stall it
+        self._stdout, self._stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gepa_lab.serve", "--args-from-stdin"], stdin=subprocess.PIPE,
+            stdout=self._stdout, stderr=self._stderr, text=True, env=env, cwd=str(PROJECT_ROOT),
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, args: list[str], timeout_s: float) -> tuple[int, str, str]:
+        """Hand it `check` arguments; (exit status, stdout, stderr). Raises subprocess.TimeoutExpired."""
+        try:
+            self.proc.communicate(json.dumps(args) + "\n", timeout=timeout_s)
+            self._stdout.seek(0)
+            self._stderr.seek(0)
+            return self.proc.returncode, self._stdout.read(), self._stderr.read()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+        self._stdout.close()
+        self._stderr.close()
+
+
 def load_back_check(
     uri: str, model_uri: str, n: int, api_base: str | None, api_key_env: str | None,
     api_key: str | None = None, max_error_rate: float = 0.0, timeout_s: float = 600.0,
+    process: LoadBackProcess | None = None,
 ) -> dict[str, Any]:
-    """Run `python -m gepa_lab.serve check` in a fresh process; its JSON result (+ ok, returncode)."""
-    cmd = [sys.executable, "-m", "gepa_lab.serve", "check", "--model-uri", model_uri, "--tracking-uri", uri,
-           "--n", str(n), "--max-error-rate", str(max_error_rate)]
+    """Run `python -m gepa_lab.serve check` in a fresh process (`process`, started earlier, if it still waits);
+    its JSON result (+ ok, returncode)."""
+    args = ["check", "--model-uri", model_uri, "--tracking-uri", uri, "--n", str(n), "--max-error-rate", str(max_error_rate)]
     if api_base:
-        cmd += ["--api-base", api_base]
-    env = dict(os.environ)
-    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+        args += ["--api-base", api_base]
     if api_key:
         if not api_key_env:
             raise RegistrationError("load_back has an api_key but the LM config names no api_key_env to pass it in")
-        env[api_key_env] = api_key  # the key travels in the environment, never in argv
+        process = LoadBackProcess({api_key_env: api_key})  # the key travels in the environment, never in argv
+    elif process is None or not process.alive():
+        process = LoadBackProcess()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(PROJECT_ROOT), timeout=timeout_s)
+        returncode, stdout, stderr = process.run(args, timeout_s)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"the load-back check did not finish within {timeout_s:g} s", "returncode": None}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     try:
         result = json.loads(lines[-1]) if lines else {}
     except ValueError:
         result = {}
-    result["returncode"] = proc.returncode
-    result["ok"] = proc.returncode == 0 and bool(result.get("ok"))
-    result["log"] = redact_text(proc.stderr[-4000:])
+    result["returncode"] = returncode
+    result["ok"] = returncode == 0 and bool(result.get("ok"))
+    result["log"] = redact_text(stderr[-4000:])
     if not result["ok"] and not result.get("error"):
-        result["error"] = (f"exit status {proc.returncode}; " + "; ".join(result.get("errors", [])[:3])
-                           if result.get("errors") else f"exit status {proc.returncode}: {result['log'][-1500:]}")
+        result["error"] = (f"exit status {returncode}; " + "; ".join(result.get("errors", [])[:3])
+                           if result.get("errors") else f"exit status {returncode}: {result['log'][-1500:]}")
     return result
 
 
@@ -178,7 +217,8 @@ def register_winner(
 
     load_back: {"api_base": live endpoint of the task LM (required unless the recorded one is still up),
     optional "api_key" (passed to the child in env var lm.api_key_env), "n" (default cfg.load_back_examples),
-    "max_error_rate" (default 0.0), "min_score" (default none), "timeout_s" (default 600)}.
+    "max_error_rate" (default 0.0), "min_score" (default none), "timeout_s" (default 600),
+    "process" (a LoadBackProcess started earlier; default: one started now)}.
     Returns {name, version, model_uri, alias (None unless moved), champion_uri, load_back_ok,
     load_back_score, load_back, run_id, trial_id, message}.
     """
@@ -220,7 +260,7 @@ def register_winner(
     n = int(load_back.get("n") or cfg.load_back_examples)
     check = load_back_check(
         uri, model_uri, n, load_back.get("api_base"), run_cfg.lm.api_key_env, load_back.get("api_key"),
-        float(load_back.get("max_error_rate", 0.0)), float(load_back.get("timeout_s", 600.0)),
+        float(load_back.get("max_error_rate", 0.0)), float(load_back.get("timeout_s", 600.0)), load_back.get("process"),
     )
     score = check.get("score")
     min_score = load_back.get("min_score")
