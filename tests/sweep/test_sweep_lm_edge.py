@@ -22,7 +22,7 @@ def sweep_against_two_replicas(out, cache: str) -> tuple[dict, list[dict]]:
             f"lm.max_in_flight={CAP}", f"reflection_lm.max_in_flight={CAP}",
             "eval.num_threads=6",  # 2 trials x 6 threads: twice what the two replicas may take at once
             # short trials: the seed program's evaluations, which every trial repeats, are most of their calls
-            "sweep.space.optimizer.reflection_minibatch_size={grid:[4,8]}", "optimizer.max_metric_calls=100",
+            "sweep.space.optimizer.reflection_minibatch_size={grid:[4,8]}", "optimizer.max_metric_calls=60",
             "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20",
             timeout=1200,
         )

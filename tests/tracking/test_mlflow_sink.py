@@ -4,6 +4,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -78,9 +79,9 @@ def test_new_sqlite_stores_start_from_one_migrated_template_and_share_nothing(tm
     assert second.get_experiment_by_name("only-in-a") is None
     # each store made its own default experiment on first open, as MLflow does for a store it migrated itself
     assert {e.name for e in second.search_experiments()} == {"Default"}
-    templates = list(Path(sys.prefix, "var", "cache", "gepa_lab").glob("mlflow-*-empty.db"))
-    assert len(templates) == 1
-    with sqlite3.connect(templates[0]) as con:
+    template = Path(sys.prefix, "var", "cache", "gepa_lab", f"mlflow-{mlflow.__version__}-empty.db")
+    assert template.is_file()
+    with sqlite3.connect(template) as con:
         assert con.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
     create_sqlite_store(tmp_path / "a" / "mlflow.db")  # an existing store is never replaced
     assert sink_client(cfg, tmp_path / "a").get_experiment_by_name("only-in-a") is not None
