@@ -91,13 +91,13 @@ def create_sqlite_store(db: Path) -> None:
     try:
         template = _empty_store_template()
         staged = db.with_name(f".{db.name}.{uuid.uuid4().hex}")
-        shutil.copyfile(template, staged)
         try:
+            shutil.copyfile(template, staged)
             os.link(staged, db)  # unlike a rename, never replaces a store another process created meanwhile
         except FileExistsError:
             pass
         finally:
-            staged.unlink()
+            staged.unlink(missing_ok=True)  # also a copy cut short (a full disk)
     except (OSError, ImportError, _sqlalchemy_error()):
         pass
 
