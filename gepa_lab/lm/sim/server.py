@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from .engine import respond
-from .text import count_message_tokens, count_tokens
+from .text import count_tokens, prompt_token_count
 
 log = logging.getLogger("gepa_lab.lm.sim")
 
@@ -304,16 +304,6 @@ class SimServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-
-def prompt_token_count(messages: list) -> int:
-    """count_tokens of the messages joined by newlines, counted per message (a newline is no token): most messages
-    repeat, a candidate's system prompt on every example, and their counts are cached."""
-    return sum(
-        count_message_tokens(m.get("content", "") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
-        for m in messages
-        if isinstance(m, dict)
-    )
 
 
 def _fmt_seconds(s: float) -> str:

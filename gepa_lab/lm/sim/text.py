@@ -6,6 +6,7 @@ Nothing here is specific to any task or corpus.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 
@@ -128,3 +129,12 @@ def count_message_tokens(text: str) -> int:
     """count_tokens of one chat message, cached: a candidate's system prompt, and each example's user message,
     come back on every evaluation."""
     return count_tokens(text)
+
+
+def prompt_token_count(messages: list) -> int:
+    """count_tokens of the messages' contents joined by newlines, counted per message (a newline is no token)."""
+    return sum(
+        count_message_tokens(m.get("content", "") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
+        for m in messages
+        if isinstance(m, dict)
+    )
