@@ -15,6 +15,7 @@ from gepa_lab.errors import GepaLabError
 from gepa_lab.run import load_run_config
 from tests.conftest import ROOT, run_cli
 from tests.support import generated
+from tests.support.processes import tagged_env, tagged_processes
 
 
 def compile_seeds(tmp_path: Path, name: str, overrides: list[str], sim, seeds=(0, 1, 2)) -> list[dict]:
@@ -103,15 +104,14 @@ def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_p
     out = tmp_path / "cli"
     args = ["task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=40",
             "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20", "corpus.name=banking77_tiny"]
-    sims_before = set(subprocess.run(["pgrep", "-f", "gepa_lab.lm.sim"], capture_output=True, text=True).stdout.split())
-    first = run_cli("gepa_lab.run", *args)
+    tag, env = tagged_env()
+    first = run_cli("gepa_lab.run", *args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert "seed" in first.stdout and "winner" in first.stdout
     assert summary["program_path"] == str(out / "program.json")
     assert (out / ".hydra" / "config.yaml").exists() and (out / ".dspy_cache").is_dir()
-    sims = set(subprocess.run(["pgrep", "-f", "gepa_lab.lm.sim"], capture_output=True, text=True).stdout.split())
-    assert not sims - sims_before, "the run left its simulator running"
+    assert not tagged_processes(tag, "gepa_lab.lm.sim"), "the run left its simulator running"
     again = run_cli("gepa_lab.run", *args[:-1], "optimizer.seed=7", args[-1])
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and "another config" in again.stderr, again.stderr

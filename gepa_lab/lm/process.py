@@ -22,20 +22,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def _signal_when_parent_dies(sig: int):
+    def set_death_signal() -> None:  # pragma: no cover - runs in the child between fork and exec
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+    return set_death_signal
 
 
 class ChildProcess:
     """`argv` started with its output appended to `log_path`, in `env` (default: this process's environment),
     with this checkout importable (PYTHONPATH) so a `python -m gepa_lab...` child runs the same code. die_with_parent (Linux): killed when its parent dies,
-    so a killed Ray actor leaves no orphaned GPU server behind."""
+    so a killed Ray actor leaves no orphaned GPU server behind (with SIGKILL, or death_signal for a child that then
+    stops its own children)."""
 
     def __init__(self, argv: list[str], *, log_path: str | os.PathLike, env: dict[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None, die_with_parent: bool = False):
+                 cwd: str | os.PathLike | None = None, die_with_parent: bool = False, death_signal: int = signal.SIGKILL):
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ class ChildProcess:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,
+                preexec_fn=_signal_when_parent_dies(death_signal) if die_with_parent and sys.platform.startswith("linux") else None,
             )
 
     @property

@@ -136,20 +136,14 @@ def _use_router(cfg: LMConfig, n_replicas: int) -> bool:
 
 
 @contextlib.contextmanager
-def _ray_ready() -> Iterator[None]:
-    """vllm_ray needs Ray: use the caller's (the sweep's), or start a local one for this run only."""
-    import ray
+def _ray_ready(workdir: Path) -> Iterator[None]:
+    """vllm_ray needs Ray: use the caller's (the sweep's), or connect for this run only (a local head if no cluster)."""
+    from gepa_lab.sweep.cluster import ray_session
+    from gepa_lab.sweep.config import RayConfig
 
-    if ray.is_initialized():
-        yield
-        return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or "local", include_dashboard=False, ignore_reinit_error=True)
-    try:
+    with ray_session(RayConfig(), workdir):
         yield
-    finally:
-        ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -191,7 +185,7 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
         elif cfg.kind == "vllm_ray":
             from gepa_lab.lm.replicas import ReplicaError, ReplicaSet
 
-            stack.enter_context(_ray_ready())
+            stack.enter_context(_ray_ready(Path(workdir)))
             holder: dict[str, Any] = {}
             replica_set = ReplicaSet(cfg, workdir=workdir, label=name,
                                      on_change=lambda urls: holder["router"].set_replicas(urls) if "router" in holder else None)

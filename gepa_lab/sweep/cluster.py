@@ -1,29 +1,94 @@
 """Where trials run: a local Ray started for the sweep, or an existing cluster."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 import ray
 
 from gepa_lab.errors import ConfigError
+from gepa_lab.lm.process import ChildProcess, free_port
 from gepa_lab.sweep.config import RayConfig
 
 # Filesystems every node of a cluster can see the same way.
 SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "cephfs", "glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "9p", "virtiofs"}
 
 
-def connect(cfg: RayConfig) -> bool:
-    """Connect to Ray; returns True when this call started a local Ray (which the sweep then stops)."""
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig, workdir: Path) -> Iterator[None]:
+    """Ray for one sweep: the caller's if already connected, the cluster at ray.address (or RAY_ADDRESS), else a
+    local head started for this sweep alone and stopped after it (its log: workdir/ray-head.log)."""
     if ray.is_initialized():
-        return False
-    if address:
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    with contextlib.ExitStack() as stack:
+        if not address:
+            address = stack.enter_context(local_head(workdir / "ray-head.log", num_cpus=cfg.num_cpus, resources=cfg.resources))
         ray.init(address=address)
-        return False
-    # "local": a new instance, never the cluster a past `ray start` on this machine left in /tmp/ray/ray_current_cluster
-    ray.init(address="local", num_cpus=cfg.num_cpus, resources=cfg.resources or None, include_dashboard=False)
-    return True
+        stack.callback(ray.shutdown)
+        yield
+
+
+@contextlib.contextmanager
+def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str, float] | None = None,
+               dashboard_port: int | None = None, timeout_s: float = 300) -> Iterator[str]:
+    """`ray start --head --block` on this machine for one sweep (or run) alone; yields its address. With a
+    dashboard_port, the dashboard (and its job API, for `ray job submit`) listens on 127.0.0.1 there.
+
+    Not `ray.init(address="local")`: that lets each Ray agent pick a port and write it to a file, and the raylet
+    aborts when an agent takes over 15 s (hard-coded) to do so, which happened on 2 busy cores. Every port is
+    given here, so nothing waits on a file. The head runs in its own process group: Ctrl-C reaches the sweep,
+    not Ray, and killing the group ends every Ray process at once (nothing is left to drain after a sweep)."""
+    ports = {flag: free_port() for flag in ("port", "metrics-export-port", "dashboard-agent-grpc-port",
+                                            "dashboard-agent-listen-port", "runtime-env-agent-port")}
+    argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            *(f"--{flag}={port}" for flag, port in ports.items())]
+    if dashboard_port is None:
+        argv.append("--include-dashboard=false")
+    else:
+        argv += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={num_cpus}")
+    if resources:
+        argv.append(f"--resources={json.dumps(resources)}")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)  # "started" below must come from this head
+    # if this process dies without its finally (SIGKILL, out of memory), SIGTERM makes `ray start` stop its cluster
+    head = ChildProcess(argv, log_path=log_path, env={**os.environ, "RAY_ADDRESS": ""}, die_with_parent=True,
+                        death_signal=signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in head.log_tail(100_000):
+            if not head.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the local Ray head did not start (log: {log_path}): {head.log_tail(1500)}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{ports['port']}"
+    finally:
+        _kill_group(head)
+        # `ray start` recorded this head for `ray.init()` without an address; it is gone: forget it
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        with contextlib.suppress(OSError):
+            if current.read_text().strip().endswith(f":{ports['port']}"):
+                current.unlink()
+
+
+def _kill_group(head: ChildProcess, timeout_s: float = 10) -> None:
+    """SIGKILL the head's process group and wait (a bounded while) until none of it is left."""
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(head.pid, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            head.proc.poll()  # reap the leader (our child)
+            os.killpg(head.pid, 0)  # raises ProcessLookupError once the group is empty
+            time.sleep(0.05)
 
 
 def filesystem_type(path: Path) -> str:

@@ -23,7 +23,7 @@ from gepa_lab.lm.serving import check_external, serve_all
 from gepa_lab.results import query
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
-from gepa_lab.sweep.cluster import check_shared_storage, connect
+from gepa_lab.sweep.cluster import check_shared_storage, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
 from gepa_lab.sweep.stopping import GracefulASHA, SweepLedger, ledger_name
@@ -113,12 +113,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
     # the winner's load-back check, in a process that imports what it needs while Ray starts (a core is idle then)
     load_back = registry.LoadBackProcess() if tracking.mlflow.enabled else None
-    started_ray = False
     parent_run = None
     try:
-        started_ray = connect(cfg.ray)
-        check_shared_storage(out)
-        with cache_service(cfg.cache, out) as cache, serve_all(lms, workdir=out / "lm") as endpoints:
+        with ray_session(cfg.ray, out), cache_service(cfg.cache, out) as cache, \
+                serve_all(lms, workdir=out / "lm") as endpoints:
+            check_shared_storage(out)
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
             if tracking.mlflow.enabled:
@@ -148,8 +147,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     finally:
         if load_back is not None:
             load_back.close()
-        if started_ray:
-            ray.shutdown()
     return summary
 
 

@@ -97,6 +97,12 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         for sink in sinks:
             if hasattr(sink, "finish"):
                 sink.finish()
+        if tracking.wandb.enabled:
+            import wandb
+
+            # end W&B's service process now: when Tune ends this worker, Ray stops that process before the worker's
+            # exit hooks run, and W&B's own hook then printed a traceback (a later trial here starts a new one)
+            wandb.teardown()
     # The final report comes last: Tune may end this actor as soon as the trial's function returns after it.
     keys = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
     tune.report({k: summary[k] for k in keys})

@@ -22,6 +22,7 @@ from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
 from gepa_lab.lm.replicas import ReplicaSet, format_command, vllm_command  # noqa: E402
 from gepa_lab.lm.serving import EndpointError, replica_set, serve  # noqa: E402
+from gepa_lab.sweep.cluster import local_head  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,11 +31,11 @@ SIM_COMMAND = ["{python}", "-m", "gepa_lab.lm.sim", "--host", "{host}", "--port"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, resources={"fake_gpu": 2}, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}})
-    yield
-    ray.shutdown()
+def local_ray(tmp_path_factory):
+    with local_head(tmp_path_factory.mktemp("ray") / "head.log", num_cpus=2, resources={"fake_gpu": 2}) as address:
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}})
+        yield
+        ray.shutdown()
 
 
 def _cfg(**server) -> LMConfig:

@@ -4,46 +4,28 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from gepa_lab.lm.process import ChildProcess, free_port
+from gepa_lab.lm.process import free_port
 from gepa_lab.results import query
+from gepa_lab.sweep.cluster import local_head
 from tests.conftest import ROOT, wait_until_answers
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head --block` as a ChildProcess: stopping its process group stops the whole head."""
-    dashboard, gcs_port = free_port(), free_port()
-    # The agents' ports are given, not discovered: the raylet otherwise waits 15 s (hard-coded) for each agent to
-    # write its port file and aborts when an agent starts slower than that (seen on 2 busy cores).
-    agent_ports = [f"--{flag}={free_port()}" for flag in ("metrics-export-port", "dashboard-agent-grpc-port",
-                                                           "dashboard-agent-listen-port", "runtime-env-agent-port")]
-    head = ChildProcess(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-         "--include-dashboard", "true", "--disable-usage-stats", *agent_ports],
-        log_path=tmp_path / "ray-head.log",
-        # the job's `python` is the head's: this environment's, as on a cluster whose nodes run gepa_lab's venv
-        env={**os.environ, "RAY_ADDRESS": "", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # SIGTERM stops it at once, not after a 30 s drain
-    )
-    try:
+def ray_head(tmp_path, monkeypatch):
+    """A Ray head with its dashboard (the job API) on 127.0.0.1, as gepa_lab starts one; yields the dashboard URL."""
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is this environment's
+    dashboard = free_port()
+    with local_head(tmp_path / "ray-head.log", num_cpus=2, dashboard_port=dashboard):
         url = f"http://127.0.0.1:{dashboard}"
-        wait_until_answers(f"{url}/api/version", head)
+        wait_until_answers(f"{url}/api/version")
         yield url
-    finally:
-        head.stop(timeout=30)
-        # what `ray stop` would also do: forget this head, so a later ray.init() on this machine does not look for it
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
-            current.unlink()
 
 
 def test_submit_refuses_a_relative_output_dir():
