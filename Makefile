@@ -41,9 +41,13 @@ demo: install
 	$(PY) -m gepa_lab.corpus prepare banking77
 	$(PY) -m gepa_lab.sweep sweep=demo $(ARGS)
 
+# Two pytest-xdist workers: the Ray and timing tests one after another on one, the rest beside them on the other
+# at low priority, in the CPU the first leaves idle (tests/conftest.py). TEST_WORKERS=0 runs everything in turn.
+TEST_WORKERS ?= 2
+
 test: install-dev
 	bash scripts/ensure_redis.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Refresh constraints.txt from the current environment (after a deliberate upgrade; gepa_lab itself is editable).
 lock: install-dev
