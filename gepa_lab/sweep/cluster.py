@@ -46,11 +46,14 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
     Not `ray.init(address="local")`: that lets each Ray agent pick a port and write it to a file, and the raylet
     aborts when an agent takes over 15 s (hard-coded) to do so, which happened on 2 busy cores. Every port is
     given here, so nothing waits on a file. The head runs in its own process group: Ctrl-C reaches the sweep,
-    not Ray, and killing the group ends every Ray process at once (nothing is left to drain after a sweep)."""
+    not Ray, and killing the group ends every Ray process at once (nothing is left to drain after a sweep). Its
+    temp dir (sessions, logs) is its own, so it never becomes the address that `ray.init()` and the job agents
+    of another cluster on this machine look up in /tmp/ray/ray_current_cluster."""
     ports = {flag: free_port() for flag in ("port", "metrics-export-port", "dashboard-agent-grpc-port",
                                             "dashboard-agent-listen-port", "runtime-env-agent-port")}
+    temp_dir = tempfile.mkdtemp(prefix="gepa_lab-ray-")  # short: Ray's socket paths live under it
     argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-            *(f"--{flag}={port}" for flag, port in ports.items())]
+            f"--temp-dir={temp_dir}", *(f"--{flag}={port}" for flag, port in ports.items())]
     if dashboard_port is None:
         argv.append("--include-dashboard=false")
     else:
@@ -73,11 +76,6 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
         yield f"127.0.0.1:{ports['port']}"
     finally:
         _kill_group(head)
-        # `ray start` recorded this head for `ray.init()` without an address; it is gone: forget it
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        with contextlib.suppress(OSError):
-            if current.read_text().strip().endswith(f":{ports['port']}"):
-                current.unlink()
 
 
 def _kill_group(head: ChildProcess, timeout_s: float = 10) -> None:
