@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,17 @@ class ChildProcess:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the whole group at once (nothing in it needs a clean exit) and wait, a bounded while, until none
+        of it is left."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            while time.monotonic() < deadline:
+                self.proc.poll()  # reap the leader (our child)
+                os.killpg(self.proc.pid, 0)  # raises ProcessLookupError once the group is empty
+                time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the group, SIGKILL if it has not ended within `timeout` seconds."""

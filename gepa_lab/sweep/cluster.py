@@ -75,18 +75,7 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
             time.sleep(0.2)
         yield f"127.0.0.1:{ports['port']}"
     finally:
-        _kill_group(head)
-
-
-def _kill_group(head: ChildProcess, timeout_s: float = 10) -> None:
-    """SIGKILL the head's process group and wait (a bounded while) until none of it is left."""
-    deadline = time.monotonic() + timeout_s
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(head.pid, signal.SIGKILL)
-        while time.monotonic() < deadline:
-            head.proc.poll()  # reap the leader (our child)
-            os.killpg(head.pid, 0)  # raises ProcessLookupError once the group is empty
-            time.sleep(0.05)
+        head.kill()
 
 
 def filesystem_type(path: Path) -> str:
