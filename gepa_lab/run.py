@@ -12,8 +12,9 @@ from gepa_lab.config.identity import claim_output_dir
 from gepa_lab.config.load import check_task_imports, register_resolvers, to_plain, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import EventStream
-from gepa_lab.lm.cache import cache_service, use_cache
-from gepa_lab.lm.serving import serve_all
+from gepa_lab.lm.cache import use_cache
+from gepa_lab.servers.redis import cache_service
+from gepa_lab.servers.serving import serve_all
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import ConsoleProgress, scores_table
 from gepa_lab.results.writer import ResultsWriter

@@ -21,7 +21,7 @@ from gepa_lab.corpus import ensure_prepared, read_manifest, read_split
 from gepa_lab.events import EventStream
 from gepa_lab.lm.accounting import UsageMeter
 from gepa_lab.lm.endpoint import build_lm
-from gepa_lab.lm.serving import Endpoint
+from gepa_lab.servers.serving import Endpoint
 from gepa_lab.tasks.task import Task, build_program, resolve_metric, to_examples
 
 

@@ -77,8 +77,8 @@ def main() -> int:
     ap.add_argument("--backend", choices=["disk", "redis"], default="disk")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from gepa_lab.lm.cache import RedisServer
-    from gepa_lab.lm.sim.launch import start_simulator
+    from gepa_lab.servers.redis import RedisServer
+    from gepa_lab.servers.simulator import start_simulator
 
     with tempfile.TemporaryDirectory() as tmp, start_simulator(latency_ms=a.latency_ms, max_in_flight=a.capacity) as sim:
         rows = []

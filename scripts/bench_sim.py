@@ -20,9 +20,9 @@ import dspy  # noqa: E402
 
 from gepa_lab.config.load import compose  # noqa: E402
 from gepa_lab.corpus import ensure_prepared, read_manifest, read_split  # noqa: E402
-from gepa_lab.lm.sim.engine import respond  # noqa: E402
-from gepa_lab.lm.sim.prompts import parse_system  # noqa: E402
-from gepa_lab.lm.sim.text import count_message_tokens, prompt_token_count  # noqa: E402
+from gepa_lab.sim.engine import respond  # noqa: E402
+from gepa_lab.sim.prompts import parse_system  # noqa: E402
+from gepa_lab.sim.text import count_message_tokens, prompt_token_count  # noqa: E402
 from gepa_lab.run import load_run_config  # noqa: E402
 from gepa_lab.tasks.task import build_program  # noqa: E402
 

@@ -2,7 +2,7 @@
 # Make sure a Redis server binary is available (the rollout cache's cluster backend and its tests need one).
 # Installs Debian's redis-server package when `redis-server` is missing; does nothing otherwise.
 # It only installs: nothing is started here. gepa_lab starts redis-server itself when a sweep asks for it
-# (cache.start_redis=true: gepa_lab.lm.cache.RedisServer, on a free port, no persistence, stopped at the end),
+# (cache.start_redis=true: gepa_lab.servers.redis.RedisServer, on a free port, no persistence, stopped at the end),
 # and the tests start and stop their own. To run a long-lived shared one instead:
 #   redis-server --port 6379 --bind 0.0.0.0 --protected-mode no --save '' --appendonly no
 # and give the sweep cache.redis_url=redis://HOST:6379/0.

@@ -134,7 +134,7 @@ class InprocSimLM(dspy.BaseLM):
         super().__init__(model="sim-inproc", cache=False)
 
     def forward(self, prompt=None, messages=None, **kwargs):
-        from gepa_lab.lm.sim.engine import respond
+        from gepa_lab.sim.engine import respond
 
         content = respond({"model": "sim", "messages": messages or [{"role": "user", "content": prompt or ""}]})
         return {
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
             ap.error("--param needs --inproc (the server process has its own defaults)")
         import dataclasses
 
-        from gepa_lab.lm.sim import reflection, task_model
+        from gepa_lab.sim import reflection, task_model
 
         for item in args.param:
             key, _, raw = item.partition("=")
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     if args.inproc:
         task_lm, refl_lm = InprocSimLM(), InprocSimLM()
     else:
-        from gepa_lab.lm.sim.launch import start_simulator
+        from gepa_lab.servers.simulator import start_simulator
 
         sim = start_simulator()
         task_lm = dspy.LM("openai/sim", api_base=sim.url, api_key="x", cache=False, num_retries=0)

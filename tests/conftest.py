@@ -31,10 +31,16 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 6
 @pytest.fixture(scope="session")
 def simulator():
     """One simulator for tests that only need a live endpoint (each run may also start its own)."""
-    from gepa_lab.lm.sim.launch import start_simulator
+    from gepa_lab.servers.simulator import start_simulator
 
     with start_simulator(max_in_flight=8) as sim:
         yield sim
+
+
+@pytest.fixture
+def sim(simulator):
+    """The session's simulator, under the name the LM and simulator tests use."""
+    return simulator
 
 
 def wait_until_answers(url: str, server=None, timeout: float = 300) -> None:
@@ -56,7 +62,7 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 without a local artifact root: artifacts are proxied through it.
     It spawns helper processes (uvicorn): stopping its process group stops them all. Yields (url, root).
     One per session (it takes ~50 s to start on 2 cores): tests use their own experiment and model names."""
-    from gepa_lab.lm.process import ChildProcess, free_port
+    from gepa_lab.servers.process import ChildProcess, free_port
     from gepa_lab.tracking.mlflow_sink import create_sqlite_store
 
     root = tmp_path_factory.mktemp("mlflow-server")
@@ -81,11 +87,11 @@ def mlflow_server(tmp_path_factory):
 # nice 19 (below Ray's trial workers, which Ray runs at 15), so it takes the CPU the first one leaves idle (about
 # half: it waits on child processes) with little slowing of it. (xdist's --dist loadgroup groups nothing with pytest 9.)
 SERIAL = ["tests/sweep/test_sweep_e2e.py", "tests/sweep/test_submit.py", "tests/sweep/test_sweep_lm_edge.py",
-          "tests/sweep/test_sweep_interrupt.py", "tests/lm/test_llamacpp.py", "tests/sweep/test_sweep_search.py",
-          "tests/lm/test_replicas.py", "tests/tracking/test_mlflow_server.py", "tests/lm/test_sim_server.py",
+          "tests/sweep/test_sweep_interrupt.py", "tests/servers/test_llamacpp.py", "tests/sweep/test_sweep_search.py",
+          "tests/servers/test_replicas.py", "tests/tracking/test_mlflow_server.py", "tests/sim/test_sim_server.py",
           "tests/lm/test_endpoint.py", "tests/lm/test_cache.py"]
 OTHERS_LONGEST_FIRST = ["tests/test_run.py", "tests/serve/test_serve.py", "tests/tracking/test_registry.py",
-                        "tests/test_wandb_sweep.py"]
+                        "tests/sweep/test_wandb_sweeps.py"]
 
 
 def _file(nodeid: str) -> str:

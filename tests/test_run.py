@@ -74,7 +74,7 @@ def _iterations_done(out: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
-    from gepa_lab.lm.sim.launch import start_simulator
+    from gepa_lab.servers.simulator import start_simulator
 
     out = tmp_path / "resume"
     budget = 200
@@ -111,7 +111,7 @@ def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_p
     assert "seed" in first.stdout and "winner" in first.stdout
     assert summary["program_path"] == str(out / "program.json")
     assert (out / ".hydra" / "config.yaml").exists() and (out / ".dspy_cache").is_dir()
-    assert not tagged_processes(tag, "gepa_lab.lm.sim"), "the run left its simulator running"
+    assert not tagged_processes(tag, "gepa_lab.sim"), "the run left its simulator running"
     again = run_cli("gepa_lab.run", *args[:-1], "optimizer.seed=7", args[-1])
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and "another config" in again.stderr, again.stderr

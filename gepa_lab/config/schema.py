@@ -3,18 +3,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from gepa_lab.strict import StrictModel
 
 from gepa_lab.corpus.config import CorpusConfig
 from gepa_lab.lm.config import LMCacheConfig, LMConfig
 from gepa_lab.tasks.task import TaskConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     """dspy.GEPA's knobs, one to one (conf/optimizer/gepa.yaml)."""
 
     auto: Literal["light", "medium", "heavy"] | None = None
@@ -56,19 +54,19 @@ class OptimizerConfig(_Strict):
         return {k: getattr(self, k) for k in ("auto", "max_full_evals", "max_metric_calls") if getattr(self, k)}
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1)  # None: fill the task LM's max_in_flight
     test_limit: int | None = Field(None, ge=1)  # score the winner on the first N test examples only
 
 
-class WandbConfig(_Strict):
+class WandbConfig(StrictModel):
     enabled: bool = True
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "gepa_lab"
     entity: str | None = None
 
 
-class MlflowConfig(_Strict):
+class MlflowConfig(StrictModel):
     enabled: bool = True
     tracking_uri: str | None = None  # None: sqlite store inside output_dir
     experiment: str = "gepa_lab"
@@ -77,12 +75,12 @@ class MlflowConfig(_Strict):
     load_back_examples: int = Field(5, ge=1)
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """One GEPA compile (gepa_lab.run, and each trial of a sweep)."""
 
     output_dir: str

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from gepa_lab.strict import StrictModel
+
 from gepa_lab.paths import CONF_DIR, PROJECT_ROOT
 
 from .errors import CorpusError, did_you_mean, display_path
@@ -35,8 +37,8 @@ _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _RESERVED_NAMES = {"raw"}  # corpora/raw holds the raw data
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Frozen(StrictModel):
+    model_config = ConfigDict(frozen=True)
 
 
 def _stringify(value: Any) -> Any:
@@ -48,7 +50,7 @@ def _stringify(value: Any) -> Any:
     return value
 
 
-class SourceConfig(_Strict):
+class SourceConfig(_Frozen):
     """Where the raw rows come from."""
 
     # split role ("train", "val", "test" or "all") -> path(s) relative to the project root; or one path / list
@@ -110,7 +112,7 @@ class SourceConfig(_Strict):
         return {role: [p] if isinstance(p, str) else list(p) for role in FILE_ROLES if (p := self.files.get(role)) is not None}
 
 
-class SplitSizes(_Strict):
+class SplitSizes(_Frozen):
     """Rows per prepared split. Asking for more rows than the raw data has after cleaning is an error."""
 
     train: int = Field(ge=1)
@@ -118,7 +120,7 @@ class SplitSizes(_Strict):
     test: int = Field(ge=1)
 
 
-class CorpusConfig(_Strict):
+class CorpusConfig(_Frozen):
     """One corpus: raw source, the columns kept, how the answer is cleaned, and the split sizes."""
 
     name: str = Field(pattern=_NAME_RE)

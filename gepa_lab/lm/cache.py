@@ -5,7 +5,7 @@ store every trial of the sweep sees:
 
 - disk:  a diskcache file inside the sweep's output_dir (trials are separate Ray worker processes on
          one machine; diskcache is multi-process safe), written in batches by one thread per process;
-- redis: a Redis server (a cluster: every node reaches it). `cache_service` starts one next to the
+- redis: a Redis server (a cluster: every node reaches it). `gepa_lab.servers.redis.cache_service` starts one next to the
          driver when asked (`start_redis`), or use your own (`redis_url`);
 - memory / off: per process only / nothing.
 
@@ -25,18 +25,15 @@ import atexit
 import contextlib
 import os
 import pickle
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import dspy
 from dspy.clients.cache import Cache
 
 from gepa_lab.lm.config import LMCacheConfig
-from gepa_lab.lm.process import ChildProcess, free_port
 
 _STAT_PREFIX = "__gepa_lab_stats__:"
 _PENDING_PREFIX = "__gepa_lab_pending__:"
@@ -417,7 +414,7 @@ _INSTALLED: tuple[str, RolloutCache] | None = None
 _INSTALL_LOCK = threading.Lock()
 
 
-def _settings(output_dir: str | os.PathLike | None, cfg: LMCacheConfig) -> dict[str, Any]:
+def cache_settings(output_dir: str | os.PathLike | None, cfg: LMCacheConfig) -> dict[str, Any]:
     mode = cfg.resolved_mode()
     out: dict[str, Any] = {"mode": mode, "memory": cfg.memory}
     if mode == "disk":
@@ -434,7 +431,7 @@ def _settings(output_dir: str | os.PathLike | None, cfg: LMCacheConfig) -> dict[
     return out
 
 
-def _build(settings: dict[str, Any]) -> RolloutCache:
+def build_cache(settings: dict[str, Any]) -> RolloutCache:
     mode = settings["mode"]
     memory = settings["memory"]
     if mode == "off":
@@ -462,7 +459,7 @@ def use_cache(output_dir: str | os.PathLike | None = None, **options: Any) -> Ro
     (and its in-memory layer)."""
     global _INSTALLED
     options = {k: v for k, v in options.items() if k in LMCacheConfig.model_fields}
-    settings = _settings(output_dir, LMCacheConfig(**options))
+    settings = cache_settings(output_dir, LMCacheConfig(**options))
     if settings["mode"] == "disk":  # anything that opens dspy's cache later lands here too, never in ~/.dspy_cache
         os.environ["DSPY_CACHEDIR"] = settings["dir"]
     key = repr(sorted(settings.items()))
@@ -471,7 +468,7 @@ def use_cache(output_dir: str | os.PathLike | None = None, **options: Any) -> Ro
             return _INSTALLED[1]
         if _INSTALLED is not None:
             _INSTALLED[1].sync()
-        cache = _build(settings)
+        cache = build_cache(settings)
         with dspy._cache_lock:
             dspy.cache = cache
         _INSTALLED = (key, cache)
@@ -508,7 +505,7 @@ def cache_stats() -> dict[str, Any]:
 def shared_cache_stats(output_dir: str | os.PathLike | None = None, **options: Any) -> dict[str, int]:
     """The whole sweep's counters kept in the shared store: hits (requests saved), shared_hits, puts, entries."""
     options = {k: v for k, v in options.items() if k in LMCacheConfig.model_fields}
-    settings = _settings(output_dir, LMCacheConfig(**options))
+    settings = cache_settings(output_dir, LMCacheConfig(**options))
     if settings["mode"] not in ("disk", "redis"):
         return {}
     sync_cache()
@@ -531,106 +528,3 @@ def shared_cache_stats(output_dir: str | os.PathLike | None = None, **options: A
 @atexit.register
 def _flush_at_exit() -> None:  # pragma: no cover - process teardown
     sync_cache()
-
-
-# --------------------------------------------------------------------------------------------------
-# A Redis server for the sweep (Debian's redis-server; scripts/ensure_redis.sh installs it)
-
-
-class RedisServer(ChildProcess):
-    """`redis-server` as a child process: no persistence (a cache), its own process group, stopped on exit.
-
-    with RedisServer() as r: r.url  -> "redis://127.0.0.1:PORT/0"
-    """
-
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", workdir: str | os.PathLike | None = None,
-                 max_memory: str | None = None, advertise_host: str | None = None):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server is not installed: run scripts/ensure_redis.sh (Debian package redis-server)")
-        self.host = host
-        self.port = port or free_port("127.0.0.1" if host in ("127.0.0.1", "localhost") else "")
-        self._tmp = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_redis_")
-            workdir = self._tmp.name
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"redis-{self.port}.log"
-        cmd = [binary, "--port", str(self.port), "--bind", host, "--save", "", "--appendonly", "no",
-               "--dir", str(self.workdir), "--logfile", str(self.log_path), "--daemonize", "no"]
-        if host not in ("127.0.0.1", "localhost"):
-            cmd += ["--protected-mode", "no"]
-        if max_memory:
-            cmd += ["--maxmemory", max_memory, "--maxmemory-policy", "allkeys-lru"]
-        super().__init__(cmd, log_path=self.log_path)
-        self.url = f"redis://{advertise_host or ('127.0.0.1' if host in ('0.0.0.0', 'localhost') else host)}:{self.port}/0"
-        self._wait()
-
-    def _wait(self, timeout: float = 20.0) -> None:
-        import redis
-
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1" if self.host in ("0.0.0.0", "localhost") else self.host, port=self.port,
-                             socket_timeout=1, socket_connect_timeout=1)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if client.ping():
-                    client.close()
-                    return
-            except Exception:
-                time.sleep(0.05)
-        tail = self.log_tail(2000)
-        self.stop()
-        raise RuntimeError(f"redis-server on {self.host}:{self.port} did not start. Log tail:\n{tail}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> "RedisServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def _multi_node() -> bool:
-    try:
-        import ray
-
-        return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) > 1
-    except Exception:
-        return False
-
-
-@contextlib.contextmanager
-def cache_service(cfg: LMCacheConfig | dict | None, output_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """For the sweep driver: start what the cache needs (a Redis server when `start_redis` and no
-    `redis_url`), check it answers, and yield the keyword arguments every trial passes to `use_cache`
-    (absolute folder / URL filled in). Stops the Redis server it started on exit."""
-    if cfg is None:
-        cfg = LMCacheConfig()
-    elif isinstance(cfg, dict):
-        cfg = LMCacheConfig(**cfg)
-    server = None
-    try:
-        if cfg.resolved_mode() == "redis" and not cfg.redis_url:
-            if _multi_node():
-                import ray
-
-                server = RedisServer(host="0.0.0.0", workdir=Path(output_dir) / "redis", advertise_host=ray.util.get_node_ip_address())
-            else:
-                server = RedisServer(workdir=Path(output_dir) / "redis")
-            cfg = cfg.model_copy(update={"redis_url": server.url})
-        settings = _settings(Path(output_dir).resolve(), cfg)
-        _build(settings)  # fail here, before any trial, if the store cannot be opened or reached
-        kwargs = {k: v for k, v in settings.items() if k in LMCacheConfig.model_fields}
-        yield kwargs
-    finally:
-        if server is not None:
-            server.stop()

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from gepa_lab.strict import StrictModel
 
 LMKind = Literal["sim", "openai_compatible", "vllm", "vllm_ray", "llamacpp"]
 MANAGED_KINDS = {"sim", "vllm_ray", "llamacpp"}  # gepa_lab starts these itself unless api_base is given
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SimOptions(_Strict):
-    """Behaviour of the LM simulator (gepa_lab.lm.sim) when gepa_lab starts it."""
+class SimOptions(StrictModel):
+    """Behaviour of the LM simulator (gepa_lab.sim) when gepa_lab starts it."""
 
     latency_ms: float = Field(0.0, ge=0)
     per_token_ms: float = Field(0.0, ge=0)
@@ -28,7 +26,7 @@ class SimOptions(_Strict):
     seed: int = 0
 
 
-class ServerOptions(_Strict):
+class ServerOptions(StrictModel):
     """A server command gepa_lab launches (vllm_ray replicas, llama.cpp, several simulators).
 
     `command` is an argv list; these placeholders are substituted: {model} {model_path} {host} {port}
@@ -58,8 +56,8 @@ class ServerOptions(_Strict):
     n_threads: int | None = Field(None, ge=1)
 
 
-class RouterOptions(_Strict):
-    """The sweep's router in front of several replicas (gepa_lab.lm.router)."""
+class RouterOptions(StrictModel):
+    """The sweep's router in front of several replicas (gepa_lab.servers.router)."""
 
     enabled: Literal["auto", "always", "never"] = "auto"  # auto: when there is more than one replica
     host: str | None = None  # bind address; None: 127.0.0.1 on one node, 0.0.0.0 on a multi-node Ray cluster
@@ -72,7 +70,7 @@ class RouterOptions(_Strict):
     max_attempts: int = Field(3, ge=1)  # replicas tried per request (failover)
 
 
-class LMConfig(_Strict):
+class LMConfig(StrictModel):
     kind: LMKind
     model: str = Field(min_length=1)  # served model name; dspy talks to "openai/<model>"
     api_base: str | list[str] | None = None  # external endpoint(s) "http://host:port/v1"; None = start one
@@ -120,7 +118,7 @@ class LMConfig(_Strict):
         return self.model_dump_json(include={"kind", "model", "api_base", "api_key_env", "max_in_flight", "sim", "server", "router"})
 
 
-class LMCacheConfig(_Strict):
+class LMCacheConfig(StrictModel):
     """The rollout cache a run or a sweep shares (gepa_lab.lm.cache): identical LM requests are answered once.
 
     mode: auto = redis when redis_url is set (or start_redis), else disk; disk = a diskcache folder (one machine,

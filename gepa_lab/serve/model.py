@@ -11,18 +11,15 @@ api_key_env -- never a key), the task, the corpus and the trial config, so loadi
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import dspy
 
 from gepa_lab.errors import GepaLabError
-
-METADATA_KEY = "gepa_lab"
-
+from gepa_lab.tracking.mlflow_sink import METADATA_KEY, mlflow_uris
 
 class ServeError(GepaLabError):
     pass
@@ -83,35 +80,6 @@ class ServedModel:
             return self.program(**inputs)
 
     __call__ = predict
-
-
-@contextlib.contextmanager
-def mlflow_uris(uri: str | None) -> Iterator[None]:
-    """Use `uri` as MLflow's tracking and registry URI for a while (models:/ URIs resolve through the
-    global registry URI only), then restore exactly what was set before: get_*_uri() would return MLflow's
-    derived defaults, and setting those back would pin this process (and its children, through the
-    MLFLOW_*_URI variables) to them."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    if not uri:
-        yield
-        return
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _load_program(local_path: str) -> dspy.Module:
@@ -184,7 +152,7 @@ def check(
 
     ok = loaded, endpoint answered, and at most max_error_rate of the examples raised (LM or parse errors).
     Raises ServeError when the model cannot be loaded or bound, or the endpoint does not answer."""
-    from gepa_lab.lm.serving import EndpointError, check_endpoint
+    from gepa_lab.servers.serving import EndpointError, check_endpoint
 
     started = time.time()
     served = load_model(model_uri, tracking_uri)

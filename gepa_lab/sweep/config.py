@@ -3,16 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from gepa_lab.strict import StrictModel
 
 from gepa_lab.config.schema import RunConfig
+from gepa_lab.servers.ray_cluster import RayConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Budget(_Strict):
+class Budget(StrictModel):
     """Spent across all trials; when one is reached no new trial starts and running ones stop at
     their next GEPA iteration, keeping what they found."""
 
@@ -21,17 +20,17 @@ class Budget(_Strict):
     wall_seconds: float | None = Field(None, gt=0)
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     cpu: float = Field(1, gt=0)
     custom: dict[str, float] = Field(default_factory=dict)  # e.g. {node_type_a: 1}
 
 
-class Asha(_Strict):
+class Asha(StrictModel):
     grace_metric_calls: int = Field(100, ge=1)  # trials are compared at equal metric calls
     reduction_factor: float = Field(2, gt=1)
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     name: str = Field(min_length=1)
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1)  # grid: repeats of the whole grid; random/optuna: trials
@@ -42,12 +41,6 @@ class SweepSpec(_Strict):
     budget: Budget = Field(default_factory=Budget)
     resources: Resources = Field(default_factory=Resources)
     space: dict[str, Any] = Field(default_factory=dict)
-
-
-class RayConfig(_Strict):
-    address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for this sweep; "auto": a running cluster
-    num_cpus: int | None = Field(None, ge=1)  # local Ray only
-    resources: dict[str, float] = Field(default_factory=dict)  # local Ray only: custom resources to advertise
 
 
 class SweepConfig(RunConfig):

@@ -17,13 +17,14 @@ from gepa_lab import atomic
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.corpus import ensure_prepared
-from gepa_lab.lm.cache import cache_service, shared_cache_stats, use_cache
+from gepa_lab.lm.cache import shared_cache_stats, use_cache
+from gepa_lab.servers.redis import cache_service
 from gepa_lab.lm.config import LMConfig
-from gepa_lab.lm.serving import check_external, serve_all
+from gepa_lab.servers.serving import check_external, serve_all
 from gepa_lab.results import query
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
-from gepa_lab.sweep.cluster import check_shared_storage, ray_session
+from gepa_lab.servers.ray_cluster import check_shared_storage, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
 from gepa_lab.sweep.stopping import GracefulASHA, SweepLedger, ledger_name

@@ -12,7 +12,7 @@ from gepa_lab.config.identity import claim_output_dir
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import Event, EventStream
 from gepa_lab.lm.cache import sync_cache, use_cache
-from gepa_lab.lm.serving import Endpoint
+from gepa_lab.servers.serving import Endpoint
 from gepa_lab.results.writer import ResultsWriter, write_table
 from gepa_lab.sweep import space
 from gepa_lab.sweep.stopping import LedgerStop

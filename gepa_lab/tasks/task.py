@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import dspy
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from gepa_lab.strict import StrictModel
 from gepa_lab.tasks.imports import ImportPathError, call_with_known_kwargs, import_object
 
 METRIC_PARAMS = ("gold", "pred", "trace", "pred_name", "pred_trace")
 
 
-class TaskConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TaskConfig(StrictModel):
     name: str = Field(min_length=1)
     program: str  # import path: a dspy.Module instance, a Module class, or a factory returning one
     metric: str  # import path: metric(gold, pred, trace=None, pred_name=None, pred_trace=None)

@@ -20,6 +20,7 @@ A trial run holds
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from gepa_lab.config.identity import git_commit, versions
 from gepa_lab.config.schema import MlflowConfig
@@ -38,6 +39,7 @@ from gepa_lab.events import Event
 from gepa_lab.tracking.secrets import find_secrets, redact, redact_text
 
 T = TypeVar("T")
+METADATA_KEY = "gepa_lab"  # a registered model's gepa_lab metadata (what it was optimized for) lives under this key
 PARAM_MAX = 6000
 TAG_MAX = 8000
 KEY_MAX = 250
@@ -56,6 +58,35 @@ class SecretInArtifact(RuntimeError):
 
 
 # ---- where things go ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def mlflow_uris(uri: str | None) -> Iterator[None]:
+    """Use `uri` as MLflow's tracking and registry URI for a while (models:/ URIs resolve through the
+    global registry URI only), then restore exactly what was set before: get_*_uri() would return MLflow's
+    derived defaults, and setting those back would pin this process (and its children, through the
+    MLFLOW_*_URI variables) to them."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if not uri:
+        yield
+        return
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def tracking_uri(cfg: MlflowConfig, output_dir: str | os.PathLike) -> str:
     """cfg.tracking_uri, or the embedded SQLite store sqlite:///<output_dir>/mlflow.db."""
     if cfg.tracking_uri:

@@ -30,11 +30,12 @@ from typing import Any
 
 from gepa_lab.config.schema import MlflowConfig, RunConfig
 from gepa_lab.paths import PROJECT_ROOT
-from gepa_lab.serve.model import METADATA_KEY, mlflow_uris
 from gepa_lab.tracking.mlflow_sink import (
+    METADATA_KEY,
     SecretInArtifact,
     client,
     log_metrics,
+    mlflow_uris,
     retry,
     set_tags,
     tracking_uri,

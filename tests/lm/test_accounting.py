@@ -14,7 +14,7 @@ from gepa_lab.lm.accounting import UsageMeter, merge_usage  # noqa: E402
 from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
+from gepa_lab.servers.simulator import start_simulator  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,10 +17,11 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
-from gepa_lab.lm.cache import RedisServer, cache_service, cache_stats, shared_cache_stats, use_cache  # noqa: E402
+from gepa_lab.lm.cache import cache_stats, shared_cache_stats, use_cache  # noqa: E402
+from gepa_lab.servers.redis import RedisServer, cache_service  # noqa: E402
 from gepa_lab.lm.config import LMCacheConfig, LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
+from gepa_lab.servers.simulator import start_simulator  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]

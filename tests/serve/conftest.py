@@ -18,7 +18,7 @@ def sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sim(sweep):
     """A fresh live endpoint (another port than the one the model was optimized against)."""
-    from gepa_lab.lm.sim.launch import start_simulator
+    from gepa_lab.servers.simulator import start_simulator
 
     with start_simulator(model="sim", api_key=sweep["key"]) as s:
         yield s

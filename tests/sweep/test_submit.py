@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from gepa_lab.lm.process import free_port
+from gepa_lab.servers.process import free_port
 from gepa_lab.results import query
-from gepa_lab.sweep.cluster import local_head
+from gepa_lab.servers.ray_cluster import local_head
 from tests.conftest import ROOT, wait_until_answers
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gepa_lab.lm.sim.launch import start_simulator
+from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.results import query
 from tests.conftest import ROOT, run_cli
 from tests.support.wandb_offline import wandb_run

@@ -13,7 +13,7 @@ from tests.sweep.test_sweep_search import TINY
 
 
 def left_running(tag: str) -> list[str]:
-    return tagged_processes(tag, "gepa_lab.lm.sim") + tagged_processes(tag, "raylet")
+    return tagged_processes(tag, "gepa_lab.sim") + tagged_processes(tag, "raylet")
 
 
 def test_ctrl_c_stops_everything_and_a_rerun_resumes(tmp_path):

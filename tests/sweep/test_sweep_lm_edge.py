@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gepa_lab.lm.sim.launch import start_simulator
+from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.results import query
 from tests.conftest import run_cli
 

@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 
 from gepa_lab.config.schema import MlflowConfig
 from gepa_lab.events import EventStream
-from gepa_lab.lm.sim.launch import start_simulator
+from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.tracking import mlflow_sink, registry
 from tracking_helpers import emit_trial, run_config
 

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.models import Model
 
-from gepa_lab.serve.model import mlflow_uris
+from gepa_lab.tracking.mlflow_sink import mlflow_uris
 from tracking_helpers import CANARY_ENV, WINNER_INSTRUCTION
 
 

@@ -10,7 +10,7 @@ from gepa_lab.events import EventStream
 from gepa_lab.tasks.task import build_program, resolve_metric, to_examples
 
 SEED_INSTRUCTION = "Classify the sentiment of a product review."
-# The simulator reads rules like these out of an instruction (gepa_lab/lm/sim/rules.py).
+# The simulator reads rules like these out of an instruction (gepa_lab/sim/rules.py).
 WINNER_INSTRUCTION = (
     SEED_INSTRUCTION
     + "\n\nChoose exactly one of the allowed labels. Cues learned from feedback ((xN) = seen in N examples):\n"
@@ -151,8 +151,8 @@ def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
     import dspy
 
     from gepa_lab.config.schema import MlflowConfig, WandbConfig
-    from gepa_lab.lm.process import free_port
-    from gepa_lab.lm.sim.launch import start_simulator
+    from gepa_lab.servers.process import free_port
+    from gepa_lab.servers.simulator import start_simulator
     from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 
     key = canary()

@@ -19,7 +19,7 @@ from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.lm.serving import serve_all  # noqa: E402
+from gepa_lab.servers.serving import serve_all  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 CONF = Path(__file__).resolve().parents[2] / "conf" / "lm" / "llamacpp.yaml"

@@ -17,7 +17,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy  # noqa: E402
 
-from gepa_lab.lm.sim.text import count_tokens, prompt_token_count  # noqa: E402
+from gepa_lab.sim.text import count_tokens, prompt_token_count  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent / "dspy_requests"  # real requests dspy 3.4.1 sent (README there)
 

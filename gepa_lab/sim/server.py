@@ -38,7 +38,7 @@ from aiohttp import web
 from .engine import respond
 from .text import count_tokens, prompt_token_count
 
-log = logging.getLogger("gepa_lab.lm.sim")
+log = logging.getLogger("gepa_lab.sim")
 
 
 @dataclass

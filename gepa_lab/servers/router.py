@@ -16,7 +16,7 @@ Trials of a sweep cannot see each other, so they all talk to this one process, w
 - serves GET /router/stats (per replica: in_flight, peak_in_flight, requests, errors, failovers, ...)
   and POST /router/replicas {"replicas": [urls]} (the replica supervisor swaps a restarted replica in).
 
-Run: python -m gepa_lab.lm.router --replica http://h1:8000/v1 --replica http://h2:8000/v1 --max-in-flight 32
+Run: python -m gepa_lab.servers.router --replica http://h1:8000/v1 --replica http://h2:8000/v1 --max-in-flight 32
      [--host 127.0.0.1] [--port 0] [--port-file F]. `RouterProcess` does that from Python.
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gepa_lab.lm.process import ChildProcess
+from gepa_lab.servers.process import ChildProcess
 
-log = logging.getLogger("gepa_lab.lm.router")
+log = logging.getLogger("gepa_lab.servers.router")
 
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
 _FAILOVER_STATUSES = {429, 502, 503, 504}
@@ -398,7 +398,7 @@ def serve(router: Router, host: str, port: int, port_file: str | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gepa_lab.lm.router", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gepa_lab.servers.router", description=__doc__.split("\n")[0])
     p.add_argument("--replica", action="append", default=[], help="replica OpenAI base URL (repeat)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -438,7 +438,7 @@ class RouterProcess(ChildProcess):
                  max_attempts: int = 3, log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0):
         self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_router_")
         port_file = Path(self._tmp.name) / "port"
-        cmd = [sys.executable, "-m", "gepa_lab.lm.router", "--host", host, "--port", str(port), "--port-file", str(port_file),
+        cmd = [sys.executable, "-m", "gepa_lab.servers.router", "--host", host, "--port", str(port), "--port-file", str(port_file),
                "--max-in-flight", str(max_in_flight), "--affinity-slack", str(affinity_slack),
                "--health-interval-s", str(health_interval_s), "--queue-timeout-s", str(queue_timeout_s),
                "--request-timeout-s", str(request_timeout_s), "--max-attempts", str(max_attempts)]

@@ -16,10 +16,10 @@ from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.lm.router import RouterProcess, rendezvous_score  # noqa: E402
-from gepa_lab.lm.serving import EndpointError, serve  # noqa: E402
-from gepa_lab.lm.process import free_port  # noqa: E402
-from gepa_lab.lm.sim.launch import start_simulator  # noqa: E402
+from gepa_lab.servers.router import RouterProcess, rendezvous_score  # noqa: E402
+from gepa_lab.servers.serving import EndpointError, serve  # noqa: E402
+from gepa_lab.servers.process import free_port  # noqa: E402
+from gepa_lab.servers.simulator import start_simulator  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

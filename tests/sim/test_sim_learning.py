@@ -12,7 +12,7 @@ import httpx
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from gepa_lab.lm.sim.reflection import parse_feedback  # noqa: E402
+from gepa_lab.sim.reflection import parse_feedback  # noqa: E402
 
 SEED = "Classify the intent of an online-banking customer query."
 LABELS = ["card_arrival", "card_not_working", "cancel_transfer", "pin_blocked"]
@@ -36,7 +36,7 @@ def reflection_body(current: str, examples: list[dict]) -> dict:
     sample = Path(__file__).resolve().parents[3] / "shared" / "samples" / "gepa_reflection.json"
     if sample.exists():
         system = json.loads(sample.read_text())["request_body"]["messages"][0]["content"]
-    else:  # the same layout dspy 3.4.1 sends (see tests/lm/dspy_requests/gepa_reflection.json)
+    else:  # the same layout dspy 3.4.1 sends (see tests/sim/dspy_requests/gepa_reflection.json)
         system = (
             "Your input fields are:\n1. `current_instruction` (str): The instructions I provided to the assistant.\n"
             "2. `examples_with_feedback` (list[dict[str, Any]]): Task inputs, responses and feedback.\n"

@@ -1,4 +1,4 @@
-"""``python -m gepa_lab.lm.sim --port N [options]``: run the LM simulator (see ``server.py``)."""
+"""``python -m gepa_lab.sim --port N [options]``: run the LM simulator (see ``server.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .server import SimConfig, run_server
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m gepa_lab.lm.sim",
+        prog="python -m gepa_lab.sim",
         description="Deterministic offline LM speaking the OpenAI chat-completions API (task + GEPA reflection).",
     )
     p.add_argument("--port", type=int, required=True)

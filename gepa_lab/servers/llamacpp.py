@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from gepa_lab.lm.config import LMConfig
+from gepa_lab.servers.process import start_server
 
 
 class LlamaCppUnavailable(RuntimeError):
@@ -31,14 +32,6 @@ def default_gguf() -> str:
     return str(Path(path))
 
 
-def llamacpp_command(cfg: LMConfig) -> list[str]:
-    """python -m llama_cpp.server with the model, alias, context size and the chat format (Gemma's by default)."""
-    cmd = ["{python}", "-m", "llama_cpp.server", "--model", "{model_path}", "--model_alias", "{model}",
-           "--host", "{host}", "--port", "{port}", "--n_ctx", "{n_ctx}", "--chat_format", "gemma",
-           "--interrupt_requests", "False", "--n_threads", "{n_threads}"]
-    return cmd
-
-
 def resolved(cfg: LMConfig) -> LMConfig:
     """cfg with server.model_path set (the default GGUF when none is given) and the path checked."""
     path = cfg.server.model_path or default_gguf()
@@ -49,8 +42,6 @@ def resolved(cfg: LMConfig) -> LMConfig:
 
 def start_llamacpp(cfg: LMConfig, *, log_dir: str | os.PathLike, name: str = "llamacpp"):
     """Start llama.cpp's server on 127.0.0.1 (a free port) and wait until it answers; returns a ServerProcess."""
-    from gepa_lab.lm.replicas import start_server
-
     if not cfg.server.command and importlib.util.find_spec("llama_cpp") is None:
         raise LlamaCppUnavailable("lm kind 'llamacpp' needs llama-cpp-python[server]: pip install -e '.[cpu-lm]'")
     return start_server(resolved(cfg), host="127.0.0.1", log_dir=log_dir, name=name)

@@ -1,4 +1,4 @@
-"""W&B Sweeps export and agent (gepa_lab.wandb_sweep).
+"""W&B Sweeps export and agent (gepa_lab.sweep.wandb_sweeps).
 
 W&B Sweeps need the W&B server (`wandb sweep`/`wandb agent` fail offline), so the export is checked
 against the sweep definitions, and the agent entry runs one real tiny trial offline with the
@@ -17,7 +17,7 @@ import yaml
 from gepa_lab.errors import ConfigError
 from gepa_lab.paths import SWEEPS_DIR
 from gepa_lab.sweep.space import flatten
-from gepa_lab.wandb_sweep import export, to_wandb
+from gepa_lab.sweep.wandb_sweeps import export, to_wandb
 from tests.support.wandb_offline import wandb_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ DROPPED = ("num_samples", "max_concurrent", "budget", "scheduler", "resources")
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gepa_lab.wandb_sweep", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gepa_lab.sweep.wandb_sweeps", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -64,7 +64,7 @@ def test_export_cli_maps_every_leaf(name: str, to_file: bool, tmp_path: Path):
             "randint": {"distribution": "int_uniform", "min": arg[0], "max": arg[1]},
         }[kind]
         assert doc["parameters"][path] == expected, path
-    assert doc["command"] == ["${env}", "python", "-m", "gepa_lab.wandb_sweep", "agent", f"sweep={name}",
+    assert doc["command"] == ["${env}", "python", "-m", "gepa_lab.sweep.wandb_sweeps", "agent", f"sweep={name}",
                               "${args_no_hyphens}"]
     for item in DROPPED:
         assert f"dropped {item}" in done.stderr or f"{item}=" in done.stderr, (item, done.stderr)
@@ -99,7 +99,7 @@ def test_args_no_hyphens_are_hydra_overrides_the_agent_can_compose():
     """W&B turns the parameters into `key=value` (its own code, below); Hydra must take them as is."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    from gepa_lab.wandb_sweep import compose_sweep
+    from gepa_lab.sweep.wandb_sweeps import compose_sweep
 
     params = {"optimizer.seed": 7, "optimizer.use_merge": False, "lm.temperature": 0.25,
               "optimizer.candidate_selection_strategy": "current_best"}
@@ -145,7 +145,7 @@ def offline_run(wandb_dir: Path) -> dict:
 AGENT = """
 import json, sys
 from gepa_lab.cli import one_line_errors
-from gepa_lab.wandb_sweep import agent
+from gepa_lab.sweep.wandb_sweeps import agent
 summary = one_line_errors(agent)(json.loads(sys.argv[1]), config=json.loads(sys.argv[2]))
 print("SUMMARY", json.dumps({k: summary[k] for k in ("best_val_score", "params", "program_path")}))
 """

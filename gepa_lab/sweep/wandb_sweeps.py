@@ -1,8 +1,8 @@
 """W&B Sweeps for a gepa_lab sweep definition: export it as a W&B sweep YAML, and be its agent's command.
 
-    python -m gepa_lab.wandb_sweep export sweep=NAME [key=value ...] [--out FILE]
+    python -m gepa_lab.sweep.wandb_sweeps export sweep=NAME [key=value ...] [--out FILE]
     wandb sweep FILE                       # creates the sweep on the W&B server, prints SWEEP_ID
-    wandb agent ENTITY/PROJECT/SWEEP_ID    # each run calls: python -m gepa_lab.wandb_sweep agent sweep=NAME k=v ...
+    wandb agent ENTITY/PROJECT/SWEEP_ID    # each run calls: python -m gepa_lab.sweep.wandb_sweeps agent sweep=NAME k=v ...
 
 export maps the `sweep:` block of sweeps/NAME.yaml (composed with Hydra exactly as
 `python -m gepa_lab.sweep` composes it) onto W&B's sweep config:
@@ -14,7 +14,7 @@ export maps the `sweep:` block of sweeps/NAME.yaml (composed with Hydra exactly 
       loguniform [lo, hi]  -> distribution: log_uniform_values, min, max
       randint [lo, hi]     -> distribution: int_uniform, min, max   (both inclusive, as in the Ray sweep)
     metric: best_val_score, maximize
-    command: [${env}, python, -m, gepa_lab.wandb_sweep, agent, sweep=NAME, <export overrides>, ${args_no_hyphens}]
+    command: [${env}, python, -m, gepa_lab.sweep.wandb_sweeps, agent, sweep=NAME, <export overrides>, ${args_no_hyphens}]
 
 W&B's ${args_no_hyphens} hands each parameter as `key=value`, which is a Hydra override. What W&B
 cannot express is printed (on stderr) and left out: max_concurrent (start that many agents),
@@ -45,7 +45,7 @@ METHODS = {"grid": "grid", "random": "random", "optuna": "bayes"}
 METRIC = {"name": "best_val_score", "goal": "maximize"}
 FINAL_METRICS = ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score", "metric_calls",
                  "lm_calls", "num_candidates", "best_candidate_idx", "wall_seconds")
-PROGRAM = "gepa_lab/wandb_sweep.py"
+PROGRAM = "gepa_lab/sweep/wandb_sweeps.py"
 
 
 # ------------------------------------------------------------------------------------------ compose
@@ -154,7 +154,7 @@ def to_wandb(spec: dict[str, Any], command_overrides: list[str], project: str | 
     resources = spec.get("resources") or {}
     shown = ", ".join([f"cpu={resources.get('cpu')}", *(f"{k}={v}" for k, v in (resources.get("custom") or {}).items())])
     notes.append(f"dropped resources ({shown}): a W&B run takes what its agent's machine has")
-    doc["command"] = ["${env}", "python", "-m", "gepa_lab.wandb_sweep", "agent", *command_overrides, "${args_no_hyphens}"]
+    doc["command"] = ["${env}", "python", "-m", "gepa_lab.sweep.wandb_sweeps", "agent", *command_overrides, "${args_no_hyphens}"]
     return doc, notes
 
 
@@ -176,7 +176,7 @@ def export(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 def to_yaml(doc: dict[str, Any], notes: list[str], source: str) -> str:
     header = [
-        f"# W&B sweep exported from {source} by `python -m gepa_lab.wandb_sweep export`.",
+        f"# W&B sweep exported from {source} by `python -m gepa_lab.sweep.wandb_sweeps export`.",
         "#   wandb sweep THIS_FILE                      -> prints ENTITY/PROJECT/SWEEP_ID",
         "#   wandb agent ENTITY/PROJECT/SWEEP_ID        (one per trial to run at once)",
         *(f"# note: {n}" for n in notes),
@@ -228,7 +228,7 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
     from gepa_lab.config.schema import RunConfig
     from gepa_lab.events import EventStream
     from gepa_lab.lm.cache import use_cache
-    from gepa_lab.lm.serving import serve_all
+    from gepa_lab.servers.serving import serve_all
     from gepa_lab.paths import OUTPUTS_DIR
     from gepa_lab.progress import ConsoleProgress
     from gepa_lab.results.writer import ResultsWriter
@@ -338,7 +338,7 @@ def _attach_wandb_sink(run, wcfg, out: Path, group: str, trial_id: str, config: 
 
 def _export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m gepa_lab.wandb_sweep export",
+        prog="python -m gepa_lab.sweep.wandb_sweeps export",
         description="Write a W&B sweep YAML for sweeps/NAME.yaml (stdout unless --out).",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="sweep=NAME and any Hydra overrides")
@@ -378,8 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     from gepa_lab.cli import one_line_errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: python -m gepa_lab.wandb_sweep export sweep=NAME [key=value ...] [--out FILE]\n"
-             "       python -m gepa_lab.wandb_sweep agent sweep=NAME [key=value ...]")
+    usage = ("usage: python -m gepa_lab.sweep.wandb_sweeps export sweep=NAME [key=value ...] [--out FILE]\n"
+             "       python -m gepa_lab.sweep.wandb_sweeps agent sweep=NAME [key=value ...]")
     if not argv or argv[0] not in ("export", "agent"):
         print(usage, file=sys.stderr)
         sys.exit(2)

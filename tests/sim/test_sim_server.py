@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gepa_lab.lm.process import free_port
-from gepa_lab.lm.sim.launch import SimulatorStartError, start_simulator
+from gepa_lab.servers.process import free_port
+from gepa_lab.servers.simulator import SimulatorStartError, start_simulator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,12 +149,12 @@ def test_cli_api_key_env_and_bad_arguments():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("NO_SUCH_VAR_FOR_SIM", None)
     r = subprocess.run(
-        [sys.executable, "-m", "gepa_lab.lm.sim", "--port", str(port), "--api-key-env", "NO_SUCH_VAR_FOR_SIM"],
+        [sys.executable, "-m", "gepa_lab.sim", "--port", str(port), "--api-key-env", "NO_SUCH_VAR_FOR_SIM"],
         env=env, capture_output=True, text=True, timeout=30,
     )
     assert r.returncode == 2 and "NO_SUCH_VAR_FOR_SIM" in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "gepa_lab.lm.sim", "--port", str(port), "--error-rate", "1.5"],
+        [sys.executable, "-m", "gepa_lab.sim", "--port", str(port), "--error-rate", "1.5"],
         env=env, capture_output=True, text=True, timeout=30,
     )
     assert r.returncode == 2

@@ -1,13 +1,13 @@
 """Start the simulator as a child process from Python.
 
-    from gepa_lab.lm.sim.launch import start_simulator
+    from gepa_lab.servers.simulator import start_simulator
 
     with start_simulator(max_in_flight=8, latency_ms=20) as sim:
         lm = dspy.LM("openai/sim", api_base=sim.url, api_key="x", cache=False)
         ...
         print(sim.stats()["peak_in_flight"])
 
-The child runs ``python -m gepa_lab.lm.sim`` in its own process group (``start_new_session=True``);
+The child runs ``python -m gepa_lab.sim`` in its own process group (``start_new_session=True``);
 ``stop()`` kills the whole group and waits. The API key travels in an environment variable
 (``--api-key-env``), never on the command line.
 """
@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gepa_lab.lm.process import ChildProcess, free_port
+from gepa_lab.servers.process import ChildProcess, free_port
 
 API_KEY_ENV = "GEPA_LAB_SIM_API_KEY"
 
@@ -109,7 +109,7 @@ def start_simulator(
     python: str | None = None,
     **options: Any,
 ) -> Simulator:
-    """Spawn ``python -m gepa_lab.lm.sim`` on ``port`` (a free one if None) and wait for ``/health``.
+    """Spawn ``python -m gepa_lab.sim`` on ``port`` (a free one if None) and wait for ``/health``.
 
     ``options`` are the CLI options in Python spelling: ``model``, ``latency_ms``, ``per_token_ms``,
     ``max_in_flight``, ``error_rate``, ``rate_limit_rate``, ``retry_after_s``, ``hang_rate``, ``hang_s``,
@@ -139,7 +139,7 @@ def start_simulator(
 
 
 def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, python, options) -> Simulator:
-    cmd = [python or sys.executable, "-m", "gepa_lab.lm.sim", "--port", str(port), "--host", host]
+    cmd = [python or sys.executable, "-m", "gepa_lab.sim", "--port", str(port), "--host", host]
     for name, flag in _FLAGS.items():
         if name in options and options[name] is not None:
             cmd += [flag, str(options[name])]

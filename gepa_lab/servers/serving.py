@@ -7,10 +7,10 @@ What `serve` starts, by kind (an explicit `api_base` always means: external, sta
   sim                one simulator, or `server.replicas` of them behind the router
   openai_compatible  nothing: checks every api_base answers
   vllm               nothing: checks every replica (api_base list) answers; the router in front of them
-  vllm_ray           `server.replicas` replica actors on the Ray cluster (gepa_lab.lm.replicas), supervised,
+  vllm_ray           `server.replicas` replica actors on the Ray cluster (gepa_lab.servers.replicas), supervised,
                      behind the router (always: a restarted replica has a new URL)
-  llamacpp           llama.cpp's OpenAI-compatible server on this machine (gepa_lab.lm.llamacpp)
-The router (gepa_lab.lm.router) runs when there is more than one replica (router.enabled: auto), always
+  llamacpp           llama.cpp's OpenAI-compatible server on this machine (gepa_lab.servers.llamacpp)
+The router (gepa_lab.servers.router) runs when there is more than one replica (router.enabled: auto), always
 (router.enabled: always: e.g. to cap a single server's in-flight requests across trials), or never.
 An endpoint that does not answer is reported here, naming it, before anything else starts.
 """
@@ -28,8 +28,9 @@ import httpx
 
 from gepa_lab.errors import GepaLabError
 from gepa_lab.lm.config import LMConfig
+from gepa_lab.servers.ray_cluster import multi_node
 
-log = logging.getLogger("gepa_lab.lm.serving")
+log = logging.getLogger("gepa_lab.servers.serving")
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
     if cfg.router.host:
         host = cfg.router.host
     else:
-        host = "0.0.0.0" if _ray_multi_node() else "127.0.0.1"
+        host = "0.0.0.0" if multi_node() else "127.0.0.1"
     advertise = None
     if host in ("0.0.0.0", ""):
         try:
@@ -107,17 +108,8 @@ def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
     return host, advertise
 
 
-def _ray_multi_node() -> bool:
-    try:
-        import ray
-
-        return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) > 1
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def _start_router(cfg: LMConfig, replicas: list[str], workdir: Path, name: str):
-    from gepa_lab.lm.router import RouterProcess
+    from gepa_lab.servers.router import RouterProcess
 
     host, advertise = _router_host(cfg)
     r = cfg.router
@@ -138,8 +130,7 @@ def _use_router(cfg: LMConfig, n_replicas: int) -> bool:
 @contextlib.contextmanager
 def _ray_ready(workdir: Path) -> Iterator[None]:
     """vllm_ray needs Ray: use the caller's (the sweep's), or connect for this run only (a local head if no cluster)."""
-    from gepa_lab.sweep.cluster import ray_session
-    from gepa_lab.sweep.config import RayConfig
+    from gepa_lab.servers.ray_cluster import RayConfig, ray_session
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with ray_session(RayConfig(), workdir):
@@ -167,7 +158,7 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
                 raise EndpointError(f"lm '{cfg.model}' ({cfg.kind}): " + "; ".join(dead))
             replicas = list(cfg.api_bases)
         elif cfg.kind == "sim":
-            from gepa_lab.lm.sim.launch import start_simulator
+            from gepa_lab.servers.simulator import start_simulator
 
             replicas = []
             for i in range(cfg.server.replicas):
@@ -177,13 +168,13 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
                 ))
                 replicas.append(sim.url)
         elif cfg.kind == "llamacpp":
-            from gepa_lab.lm.llamacpp import start_llamacpp
+            from gepa_lab.servers.llamacpp import start_llamacpp
 
             proc = start_llamacpp(cfg, log_dir=workdir, name=name)
             stack.callback(proc.stop)
             replicas = [proc.url]
         elif cfg.kind == "vllm_ray":
-            from gepa_lab.lm.replicas import ReplicaError, ReplicaSet
+            from gepa_lab.servers.replicas import ReplicaError, ReplicaSet
 
             stack.enter_context(_ray_ready(Path(workdir)))
             holder: dict[str, Any] = {}

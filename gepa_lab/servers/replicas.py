@@ -1,9 +1,5 @@
-"""Managed LM servers: a server command as a child process, and vllm_ray's replica set on a Ray cluster.
+"""vllm_ray's replica set on a Ray cluster: each replica a server command (gepa_lab.servers.process) on a node.
 
-`ServerProcess`  runs any OpenAI-compatible server command (vLLM, llama.cpp, the simulator) as a child
-                 process in its own process group, logs to a file, waits until GET <url>/models answers,
-                 and kills the whole group on stop. On Linux the child also dies with its parent
-                 (PR_SET_PDEATHSIG), so a killed Ray actor leaves no orphaned GPU server behind.
 `ReplicaActor`   a Ray actor holding one replica's resources (num_gpus / custom resources), running its
                  server as a ServerProcess on whatever node Ray placed it.
 `ReplicaSet`     starts `server.replicas` actors, waits until every one answers (or says which did not
@@ -19,158 +15,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import httpx
 
 from gepa_lab.lm.config import LMConfig
-from gepa_lab.lm.process import ChildProcess, free_port
+from gepa_lab.servers.process import ServerProcess, answers, start_server
 
-log = logging.getLogger("gepa_lab.lm.replicas")
-
-
-class ServerStartError(RuntimeError):
-    pass
-
-
-def format_command(template: list[str], values: dict[str, Any]) -> list[str]:
-    """Substitute {name} placeholders; an argument that is exactly a placeholder whose value is None is
-    dropped together with the flag before it (e.g. --max-model-len {max_model_len} when unset)."""
-    out: list[str] = []
-    for arg in template:
-        stripped = arg.strip()
-        if stripped.startswith("{") and stripped.endswith("}") and stripped[1:-1] in values and values[stripped[1:-1]] is None:
-            if out and out[-1].startswith("-"):
-                out.pop()
-            continue
-        out.append(arg.format(**{k: ("" if v is None else v) for k, v in values.items()}))
-    return out
-
-
-def command_values(cfg: LMConfig, host: str, port: int) -> dict[str, Any]:
-    s = cfg.server
-    return {
-        "model": cfg.model,
-        "model_path": s.model_path or cfg.model,
-        "host": host,
-        "port": port,
-        "tensor_parallel_size": s.tensor_parallel_size,
-        "max_model_len": s.max_model_len,
-        "gpu_memory_utilization": s.gpu_memory_utilization,
-        "max_in_flight": cfg.max_in_flight,
-        "n_ctx": s.n_ctx,
-        "n_threads": s.n_threads,
-        "python": sys.executable,
-    }
-
-
-def vllm_command(cfg: LMConfig) -> list[str]:
-    """`vllm serve` with the flags from config (the default command of kind vllm_ray)."""
-    cmd = ["vllm", "serve", "{model_path}", "--served-model-name", "{model}", "--host", "{host}", "--port", "{port}",
-           "--tensor-parallel-size", "{tensor_parallel_size}", "--gpu-memory-utilization", "{gpu_memory_utilization}",
-           "--max-model-len", "{max_model_len}", "--max-num-seqs", "{max_in_flight}", "--distributed-executor-backend", "mp"]
-    if cfg.server.enable_prefix_caching:
-        cmd.append("--enable-prefix-caching")
-    return cmd
-
-
-def sim_command(cfg: LMConfig) -> list[str]:
-    """The LM simulator as a server command (kind sim with several replicas; tests of vllm_ray)."""
-    cmd = ["{python}", "-m", "gepa_lab.lm.sim", "--host", "{host}", "--port", "{port}", "--model", "{model}",
-           "--max-in-flight", "{max_in_flight}"]
-    for name, value in cfg.sim.model_dump().items():
-        cmd += [f"--{name.replace('_', '-')}", str(value)]
-    if cfg.api_key_env:
-        cmd += ["--api-key-env", cfg.api_key_env]
-    return cmd
-
-
-def server_command(cfg: LMConfig) -> list[str]:
-    if cfg.server.command:
-        return list(cfg.server.command) + list(cfg.server.extra_args)
-    if cfg.kind == "vllm_ray":
-        return vllm_command(cfg) + list(cfg.server.extra_args)
-    if cfg.kind == "sim":
-        return sim_command(cfg) + list(cfg.server.extra_args)
-    if cfg.kind == "llamacpp":
-        from gepa_lab.lm.llamacpp import llamacpp_command
-
-        return llamacpp_command(cfg) + list(cfg.server.extra_args)
-    raise ValueError(f"lm kind {cfg.kind!r} has no server command")
-
-
-def answers(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[bool, str]:
-    """Does an OpenAI base URL answer GET /models? (any reply below 500 counts: the server is up)"""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.get(url.rstrip("/") + "/models", timeout=timeout, headers=headers)
-        return r.status_code < 500, f"HTTP {r.status_code}"
-    except httpx.HTTPError as e:
-        return False, f"{type(e).__name__}: {e}"
-
-
-class ServerProcess(ChildProcess):
-    """One server command as a child process (own process group, dies with its parent), with a log file."""
-
-    def __init__(self, argv: list[str], *, url: str, log_path: str | os.PathLike, env: dict[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None):
-        self.url = url
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            log.write(f"$ {' '.join(argv)}\n".encode())
-        try:
-            super().__init__(argv, log_path=log_path, env={**os.environ, **(env or {})}, cwd=cwd, die_with_parent=True)
-        except OSError as e:
-            raise ServerStartError(f"cannot run {argv[0]!r} for {url}: {e}") from None
-
-    def wait_ready(self, timeout_s: float, api_key: str | None = None) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "not started"
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise ServerStartError(
-                    f"server for {self.url} exited with code {self.proc.returncode} before answering. "
-                    f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{self.log_tail()}"
-                )
-            ok, last = answers(self.url, timeout=2.0, api_key=api_key)
-            if ok:
-                return
-            time.sleep(0.2)
-        tail = self.log_tail()
-        self.stop()
-        raise ServerStartError(
-            f"server for {self.url} did not answer GET /models within {timeout_s:g}s (last: {last}). "
-            f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{tail}"
-        )
-
-    def stop(self, timeout: float = 15.0) -> None:  # a GPU server may take a while to free its memory
-        super().stop(timeout)
-
-
-def start_server(cfg: LMConfig, *, host: str, log_dir: str | os.PathLike, name: str, url_host: str | None = None,
-                 env: dict[str, str] | None = None, attempts: int = 3) -> ServerProcess:
-    """Start cfg's server command on a free port of this machine and wait until it answers."""
-    api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    last: Exception | None = None
-    for i in range(attempts):
-        port = free_port("" if host in ("0.0.0.0", "") else host)
-        argv = format_command(server_command(cfg), command_values(cfg, host, port))
-        url = f"http://{url_host or ('127.0.0.1' if host in ('0.0.0.0', '') else host)}:{port}/v1"
-        proc = ServerProcess(argv, url=url, log_path=Path(log_dir) / f"{name}.log", env={**cfg.server.env, **(env or {})})
-        try:
-            proc.wait_ready(cfg.server.startup_timeout_s, api_key=api_key)
-            return proc
-        except ServerStartError as e:
-            proc.stop()
-            last = e
-            if "Address already in use" not in proc.log_tail():
-                break  # not a port race: do not retry
-    assert last is not None
-    raise last
+log = logging.getLogger("gepa_lab.servers.replicas")
 
 
 # --------------------------------------------------------------------------------------------------

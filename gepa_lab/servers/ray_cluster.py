@@ -1,4 +1,5 @@
-"""Where trials run: a local Ray started for the sweep, or an existing cluster."""
+"""Ray for a run or sweep, in one place: where trials run (a local head started for the sweep, or an existing
+cluster), and what the cluster looks like (is it several nodes; is output_dir shared storage)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,11 +12,17 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import ray
+from pydantic import Field
 
+from gepa_lab.strict import StrictModel
 from gepa_lab.errors import ConfigError
-from gepa_lab.lm.process import ChildProcess, free_port
-from gepa_lab.sweep.config import RayConfig
+from gepa_lab.servers.process import ChildProcess, free_port
+
+class RayConfig(StrictModel):
+    address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for this sweep; "auto": a running cluster
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only
+    resources: dict[str, float] = Field(default_factory=dict)  # local Ray only: custom resources to advertise
+
 
 # Filesystems every node of a cluster can see the same way.
 SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "cephfs", "glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "9p", "virtiofs"}
@@ -25,6 +32,8 @@ SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "cephfs"
 def ray_session(cfg: RayConfig, workdir: Path) -> Iterator[None]:
     """Ray for one sweep: the caller's if already connected, the cluster at ray.address (or RAY_ADDRESS), else a
     local head started for this sweep alone and stopped after it (its log: workdir/ray-head.log)."""
+    import ray
+
     if ray.is_initialized():
         yield
         return
@@ -92,9 +101,20 @@ def filesystem_type(path: Path) -> str:
 
 def check_shared_storage(output_dir: Path) -> None:
     """On a multi-node cluster, every trial writes into output_dir: it must be shared storage."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and filesystem_type(output_dir) not in SHARED_FS:
+    if multi_node() and filesystem_type(output_dir) not in SHARED_FS:
         raise ConfigError(
             f"output_dir {output_dir} is on local storage ({filesystem_type(output_dir)}) but the Ray cluster has "
-            f"{len(nodes)} nodes: put output_dir on storage every node shares (NFS or a mounted object store)"
+            f"{len(alive_nodes())} nodes: put output_dir on storage every node shares (NFS or a mounted object store)"
         )
+
+
+def alive_nodes() -> list[dict]:
+    """The live nodes of the Ray cluster this process is connected to ([] when not connected)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
+
+
+def multi_node() -> bool:
+    """Is this process connected to a Ray cluster of more than one live node?"""
+    return len(alive_nodes()) > 1

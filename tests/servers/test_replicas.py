@@ -20,13 +20,14 @@ from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.lm.replicas import ReplicaSet, format_command, vllm_command  # noqa: E402
-from gepa_lab.lm.serving import EndpointError, replica_set, serve  # noqa: E402
-from gepa_lab.sweep.cluster import local_head  # noqa: E402
+from gepa_lab.servers.commands import format_command, vllm_command  # noqa: E402
+from gepa_lab.servers.replicas import ReplicaSet  # noqa: E402
+from gepa_lab.servers.serving import EndpointError, replica_set, serve  # noqa: E402
+from gepa_lab.servers.ray_cluster import local_head  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
-SIM_COMMAND = ["{python}", "-m", "gepa_lab.lm.sim", "--host", "{host}", "--port", "{port}", "--model", "{model}",
+SIM_COMMAND = ["{python}", "-m", "gepa_lab.sim", "--host", "{host}", "--port", "{port}", "--model", "{model}",
                "--max-in-flight", "{max_in_flight}", "--latency-ms", "30"]
 
 

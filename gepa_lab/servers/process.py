@@ -1,0 +1,176 @@
+"""A child process in its own process group, writing to a log file: how gepa_lab runs the servers it starts
+(the simulator, the router, vLLM / llama.cpp replicas, Redis, a local Ray head). `stop()` ends the whole group, so a
+server's own children (vLLM's workers) go with it.
+
+`ServerProcess` / `start_server` run an LM server's command (gepa_lab.servers.commands) on a free port and wait until
+GET <url>/models answers; on Linux the child also dies with its parent (PR_SET_PDEATHSIG), so a killed Ray actor
+leaves no orphaned GPU server behind."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from gepa_lab.lm.config import LMConfig
+from gepa_lab.servers.commands import command_values, format_command, server_command
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _signal_when_parent_dies(sig: int):
+    def set_death_signal() -> None:  # pragma: no cover - runs in the child between fork and exec
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+    return set_death_signal
+
+
+class ChildProcess:
+    """`argv` started with its output appended to `log_path`, in `env` (default: this process's environment),
+    with this checkout importable (PYTHONPATH) so a `python -m gepa_lab...` child runs the same code. die_with_parent (Linux): killed when its parent dies,
+    so a killed Ray actor leaves no orphaned GPU server behind (with SIGKILL, or death_signal for a child that then
+    stops its own children)."""
+
+    def __init__(self, argv: list[str], *, log_path: str | os.PathLike, env: dict[str, str] | None = None,
+                 cwd: str | os.PathLike | None = None, die_with_parent: bool = False, death_signal: int = signal.SIGKILL):
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        full_env = dict(os.environ if env is None else env)
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_signal_when_parent_dies(death_signal) if die_with_parent and sys.platform.startswith("linux") else None,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the whole group at once (nothing in it needs a clean exit) and wait, a bounded while, until none
+        of it is left."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            while time.monotonic() < deadline:
+                self.proc.poll()  # reap the leader (our child)
+                os.killpg(self.proc.pid, 0)  # raises ProcessLookupError once the group is empty
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the group, SIGKILL if it has not ended within `timeout` seconds."""
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, sig)
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:  # the leader is gone; its group may not be
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def answers(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[bool, str]:
+    """Does an OpenAI base URL answer GET /models? (any reply below 500 counts: the server is up)"""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(url.rstrip("/") + "/models", timeout=timeout, headers=headers)
+        return r.status_code < 500, f"HTTP {r.status_code}"
+    except httpx.HTTPError as e:
+        return False, f"{type(e).__name__}: {e}"
+
+
+class ServerProcess(ChildProcess):
+    """One server command as a child process (own process group, dies with its parent), with a log file."""
+
+    def __init__(self, argv: list[str], *, url: str, log_path: str | os.PathLike, env: dict[str, str] | None = None,
+                 cwd: str | os.PathLike | None = None):
+        self.url = url
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"$ {' '.join(argv)}\n".encode())
+        try:
+            super().__init__(argv, log_path=log_path, env={**os.environ, **(env or {})}, cwd=cwd, die_with_parent=True)
+        except OSError as e:
+            raise ServerStartError(f"cannot run {argv[0]!r} for {url}: {e}") from None
+
+    def wait_ready(self, timeout_s: float, api_key: str | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "not started"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerStartError(
+                    f"server for {self.url} exited with code {self.proc.returncode} before answering. "
+                    f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            ok, last = answers(self.url, timeout=2.0, api_key=api_key)
+            if ok:
+                return
+            time.sleep(0.2)
+        tail = self.log_tail()
+        self.stop()
+        raise ServerStartError(
+            f"server for {self.url} did not answer GET /models within {timeout_s:g}s (last: {last}). "
+            f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{tail}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:  # a GPU server may take a while to free its memory
+        super().stop(timeout)
+
+
+def start_server(cfg: LMConfig, *, host: str, log_dir: str | os.PathLike, name: str, url_host: str | None = None,
+                 env: dict[str, str] | None = None, attempts: int = 3) -> ServerProcess:
+    """Start cfg's server command on a free port of this machine and wait until it answers."""
+    api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    last: Exception | None = None
+    for i in range(attempts):
+        port = free_port("" if host in ("0.0.0.0", "") else host)
+        argv = format_command(server_command(cfg), command_values(cfg, host, port))
+        url = f"http://{url_host or ('127.0.0.1' if host in ('0.0.0.0', '') else host)}:{port}/v1"
+        proc = ServerProcess(argv, url=url, log_path=Path(log_dir) / f"{name}.log", env={**cfg.server.env, **(env or {})})
+        try:
+            proc.wait_ready(cfg.server.startup_timeout_s, api_key=api_key)
+            return proc
+        except ServerStartError as e:
+            proc.stop()
+            last = e
+            if "Address already in use" not in proc.log_tail():
+                break  # not a port race: do not retry
+    assert last is not None
+    raise last
