@@ -9,7 +9,8 @@ from rich.console import Console
 
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.config.identity import claim_output_dir
-from gepa_lab.config.load import check_task_imports, register_resolvers, to_plain, validate
+from gepa_lab.compose import register_resolvers
+from gepa_lab.config.load import check_task_imports, to_plain, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import EventStream
 from gepa_lab.lm.cache import use_cache

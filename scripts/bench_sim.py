@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy  # noqa: E402
 
-from gepa_lab.config.load import compose  # noqa: E402
+from gepa_lab.compose import compose  # noqa: E402
 from gepa_lab.corpus import ensure_prepared, read_manifest, read_split  # noqa: E402
 from gepa_lab.sim.engine import respond  # noqa: E402
 from gepa_lab.sim.prompts import parse_system  # noqa: E402

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from gepa_lab.config.load import compose, to_plain, validate
+from gepa_lab.compose import compose
+from gepa_lab.config.load import to_plain, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.paths import CONF_DIR, SWEEPS_DIR
 from gepa_lab.sweep.config import SweepConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gepa_lab.config.load import compose
+from gepa_lab.compose import compose
 from gepa_lab.errors import GepaLabError
 from gepa_lab.run import load_run_config
 from tests.conftest import ROOT, run_cli

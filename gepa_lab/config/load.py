@@ -7,13 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
 from gepa_lab.errors import ConfigError
-from gepa_lab.paths import PROJECT_ROOT
 from gepa_lab.tasks.imports import ImportPathError, import_object
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
@@ -47,13 +41,3 @@ def check_task_imports(program: str, metric: str) -> None:
     except ImportPathError as e:
         raise ConfigError(f"config error at task: {e}") from None
 
-
-def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose conf/<config_name>.yaml with overrides, as the entry points do, without running them."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from gepa_lab.paths import CONF_DIR
-
-    register_resolvers()
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return hydra_compose(config_name, overrides=list(overrides))

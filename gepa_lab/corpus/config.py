@@ -12,9 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from gepa_lab.strict import StrictModel
-
+from gepa_lab.compose import compose, hydra_message
+from gepa_lab.errors import ConfigError
 from gepa_lab.paths import CONF_DIR, PROJECT_ROOT
+from gepa_lab.strict import StrictModel
 
 from .errors import CorpusError, did_you_mean, display_path
 
@@ -306,18 +307,6 @@ def validate_config(data: Mapping[str, Any], where: str = "corpus config", base_
     return cfg.with_base_dir(base_dir if base_dir is not None else PROJECT_ROOT)
 
 
-def _hydra_message(exc: BaseException) -> str:
-    """Hydra's message (all lines, joined) plus the first line of its cause when that adds something."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("See https://")]
-    msg = " ".join(lines) or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause).strip():
-        extra = str(cause).strip().splitlines()[0]
-        if extra not in msg:
-            msg += f" ({extra})"
-    return msg
-
-
 def _schema_defaults(model: type[BaseModel], present: Any) -> dict[str, Any]:
     """Defaults of a model's optional fields (recursing into nested models present in `present`)."""
     out: dict[str, Any] = {}
@@ -332,59 +321,30 @@ def _schema_defaults(model: type[BaseModel], present: Any) -> dict[str, Any]:
 
 
 def _compose(yaml_path: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """conf/corpus/NAME.yaml with Hydra command-line overrides (``splits.train=50``, ``+key=v``, ``~key``).
-
-    A plain corpus YAML is loaded with OmegaConf and the overrides are parsed and applied by Hydra's own override
-    machinery (fast: no Hydra app config is composed). A YAML with a `defaults` list goes through Hydra's full
-    compose API. Either way a running Hydra app is left undisturbed.
-    """
+    """conf/corpus/NAME.yaml with Hydra command-line overrides (``splits.train=50``, ``+key=v``, ``~key``), composed as a
+    config of its own folder over the schema's defaults, so that every field with a default is overridable as key=value."""
     from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     where = display_path(yaml_path)
     try:
         conf = OmegaConf.load(yaml_path)
     except Exception as exc:
-        raise CorpusError(f"{where}: not a readable YAML mapping ({_hydra_message(exc)})") from None
+        raise CorpusError(f"{where}: not a readable YAML mapping ({hydra_message(exc)})") from None
     if not isinstance(conf, DictConfig):
         raise CorpusError(f"{where}: expected a mapping of fields, got {type(conf).__name__}")
     try:
-        if "defaults" in conf:
-            return _hydra_compose(yaml_path, overrides)
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        # every schema field with a default becomes overridable as key=value (no '+' needed)
-        conf = OmegaConf.merge(OmegaConf.create(_schema_defaults(CorpusConfig, conf)), conf)
-        OmegaConf.set_struct(conf, True)
-        if overrides:
-            parsed = OverridesParser.create().parse_overrides(list(overrides))
-            ConfigLoaderImpl._apply_overrides_to_config(parsed, conf)
-        data = OmegaConf.to_container(conf, resolve=True)
-    except CorpusError:
-        raise
-    except Exception as exc:
-        raise CorpusError(f"{where}: {_hydra_message(exc)}") from None
-    assert isinstance(data, dict)
-    return data  # type: ignore[return-value]
-
-
-def _hydra_compose(yaml_path: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf import OmegaConf
-
-    saved = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(yaml_path.parent.resolve()), version_base="1.3"):
-            composed = compose(config_name=yaml_path.stem, overrides=list(overrides))
+        defaults = _schema_defaults(CorpusConfig, conf)
+        if yaml_path.suffix == ".yaml":
+            composed = compose(yaml_path.stem, overrides, config_dir=yaml_path.parent, under=defaults)
+        else:  # Hydra reads .yaml files only: a .yml corpus config is composed from its content
+            composed = compose(None, overrides, config_dir=yaml_path.parent, under=OmegaConf.merge(defaults, conf))
         data = OmegaConf.to_container(composed, resolve=True)
-    finally:
-        restore_gh_from_backup(saved)
-    if not isinstance(data, dict):
-        raise CorpusError(f"{display_path(yaml_path)}: expected a mapping of fields")
-    data.pop("defaults", None)
+    except ConfigError as exc:
+        raise CorpusError(f"{where}: {exc}") from None
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+        raise CorpusError(f"{where}: {hydra_message(exc)}") from None
+    assert isinstance(data, dict)
     return data  # type: ignore[return-value]
 
 

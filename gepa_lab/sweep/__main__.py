@@ -6,7 +6,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from gepa_lab.cli import one_line_errors, quiet_libraries
-from gepa_lab.config.load import register_resolvers, to_plain, validate
+from gepa_lab.compose import register_resolvers
+from gepa_lab.config.load import to_plain, validate
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.results.query import connect, leaderboard_table
 from gepa_lab.sweep.config import SweepConfig

@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from gepa_lab.compose import compose
 from gepa_lab.errors import ConfigError
 
 METHODS = {"grid": "grid", "random": "random", "optuna": "bayes"}
@@ -46,32 +47,6 @@ METRIC = {"name": "best_val_score", "goal": "maximize"}
 FINAL_METRICS = ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score", "metric_calls",
                  "lm_calls", "num_candidates", "best_candidate_idx", "wall_seconds")
 PROGRAM = "gepa_lab/sweep/wandb_sweeps.py"
-
-
-# ------------------------------------------------------------------------------------------ compose
-
-
-def compose_sweep(overrides: list[str]):
-    """Hydra's compose API over conf/sweep.yaml (as `python -m gepa_lab.sweep` composes it).
-    Returns (DictConfig without the hydra node, the chosen `sweep` option name)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from gepa_lab.config.load import register_resolvers
-    from gepa_lab.paths import CONF_DIR
-
-    register_resolvers()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base=None):
-            cfg = compose("sweep", overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(" ".join(str(e).split())) from None
-    choice = cfg.hydra.runtime.choices.get("sweep")
-    OmegaConf.set_struct(cfg, False)
-    del cfg["hydra"]
-    return cfg, choice
 
 
 def _sweep_block(cfg) -> dict[str, Any]:
@@ -164,7 +139,8 @@ def export(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
 
     from gepa_lab.sweep import space
 
-    cfg, choice = compose_sweep(overrides)
+    cfg = compose("sweep", overrides, return_hydra_config=True)
+    choice = cfg.hydra.runtime.choices.get("sweep")  # the agent recomposes with the same option
     spec = _sweep_block(cfg)
     space.check(space.flatten(spec["space"]), spec["search"], OmegaConf.to_container(cfg, resolve=False))
     # The agent recomposes the same config: the sweep option first, then the export's own overrides.
@@ -236,7 +212,7 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
     from gepa_lab.sweep.config import SweepConfig
     from gepa_lab.trial import run_trial
 
-    cfg, _ = compose_sweep(overrides)
+    cfg = compose("sweep", overrides)
     swept: SweepConfig = validate(SweepConfig, to_plain(cfg))
     leaves = space.flatten(swept.sweep.space)
     base = swept.base_run()

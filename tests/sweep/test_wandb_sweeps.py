@@ -99,13 +99,13 @@ def test_args_no_hyphens_are_hydra_overrides_the_agent_can_compose():
     """W&B turns the parameters into `key=value` (its own code, below); Hydra must take them as is."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    from gepa_lab.sweep.wandb_sweeps import compose_sweep
+    from gepa_lab.compose import compose
 
     params = {"optimizer.seed": 7, "optimizer.use_merge": False, "lm.temperature": 0.25,
               "optimizer.candidate_selection_strategy": "current_best"}
     args = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args_no_hyphens"]
-    cfg, choice = compose_sweep(["sweep=demo", *args])
-    assert choice == "demo"
+    cfg = compose("sweep", ["sweep=demo", *args], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices.sweep == "demo"
     for key, value in params.items():
         node = cfg
         for part in key.split("."):

@@ -1,0 +1,63 @@
+"""The one way gepa_lab composes a config outside a Hydra app, through Hydra's public compose API: conf/run.yaml or
+conf/sweep.yaml with overrides (tests, the W&B agent, scripts), and a corpus YAML as a config of its own folder."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gepa_lab.errors import ConfigError
+from gepa_lab.paths import CONF_DIR, PROJECT_ROOT
+
+# The primary config when a config is composed over `under`: `under` itself, then the config on top of it.
+_UNDER = "gepa_lab_compose_under"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/*.yaml use (${project_root:})."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def hydra_message(exc: BaseException) -> str:
+    """Hydra's message (all lines, joined) plus the first line of its cause when that adds something."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("See https://")]
+    msg = " ".join(lines) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip():
+        extra = str(cause).strip().splitlines()[0]
+        if extra not in msg:
+            msg += f" ({extra})"
+    return msg
+
+
+def compose(config_name: str | None, overrides: Sequence[str] = (), *, config_dir: str | Path = CONF_DIR,
+            under: Mapping[str, Any] | None = None, return_hydra_config: bool = False) -> DictConfig:
+    """config_dir/config_name.yaml with Hydra command-line overrides (``a.b=1``, ``+new=2``, ``~gone``, ``group=option``),
+    composed as the entry points compose it. `under`: values the config is composed on top of, so that
+    ``key=value`` reaches them without a '+' (a schema's defaults); with no config_name, `under` alone is the config.
+    A Hydra app running in this process is left undisturbed. Raises ConfigError with Hydra's message on one line."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_resolvers()
+    primary = config_name
+    if under is not None:
+        node = {"defaults": ["_self_", config_name], **under} if config_name else under
+        ConfigStore.instance().store(name=_UNDER, node=node)
+        primary = _UNDER
+    running = GlobalHydra.instance().hydra  # a Hydra app's (None outside one): set back after composing
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+            return hydra_compose(primary, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(hydra_message(exc)) from None
+    finally:
+        if running is not None:
+            GlobalHydra.instance().initialize(running)
