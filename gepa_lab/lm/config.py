@@ -7,31 +7,19 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from gepa_lab.sim.config import SimOptions
 from gepa_lab.strict import StrictModel
 
 LMKind = Literal["sim", "openai_compatible", "vllm", "vllm_ray", "llamacpp"]
 MANAGED_KINDS = {"sim", "vllm_ray", "llamacpp"}  # gepa_lab starts these itself unless api_base is given
 
 
-class SimOptions(StrictModel):
-    """Behaviour of the LM simulator (gepa_lab.sim) when gepa_lab starts it."""
-
-    latency_ms: float = Field(0.0, ge=0)
-    per_token_ms: float = Field(0.0, ge=0)
-    error_rate: float = Field(0.0, ge=0, le=1)
-    rate_limit_rate: float = Field(0.0, ge=0, le=1)
-    retry_after_s: float = Field(1.0, ge=0)
-    hang_rate: float = Field(0.0, ge=0, le=1)
-    hang_s: float = Field(600.0, ge=0)
-    seed: int = 0
-
-
 class ServerOptions(StrictModel):
-    """A server command gepa_lab launches (vllm_ray replicas, llama.cpp, several simulators).
+    """A server command gepa_lab launches (vllm_ray replicas, llama.cpp); for kind sim, `replicas` simulators.
 
     `command` is an argv list; these placeholders are substituted: {model} {model_path} {host} {port}
     {tensor_parallel_size} {max_model_len} {gpu_memory_utilization} {python}. Empty = the kind's default
-    command (vllm_ray: `vllm serve`, llamacpp: `python -m llama_cpp.server`, sim: the simulator)."""
+    command (vllm_ray: `vllm serve`, llamacpp: `python -m llama_cpp.server`)."""
 
     command: list[str] = Field(default_factory=list)
     replicas: int = Field(1, ge=1)
@@ -57,17 +45,26 @@ class ServerOptions(StrictModel):
 
 
 class RouterOptions(StrictModel):
-    """The sweep's router in front of several replicas (gepa_lab.servers.router)."""
+    """The options of the router in front of an LM's replicas (gepa_lab.servers.router); its command-line flags
+    are generated from these fields."""
 
-    enabled: Literal["auto", "always", "never"] = "auto"  # auto: when there is more than one replica
-    host: str | None = None  # bind address; None: 127.0.0.1 on one node, 0.0.0.0 on a multi-node Ray cluster
-    port: int | None = Field(None, ge=1, le=65535)  # None: a free port
-    affinity: bool = True  # same system message (candidate instruction) -> same replica (prefix cache)
-    affinity_slack: int = Field(4, ge=0)  # leave the preferred replica when it has this many more in flight than the least busy
-    health_interval_s: float = Field(2.0, gt=0)
-    queue_timeout_s: float = Field(600.0, gt=0)  # a request waiting this long for a free slot gets 503 + Retry-After
-    request_timeout_s: float = Field(900.0, gt=0)  # upstream timeout per attempt
-    max_attempts: int = Field(3, ge=1)  # replicas tried per request (failover)
+    host: str | None = Field(None, description="bind address; None: 127.0.0.1 on one node, 0.0.0.0 on a multi-node Ray cluster")
+    port: int | None = Field(None, ge=1, le=65535, description="port to listen on; None: a free port")
+    affinity: bool = Field(True, description="send requests with the same system message (a candidate's instruction) "
+                                             "to the same replica, so its prefix cache hits")
+    affinity_slack: int = Field(4, ge=0, description="leave the preferred replica when it has this many more requests "
+                                                     "in flight than the least busy one")
+    health_interval_s: float = Field(2.0, gt=0, description="seconds between health checks of every replica")
+    queue_timeout_s: float = Field(600.0, gt=0, description="a request waiting this long for a free slot gets 503 + Retry-After")
+    request_timeout_s: float = Field(900.0, gt=0, description="upstream timeout per attempt, in seconds")
+    max_attempts: int = Field(3, ge=1, description="replicas tried per request (failover)")
+
+
+class LMRouterOptions(RouterOptions):
+    """An LM config's `router:` block: whether the LM gets a router, and the router's options."""
+
+    enabled: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: when there is more than one replica (vllm_ray: always); always; never")
 
 
 class LMConfig(StrictModel):
@@ -93,7 +90,7 @@ class LMConfig(StrictModel):
     # (chat templates without a system role, like Gemma's, would otherwise drop it and with it GEPA's instruction)
     sim: SimOptions = Field(default_factory=SimOptions)
     server: ServerOptions = Field(default_factory=ServerOptions)
-    router: RouterOptions = Field(default_factory=RouterOptions)
+    router: LMRouterOptions = Field(default_factory=LMRouterOptions)
 
     @model_validator(mode="after")
     def _endpoint_given_when_external(self):

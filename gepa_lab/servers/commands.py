@@ -1,4 +1,6 @@
-"""The command line of each kind of LM server gepa_lab can start (vLLM, llama.cpp, the simulator), from an LMConfig.
+"""The command line of each kind of LM server gepa_lab starts as a server command (vLLM, llama.cpp), from an LMConfig.
+
+The simulator is started by gepa_lab.servers.simulator, with the flags its own options model generates.
 
 `server.command` overrides the kind's default; its {placeholders} are filled in by `format_command`."""
 from __future__ import annotations
@@ -50,17 +52,6 @@ def vllm_command(cfg: LMConfig) -> list[str]:
     return cmd
 
 
-def sim_command(cfg: LMConfig) -> list[str]:
-    """The LM simulator as a server command (kind sim with several replicas; tests of vllm_ray)."""
-    cmd = ["{python}", "-m", "gepa_lab.sim", "--host", "{host}", "--port", "{port}", "--model", "{model}",
-           "--max-in-flight", "{max_in_flight}"]
-    for name, value in cfg.sim.model_dump().items():
-        cmd += [f"--{name.replace('_', '-')}", str(value)]
-    if cfg.api_key_env:
-        cmd += ["--api-key-env", cfg.api_key_env]
-    return cmd
-
-
 def llamacpp_command(cfg: LMConfig) -> list[str]:
     """python -m llama_cpp.server with the model, alias, context size and the chat format (Gemma's by default)."""
     cmd = ["{python}", "-m", "llama_cpp.server", "--model", "{model_path}", "--model_alias", "{model}",
@@ -74,8 +65,6 @@ def server_command(cfg: LMConfig) -> list[str]:
         return list(cfg.server.command) + list(cfg.server.extra_args)
     if cfg.kind == "vllm_ray":
         return vllm_command(cfg) + list(cfg.server.extra_args)
-    if cfg.kind == "sim":
-        return sim_command(cfg) + list(cfg.server.extra_args)
     if cfg.kind == "llamacpp":
         return llamacpp_command(cfg) + list(cfg.server.extra_args)
     raise ValueError(f"lm kind {cfg.kind!r} has no server command")

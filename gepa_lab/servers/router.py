@@ -16,8 +16,8 @@ Trials of a sweep cannot see each other, so they all talk to this one process, w
 - serves GET /router/stats (per replica: in_flight, peak_in_flight, requests, errors, failovers, ...)
   and POST /router/replicas {"replicas": [urls]} (the replica supervisor swaps a restarted replica in).
 
-Run: python -m gepa_lab.servers.router --replica http://h1:8000/v1 --replica http://h2:8000/v1 --max-in-flight 32
-     [--host 127.0.0.1] [--port 0] [--port-file F]. `RouterProcess` does that from Python.
+Run: python -m gepa_lab.servers.router --replicas http://h1:8000/v1 http://h2:8000/v1 --max-in-flight 32 [options]
+(`--help` lists them: `RouterConfig`'s fields). `RouterProcess` does that from Python, handing it the validated config.
 """
 from __future__ import annotations
 
@@ -37,12 +37,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from gepa_lab.cli import LoggingOptions, add_model_options, model_argv, parse_model
+from gepa_lab.lm.config import RouterOptions
 from gepa_lab.servers.process import ChildProcess
 
 log = logging.getLogger("gepa_lab.servers.router")
 
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
 _FAILOVER_STATUSES = {429, 502, 503, 504}
+
+
+class RouterConfig(RouterOptions, LoggingOptions):
+    """Everything `python -m gepa_lab.servers.router` reads: an LM config's router options, plus what its launcher
+    decides (the replicas, the LM's max_in_flight, where to report the port)."""
+
+    replicas: list[str] = Field(default_factory=list, description="the replicas' OpenAI base URLs (http://host:port/v1)")
+    max_in_flight: int = Field(ge=1, description="requests in flight per replica (the LM config's max_in_flight)")
+    port_file: str | None = Field(None, description="write the bound port here once listening")
+
+    def bind_host(self) -> str:
+        return self.host or "127.0.0.1"  # the launcher resolves host None for a multi-node cluster (serving.py)
 
 
 @dataclass
@@ -94,11 +110,7 @@ def rendezvous_score(key: str, url: str) -> int:
 
 @dataclass
 class RouterState:
-    max_in_flight: int
-    affinity: bool = True
-    affinity_slack: int = 4
-    queue_timeout_s: float = 600.0
-    max_attempts: int = 3
+    config: RouterConfig
     replicas: dict[str, Replica] = field(default_factory=dict)
     requests: int = 0
     failovers: int = 0
@@ -127,19 +139,20 @@ class RouterState:
         cands = [r for r in live if r.healthy] or live  # all marked down: try them anyway (health may be stale)
         if not cands:
             raise NoReplica
-        free = [r for r in cands if r.in_flight < self.max_in_flight]
+        cap = self.config.max_in_flight
+        free = [r for r in cands if r.in_flight < cap]
         if not free:
             return None
         least = min(free, key=lambda r: (r.in_flight, r.requests))
-        if self.affinity and key is not None:
+        if self.config.affinity and key is not None:
             preferred = max(cands, key=lambda r: rendezvous_score(key, r.url))
-            if preferred.in_flight < self.max_in_flight and preferred.in_flight <= least.in_flight + self.affinity_slack:
+            if preferred.in_flight < cap and preferred.in_flight <= least.in_flight + self.config.affinity_slack:
                 preferred.affinity_hits += 1
                 return preferred
         return least
 
     async def acquire(self, key: str | None, exclude: set[str]) -> Replica:
-        deadline = time.monotonic() + self.queue_timeout_s
+        deadline = time.monotonic() + self.config.queue_timeout_s
         async with self.cond:
             self.waiting += 1
             self.peak_waiting = max(self.peak_waiting, self.waiting)
@@ -180,7 +193,7 @@ class RouterState:
 
     def public(self) -> dict[str, Any]:
         return {
-            "max_in_flight": self.max_in_flight,
+            "max_in_flight": self.config.max_in_flight,
             "requests": self.requests,
             "failovers": self.failovers,
             "rejected": self.rejected,
@@ -192,14 +205,8 @@ class RouterState:
 
 
 class Router:
-    def __init__(self, replicas: list[str], *, max_in_flight: int, affinity: bool = True, affinity_slack: int = 4,
-                 health_interval_s: float = 2.0, queue_timeout_s: float = 600.0, request_timeout_s: float = 900.0,
-                 max_attempts: int = 3):
-        self.state_args = dict(max_in_flight=max_in_flight, affinity=affinity, affinity_slack=affinity_slack,
-                               queue_timeout_s=queue_timeout_s, max_attempts=max_attempts)
-        self.initial = list(replicas)
-        self.health_interval_s = health_interval_s
-        self.request_timeout_s = request_timeout_s
+    def __init__(self, config: RouterConfig):
+        self.config = config
         self.state: RouterState | None = None
         self.session = None
         self._health_task = None
@@ -221,8 +228,8 @@ class Router:
     async def _startup(self, app) -> None:
         import aiohttp
 
-        self.state = RouterState(**self.state_args)
-        self.state.set_replicas(self.initial)
+        self.state = RouterState(self.config)
+        self.state.set_replicas(self.config.replicas)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=False,
@@ -294,7 +301,7 @@ class Router:
                 await self._check_all()
             except Exception:  # pragma: no cover - keep checking whatever happens
                 log.exception("health check round failed")
-            await asyncio.sleep(self.health_interval_s)
+            await asyncio.sleep(self.config.health_interval_s)
 
     # proxy ------------------------------------------------------------------------------------------
     async def _send(self, r: Replica, method: str, tail: str, body: bytes, headers: dict[str, str]):
@@ -304,7 +311,7 @@ class Router:
         started = time.monotonic()
         try:
             async with self.session.request(method, f"{r.url}/{tail}", data=body, headers=headers,
-                                            timeout=aiohttp.ClientTimeout(total=self.request_timeout_s)) as resp:
+                                            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_s)) as resp:
                 data = await resp.read()
                 out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
                 if resp.status < 300:
@@ -312,7 +319,7 @@ class Router:
                     r.latency_sum_s += time.monotonic() - started
                 return resp.status, data, out_headers, None
         except asyncio.TimeoutError:
-            return None, None, None, ("timeout", f"no answer within {self.request_timeout_s:g}s")
+            return None, None, None, ("timeout", f"no answer within {self.config.request_timeout_s:g}s")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
             return None, None, None, ("connection", f"{type(e).__name__}: {e}")
         finally:
@@ -326,11 +333,11 @@ class Router:
         tail = request.match_info["tail"]
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        key = affinity_key(body) if state.affinity and body else None
+        key = affinity_key(body) if state.config.affinity and body else None
         tried: set[str] = set()
         last: tuple[int, bytes, dict[str, str]] | None = None
         last_error = "no replica"
-        for attempt in range(state.max_attempts):
+        for attempt in range(state.config.max_attempts):
             try:
                 r = await state.acquire(key, tried)
             except NoReplica:
@@ -338,8 +345,8 @@ class Router:
             except asyncio.TimeoutError:
                 state.rejected += 1
                 return web.json_response(
-                    {"error": {"message": f"router: no replica slot free within {state.queue_timeout_s:g}s "
-                                          f"(max_in_flight {state.max_in_flight} per replica)", "type": "overloaded"}},
+                    {"error": {"message": f"router: no replica slot free within {state.config.queue_timeout_s:g}s "
+                                          f"(max_in_flight {state.config.max_in_flight} per replica)", "type": "overloaded"}},
                     status=503, headers={"Retry-After": "5"})
             tried.add(r.url)
             task = asyncio.ensure_future(self._send(r, request.method, tail, body, headers))
@@ -356,7 +363,7 @@ class Router:
             else:
                 last_error = f"{r.url}: HTTP {status}"
                 last = (status, data, out_headers)
-            if attempt + 1 < state.max_attempts:
+            if attempt + 1 < state.config.max_attempts:
                 r.failovers += 1
                 state.failovers += 1
         if last is not None:
@@ -369,12 +376,14 @@ class Router:
             status=503, headers={"Retry-After": "2"})
 
 
-def serve(router: Router, host: str, port: int, port_file: str | None = None) -> None:
+def serve(router: Router) -> None:
     from aiohttp import web
 
+    config = router.config
+    host, port_file = config.bind_host(), config.port_file
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock.bind((host, config.port or 0))
     actual = sock.getsockname()[1]
 
     async def main():
@@ -386,7 +395,7 @@ def serve(router: Router, host: str, port: int, port_file: str | None = None) ->
             tmp = f"{port_file}.tmp"
             Path(tmp).write_text(str(actual))
             os.replace(tmp, port_file)
-        print(f"gepa_lab router on http://{host}:{actual}/v1 -> {router.initial}", flush=True)
+        print(f"gepa_lab router on http://{host}:{actual}/v1 -> {config.replicas}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -398,26 +407,11 @@ def serve(router: Router, host: str, port: int, port_file: str | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gepa_lab.servers.router", description=__doc__.split("\n")[0])
-    p.add_argument("--replica", action="append", default=[], help="replica OpenAI base URL (repeat)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file", default=None, help="write the bound port here once listening")
-    p.add_argument("--max-in-flight", type=int, required=True, help="requests in flight per replica")
-    p.add_argument("--no-affinity", action="store_true")
-    p.add_argument("--affinity-slack", type=int, default=4)
-    p.add_argument("--health-interval-s", type=float, default=2.0)
-    p.add_argument("--queue-timeout-s", type=float, default=600.0)
-    p.add_argument("--request-timeout-s", type=float, default=900.0)
-    p.add_argument("--max-attempts", type=int, default=3)
-    p.add_argument("--log-level", default="WARNING")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, a.log_level.upper(), logging.WARNING),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    router = Router(a.replica, max_in_flight=a.max_in_flight, affinity=not a.no_affinity, affinity_slack=a.affinity_slack,
-                    health_interval_s=a.health_interval_s, queue_timeout_s=a.queue_timeout_s,
-                    request_timeout_s=a.request_timeout_s, max_attempts=a.max_attempts)
-    serve(router, a.host, a.port, a.port_file)
+    parser = argparse.ArgumentParser(prog="python -m gepa_lab.servers.router", description=__doc__.split("\n")[0])
+    add_model_options(parser, RouterConfig)
+    config = parse_model(parser, RouterConfig, argv)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(Router(config))
     return 0
 
 
@@ -430,23 +424,17 @@ class RouterError(RuntimeError):
 
 
 class RouterProcess(ChildProcess):
-    """The router as a child process of the sweep driver (own process group; `stop()` ends it)."""
+    """The router as a child process of the sweep driver (own process group; `stop()` ends it), handed `config` as
+    the flags that differ from its defaults."""
 
-    def __init__(self, replicas: list[str], *, max_in_flight: int, host: str = "127.0.0.1", port: int = 0,
-                 advertise_host: str | None = None, affinity: bool = True, affinity_slack: int = 4,
-                 health_interval_s: float = 2.0, queue_timeout_s: float = 600.0, request_timeout_s: float = 900.0,
-                 max_attempts: int = 3, log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0):
+    def __init__(self, config: RouterConfig, *, advertise_host: str | None = None,
+                 log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0):
         self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_router_")
         port_file = Path(self._tmp.name) / "port"
-        cmd = [sys.executable, "-m", "gepa_lab.servers.router", "--host", host, "--port", str(port), "--port-file", str(port_file),
-               "--max-in-flight", str(max_in_flight), "--affinity-slack", str(affinity_slack),
-               "--health-interval-s", str(health_interval_s), "--queue-timeout-s", str(queue_timeout_s),
-               "--request-timeout-s", str(request_timeout_s), "--max-attempts", str(max_attempts)]
-        if not affinity:
-            cmd.append("--no-affinity")
-        for r in replicas:
-            cmd += ["--replica", r]
+        config = config.model_copy(update={"port_file": str(port_file)})
+        cmd = [sys.executable, "-m", "gepa_lab.servers.router", *model_argv(config)]
         super().__init__(cmd, log_path=Path(log_path) if log_path else Path(self._tmp.name) / "router.log")
+        host = config.bind_host()
         self.host = host
         self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         deadline = time.monotonic() + startup_timeout_s

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import httpx
 
 from gepa_lab.errors import GepaLabError
-from gepa_lab.lm.config import LMConfig
+from gepa_lab.lm.config import LMConfig, RouterOptions
 from gepa_lab.servers.ray_cluster import multi_node
 
 log = logging.getLogger("gepa_lab.servers.serving")
@@ -109,16 +109,12 @@ def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
 
 
 def _start_router(cfg: LMConfig, replicas: list[str], workdir: Path, name: str):
-    from gepa_lab.servers.router import RouterProcess
+    from gepa_lab.servers.router import RouterConfig, RouterProcess
 
     host, advertise = _router_host(cfg)
-    r = cfg.router
-    return RouterProcess(
-        replicas, max_in_flight=cfg.max_in_flight, host=host, port=r.port or 0, advertise_host=advertise,
-        affinity=r.affinity, affinity_slack=r.affinity_slack, health_interval_s=r.health_interval_s,
-        queue_timeout_s=r.queue_timeout_s, request_timeout_s=r.request_timeout_s, max_attempts=r.max_attempts,
-        log_path=workdir / f"{name}-router.log",
-    )
+    options = cfg.router.model_dump(include=set(RouterOptions.model_fields))
+    config = RouterConfig(**{**options, "host": host}, replicas=replicas, max_in_flight=cfg.max_in_flight)
+    return RouterProcess(config, advertise_host=advertise, log_path=workdir / f"{name}-router.log")
 
 
 def _use_router(cfg: LMConfig, n_replicas: int) -> bool:

@@ -7,9 +7,10 @@
         ...
         print(sim.stats()["peak_in_flight"])
 
-The child runs ``python -m gepa_lab.sim`` in its own process group (``start_new_session=True``);
-``stop()`` kills the whole group and waits. The API key travels in an environment variable
-(``--api-key-env``), never on the command line.
+The options are the simulator's own model (``gepa_lab.sim.config.SimConfig``), validated here; the child gets
+them as the flags that differ from the defaults. It runs ``python -m gepa_lab.sim`` in its own process group
+(``start_new_session=True``); ``stop()`` kills the whole group and waits. The API key travels in an environment
+variable (``--api-key-env``), never on the command line.
 """
 
 from __future__ import annotations
@@ -25,23 +26,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gepa_lab.cli import model_argv
 from gepa_lab.servers.process import ChildProcess, free_port
+from gepa_lab.sim.config import SimConfig
 
 API_KEY_ENV = "GEPA_LAB_SIM_API_KEY"
-
-_FLAGS = {
-    "model": "--model",
-    "latency_ms": "--latency-ms",
-    "per_token_ms": "--per-token-ms",
-    "max_in_flight": "--max-in-flight",
-    "error_rate": "--error-rate",
-    "rate_limit_rate": "--rate-limit-rate",
-    "retry_after_s": "--retry-after-s",
-    "hang_rate": "--hang-rate",
-    "hang_s": "--hang-s",
-    "seed": "--seed",
-    "log_level": "--log-level",
-}
 
 
 class SimulatorStartError(RuntimeError):
@@ -57,10 +46,11 @@ def _get_json(url: str, timeout: float = 5.0, method: str = "GET") -> Any:
 class Simulator(ChildProcess):
     """A running simulator child process."""
 
-    def __init__(self, argv: list[str], host: str, port: int, log_path: Path, own_log: bool, env: dict[str, str]):
+    def __init__(self, argv: list[str], config: SimConfig, log_path: Path, own_log: bool, env: dict[str, str]):
         super().__init__(argv, log_path=log_path, env=env)
-        self.host = host
-        self.port = port
+        self.config = config
+        self.host = config.host
+        self.port = config.port
         self._own_log = own_log
 
     @property
@@ -101,9 +91,7 @@ class Simulator(ChildProcess):
 def start_simulator(
     port: int | None = None,
     *,
-    host: str = "127.0.0.1",
     api_key: str | None = None,
-    api_key_env: str | None = None,
     log_path: str | os.PathLike | None = None,
     startup_timeout: float = 30.0,
     python: str | None = None,
@@ -111,46 +99,41 @@ def start_simulator(
 ) -> Simulator:
     """Spawn ``python -m gepa_lab.sim`` on ``port`` (a free one if None) and wait for ``/health``.
 
-    ``options`` are the CLI options in Python spelling: ``model``, ``latency_ms``, ``per_token_ms``,
-    ``max_in_flight``, ``error_rate``, ``rate_limit_rate``, ``retry_after_s``, ``hang_rate``, ``hang_s``,
-    ``seed``, ``log_level``. ``api_key`` is passed to the child through the environment variable
-    ``GEPA_LAB_SIM_API_KEY`` (``--api-key-env``); ``api_key_env="NAME"`` instead makes the child read the
-    key from the variable NAME of this process's environment (it must be set). The child's output goes to ``log_path`` (a temp file
-    that is removed on ``stop()`` if not given). Raises ``SimulatorStartError`` with the log tail if the
-    server does not answer ``/health`` within ``startup_timeout`` seconds.
+    ``options`` are ``SimConfig``'s fields (gepa_lab/sim/config.py: ``latency_ms``, ``max_in_flight``, ``error_rate``,
+    ``hang_s``, ``model``, ``host``, ``api_key_env``, ``log_level``...); a bad one raises pydantic's ValidationError
+    here. ``api_key`` is passed to the child through the environment variable ``GEPA_LAB_SIM_API_KEY``;
+    ``api_key_env="NAME"`` instead makes the child read the key from the variable NAME of this process's
+    environment (it must be set). The child's output goes to ``log_path`` (a temp file that is removed on
+    ``stop()`` if not given). Raises ``SimulatorStartError`` with the log tail if the server does not answer
+    ``/health`` within ``startup_timeout`` seconds.
     """
+    api_key_env = options.get("api_key_env")
     if api_key and api_key_env:
         raise TypeError("give api_key or api_key_env, not both")
     if api_key_env and not os.environ.get(api_key_env):
         raise SimulatorStartError(f"environment variable {api_key_env} (api_key_env) is not set or empty")
-    unknown = set(options) - set(_FLAGS)
-    if unknown:
-        raise TypeError(f"unknown simulator option(s): {sorted(unknown)}")
+    if api_key:
+        options["api_key_env"] = API_KEY_ENV
     attempts = 1 if port is not None else 3
     last_error: Exception | None = None
     for _ in range(attempts):
-        chosen = port if port is not None else free_port(host)
+        # free_port(""): free on every interface, whichever host the child binds
+        config = SimConfig(port=port if port is not None else free_port(""), **options)
         try:
-            return _start_once(chosen, host, api_key, api_key_env, log_path, startup_timeout, python, options)
+            return _start_once(config, api_key, log_path, startup_timeout, python)
         except SimulatorStartError as exc:  # a port race: try another free port
             last_error = exc
     assert last_error is not None
     raise last_error
 
 
-def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, python, options) -> Simulator:
-    cmd = [python or sys.executable, "-m", "gepa_lab.sim", "--port", str(port), "--host", host]
-    for name, flag in _FLAGS.items():
-        if name in options and options[name] is not None:
-            cmd += [flag, str(options[name])]
+def _start_once(config: SimConfig, api_key, log_path, startup_timeout, python) -> Simulator:
+    cmd = [python or sys.executable, "-m", "gepa_lab.sim", *model_argv(config)]
     env = dict(os.environ)
-    if api_key_env:
-        cmd += ["--api-key-env", api_key_env]
-    else:
-        env.pop(API_KEY_ENV, None)
     if api_key:
         env[API_KEY_ENV] = api_key
-        cmd += ["--api-key-env", API_KEY_ENV]
+    elif config.api_key_env != API_KEY_ENV:
+        env.pop(API_KEY_ENV, None)
     own_log = log_path is None
     if own_log:
         fd, name = tempfile.mkstemp(prefix="gepa_lab_sim_", suffix=".log")
@@ -158,7 +141,7 @@ def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, pyt
         path = Path(name)
     else:
         path = Path(log_path)
-    sim = Simulator(cmd, host, port, path, own_log, env)
+    sim = Simulator(cmd, config, path, own_log, env)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if not sim.alive():
@@ -172,4 +155,4 @@ def _start_once(port, host, api_key, api_key_env, log_path, startup_timeout, pyt
     tail, code = sim.log_tail(), sim.proc.poll()
     sim.stop()
     state = f"exited with code {code}" if code is not None else f"did not answer /health within {startup_timeout:g}s"
-    raise SimulatorStartError(f"LM simulator on {host}:{port} {state}. Log tail:\n{tail}")
+    raise SimulatorStartError(f"LM simulator on {config.host}:{config.port} {state}. Log tail:\n{tail}")

@@ -19,7 +19,7 @@ same request sequence with the same seed fails at the same places:
   * ``rate_limit_rate``: HTTP 429 with ``Retry-After: retry_after_s`` (immediately, no slot used),
   * ``hang_rate``: no answer for ``hang_s`` seconds (no slot held), then HTTP 504 if anyone still listens.
 
-The API key (``--api-key`` or ``--api-key-env``) is only compared, never printed or logged.
+The API key (read from the environment variable ``--api-key-env`` names) is only compared, never printed or logged.
 """
 
 from __future__ import annotations
@@ -30,37 +30,15 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import web
 
+from .config import SimConfig
 from .engine import respond
 from .text import count_tokens, prompt_token_count
 
 log = logging.getLogger("gepa_lab.sim")
-
-
-@dataclass
-class SimConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: str = "sim"
-    api_key: str | None = None
-    latency_ms: float = 0.0
-    per_token_ms: float = 0.0
-    max_in_flight: int = 64
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after_s: float = 1.0
-    hang_rate: float = 0.0
-    hang_s: float = 30.0
-    seed: int = 0
-
-    def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["api_key"] = "set" if self.api_key else None  # never expose the key itself
-        return d
 
 
 class Stats:
@@ -136,8 +114,9 @@ def _json_error(status: int, message: str, kind: str, headers: dict[str, str] | 
 
 
 class SimServer:
-    def __init__(self, config: SimConfig):
+    def __init__(self, config: SimConfig, api_key: str | None = None):
         self.config = config
+        self.api_key = api_key
         self.stats = Stats()
         self._sem: asyncio.Semaphore | None = None
         self._seen: dict[str, int] = {}
@@ -156,11 +135,11 @@ class SimServer:
         self.app.on_startup.append(self._on_startup)
 
     async def _on_startup(self, app: web.Application) -> None:
-        self._sem = asyncio.Semaphore(max(1, int(self.config.max_in_flight)))
+        self._sem = asyncio.Semaphore(self.config.max_in_flight)
 
     # ---- helpers -------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
-        key = self.config.api_key
+        key = self.api_key
         if not key:
             return True
         header = request.headers.get("Authorization", "")
@@ -189,7 +168,7 @@ class SimServer:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         snap = self.stats.snapshot()
-        snap["config"] = self.config.public()
+        snap["config"] = {**self.config.model_dump(), "api_key": "set" if self.api_key else None}  # never the key
         return web.json_response(snap)
 
     async def reset_stats(self, request: web.Request) -> web.Response:
@@ -310,13 +289,13 @@ def _fmt_seconds(s: float) -> str:
     return str(int(s)) if float(s).is_integer() else f"{s:g}"
 
 
-def run_server(config: SimConfig) -> None:
-    server = SimServer(config)
+def run_server(config: SimConfig, api_key: str | None = None) -> None:
+    server = SimServer(config, api_key)
     print(
         f"gepa_lab LM simulator serving model {config.model!r} on http://{config.host}:{config.port}/v1 "
         f"(max_in_flight={config.max_in_flight}, latency_ms={config.latency_ms}, per_token_ms={config.per_token_ms}, "
         f"error_rate={config.error_rate}, rate_limit_rate={config.rate_limit_rate}, hang_rate={config.hang_rate}, "
-        f"seed={config.seed}, api key {'required' if config.api_key else 'not required'})",
+        f"seed={config.seed}, api key {'required' if api_key else 'not required'})",
         flush=True,
     )
     web.run_app(

@@ -16,7 +16,7 @@ from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.servers.router import RouterProcess, rendezvous_score  # noqa: E402
+from gepa_lab.servers.router import RouterConfig, RouterProcess, rendezvous_score  # noqa: E402
 from gepa_lab.servers.serving import EndpointError, serve  # noqa: E402
 from gepa_lab.servers.process import free_port  # noqa: E402
 from gepa_lab.servers.simulator import start_simulator  # noqa: E402
@@ -50,7 +50,7 @@ def _run_clients(n_clients: int, per_client: int, url: str, system_of=lambda i, 
 def test_router_caps_in_flight_per_replica_under_load():
     # the simulators would take 64 at once; the router must never give either more than 3
     with start_simulator(max_in_flight=64, latency_ms=60) as a, start_simulator(max_in_flight=64, latency_ms=60) as b:
-        with RouterProcess([a.url, b.url], max_in_flight=3, affinity_slack=1) as router:
+        with RouterProcess(RouterConfig(replicas=[a.url, b.url], max_in_flight=3, affinity_slack=1)) as router:
             statuses = _run_clients(12, 6, router.url)
             stats = router.stats()
         assert statuses == [200] * 72
@@ -67,7 +67,7 @@ def test_router_caps_in_flight_per_replica_under_load():
 def test_failover_when_a_replica_dies_mid_traffic(tmp_path):
     use_cache(tmp_path, mode="off")
     with start_simulator(latency_ms=80, max_in_flight=64) as a, start_simulator(latency_ms=80, max_in_flight=64) as b:
-        with RouterProcess([a.url, b.url], max_in_flight=4, health_interval_s=0.5, affinity=False) as router:
+        with RouterProcess(RouterConfig(replicas=[a.url, b.url], max_in_flight=4, health_interval_s=0.5, affinity=False)) as router:
             # no client-side retries: every call must succeed through the router's failover alone
             lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), router.url, role="task")
             meter = UsageMeter({"task": lm})
@@ -117,7 +117,7 @@ def test_prefix_affinity_keeps_an_instruction_on_one_replica():
             if len(by_replica[home]) < 3:
                 by_replica[home].append(system)
         instructions = [(home, s) for home, group in by_replica.items() for s in group]
-        with RouterProcess(urls, max_in_flight=8) as router, httpx.Client(timeout=60) as c:
+        with RouterProcess(RouterConfig(replicas=urls, max_in_flight=8)) as router, httpx.Client(timeout=60) as c:
             for home, system in instructions:
                 before = (a.stats()["requests_received"], b.stats()["requests_received"])
                 for j in range(4):  # sequential: no load, so affinity decides alone

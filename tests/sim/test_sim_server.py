@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from gepa_lab.servers.process import free_port
 from gepa_lab.servers.simulator import SimulatorStartError, start_simulator
@@ -158,12 +160,22 @@ def test_cli_api_key_env_and_bad_arguments():
         env=env, capture_output=True, text=True, timeout=30,
     )
     assert r.returncode == 2
+    r = subprocess.run(
+        [sys.executable, "-m", "gepa_lab.sim", "--port", str(port), "--max-in-flight", "0"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 2 and "--max-in-flight" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_start_failure_reports_the_log_tail():
-    with pytest.raises(SimulatorStartError) as exc:
+def test_bad_options_are_refused_and_a_start_failure_reports_the_log_tail():
+    with pytest.raises(ValidationError, match="max_in_flight"):  # validated by the options model, before any start
         start_simulator(port=free_port(), max_in_flight=0, startup_timeout=10)
-    assert "max-in-flight" in str(exc.value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SimulatorStartError) as exc:
+            start_simulator(port=taken.getsockname()[1], startup_timeout=10)
+    assert "exited with code" in str(exc.value) and "already in use" in str(exc.value).lower()  # the child's log tail
 
 
 def test_stop_kills_the_process_group():
