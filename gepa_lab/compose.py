@@ -33,6 +33,19 @@ def hydra_message(exc: BaseException) -> str:
     return msg
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'lm': {'model': 'x'}} -> {'lm.model': 'x'}: a config as dotted keys, the way overrides name them. Lists stay
+    whole; an empty mapping is a value of its own (its key is not lost)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
 def compose(config_name: str | None, overrides: Sequence[str] = (), *, config_dir: str | Path = CONF_DIR,
             under: Mapping[str, Any] | None = None, return_hydra_config: bool = False) -> DictConfig:
     """config_dir/config_name.yaml with Hydra command-line overrides (``a.b=1``, ``+new=2``, ``~gone``, ``group=option``),

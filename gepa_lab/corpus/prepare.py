@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import polars as pl
 
+from gepa_lab.compose import flatten
 from gepa_lab.paths import CORPORA_DIR
 
 from .clean import clean_table, wanted_columns, with_ids
@@ -121,15 +122,6 @@ def stale_reason(old: dict[str, Any] | None, cfg: CorpusConfig, fp: list[dict[st
     return None
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: d}
-
-
 def _short(v: Any) -> str:
     s = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v
     return s if len(s) <= 40 else s[:37] + "..."
@@ -140,7 +132,7 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if not old:
         return ["previous manifest unreadable"]
     changes = []
-    a, b = _flatten(old.get("config", {})), _flatten(new.get("config", {}))
+    a, b = flatten(old.get("config", {})), flatten(new.get("config", {}))
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k):
             changes.append(f"{k}: {_short(a.get(k))} -> {_short(b.get(k))}")

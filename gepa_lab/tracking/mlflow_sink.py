@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from gepa_lab.compose import flatten
 from gepa_lab.config.identity import git_commit, versions
 from gepa_lab.config.schema import MlflowConfig
 from gepa_lab.events import Event
@@ -189,22 +190,12 @@ def experiment_id(cfg: MlflowConfig, output_dir: str | os.PathLike, mlflow_clien
         return found.experiment_id
 
 
-# ---- flattening -----------------------------------------------------------------------------------------
+# ---- params and metrics -----------------------------------------------------------------------------------------
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 
 def _key(key: str) -> str:
     return _BAD_KEY.sub("_", key)[:KEY_MAX]
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{'lm': {'model': 'x'}} -> {'lm.model': 'x'}; lists stay whole (JSON)."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data} if prefix else {}
 
 
 def _param_value(value: Any) -> str:

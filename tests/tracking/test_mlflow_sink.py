@@ -8,8 +8,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from gepa_lab.compose import flatten
 from gepa_lab.config.schema import MlflowConfig
-from gepa_lab.tracking.mlflow_sink import client as sink_client, create_sqlite_store, flatten, tracking_uri
+from gepa_lab.tracking.mlflow_sink import client as sink_client, create_sqlite_store, tracking_uri
 
 
 def children(c: MlflowClient, sweep) -> dict[str, object]:
