@@ -36,7 +36,7 @@ METRIC = "best_val_score"
 
 def check(cfg: SweepConfig) -> dict[str, tuple[str, Any]]:
     """Everything that can be wrong before Ray starts: the space, and every trial config it can produce."""
-    leaves = space.flatten(cfg.sweep.space)
+    leaves = space.leaves(cfg.sweep.space)
     base = cfg.base_run()
     space.check(leaves, cfg.sweep.search, base)
     check_task_imports(cfg.task.program, cfg.task.metric)
@@ -163,7 +163,7 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=space.to_tune(space.flatten(cfg.sweep.space)),
+            param_space=space.to_tune(space.leaves(cfg.sweep.space)),
             tune_config=tune.TuneConfig(
                 num_samples=cfg.sweep.num_samples,
                 max_concurrent_trials=concurrent,

@@ -23,19 +23,22 @@ def _is_leaf(node: Any) -> bool:
     return isinstance(node, dict) and len(node) == 1 and next(iter(node)) in KINDS
 
 
-def flatten(space: dict, prefix: str = "") -> dict[str, tuple[str, Any]]:
-    """{"optimizer": {"seed": {"grid": [0, 1]}}} -> {"optimizer.seed": ("grid", [0, 1])}."""
-    leaves: dict[str, tuple[str, Any]] = {}
+def leaves(space: dict, prefix: str = "") -> dict[str, tuple[str, Any]]:
+    """{"optimizer": {"seed": {"grid": [0, 1]}}} -> {"optimizer.seed": ("grid", [0, 1])}.
+
+    Not compose.flatten: a mapping of one distribution kind is a leaf here, and anything else that is not a mapping
+    is refused."""
+    found: dict[str, tuple[str, Any]] = {}
     for key, node in space.items():
         path = f"{prefix}{key}"
         if _is_leaf(node):
             kind, arg = next(iter(node.items()))
-            leaves[path] = (kind, arg)
+            found[path] = (kind, arg)
         elif isinstance(node, dict) and node:
-            leaves.update(flatten(node, path + "."))
+            found.update(leaves(node, path + "."))
         else:
             raise ConfigError(f"sweep.space.{path}: expected one of {{{', '.join(KINDS)}}}: VALUES, got {node!r}")
-    return leaves
+    return found
 
 
 def check(leaves: dict[str, tuple[str, Any]], search: str, base: dict) -> None:

@@ -85,7 +85,7 @@ def to_wandb(spec: dict[str, Any], command_overrides: list[str], project: str | 
     """A validated sweep block (SweepSpec as a dict) -> (W&B sweep config, notes on what was dropped or changed)."""
     from gepa_lab.sweep import space
 
-    leaves = space.flatten(spec["space"])
+    leaves = space.leaves(spec["space"])
     if not leaves:
         raise ConfigError(f"sweep {spec['name']}: sweep.space is empty: nothing to search")
     method = METHODS[spec["search"]]
@@ -142,7 +142,7 @@ def export(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     cfg = compose("sweep", overrides, return_hydra_config=True)
     choice = cfg.hydra.runtime.choices.get("sweep")  # the agent recomposes with the same option
     spec = _sweep_block(cfg)
-    space.check(space.flatten(spec["space"]), spec["search"], OmegaConf.to_container(cfg, resolve=False))
+    space.check(space.leaves(spec["space"]), spec["search"], OmegaConf.to_container(cfg, resolve=False))
     # The agent recomposes the same config: the sweep option first, then the export's own overrides.
     # An output_dir given here is kept, so that every W&B run of the sweep writes under it.
     rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "sweep"]
@@ -214,7 +214,7 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
 
     cfg = compose("sweep", overrides)
     swept: SweepConfig = validate(SweepConfig, to_plain(cfg))
-    leaves = space.flatten(swept.sweep.space)
+    leaves = space.leaves(swept.sweep.space)
     base = swept.base_run()
     space.check(leaves, swept.sweep.search, base)
     check_task_imports(swept.task.program, swept.task.metric)

@@ -16,7 +16,7 @@ import yaml
 
 from gepa_lab.errors import ConfigError
 from gepa_lab.paths import SWEEPS_DIR
-from gepa_lab.sweep.space import flatten
+from gepa_lab.sweep.space import leaves
 from gepa_lab.sweep.wandb_sweeps import export, to_wandb
 from tests.support.wandb_offline import wandb_run
 
@@ -54,9 +54,9 @@ def test_export_cli_maps_every_leaf(name: str, to_file: bool, tmp_path: Path):
     assert doc["name"] == block["name"]
     assert doc["method"] == {"grid": "grid", "random": "random", "optuna": "bayes"}[block["search"]]
     assert doc["metric"] == {"name": "best_val_score", "goal": "maximize"}
-    leaves = flatten(block["space"])
-    assert set(doc["parameters"]) == set(leaves)
-    for path, (kind, arg) in leaves.items():
+    found = leaves(block["space"])
+    assert set(doc["parameters"]) == set(found)
+    for path, (kind, arg) in found.items():
         expected = {
             "grid": {"values": arg}, "choice": {"values": arg},
             "uniform": {"distribution": "uniform", "min": arg[0], "max": arg[1]},
