@@ -19,7 +19,7 @@ class OptimizerConfig(StrictModel):
     max_full_evals: int | None = Field(None, ge=1)
     max_metric_calls: int | None = Field(None, ge=1)
     strict_budget: bool = True  # no iteration starts that could take max_metric_calls past its limit
-    reflection_minibatch_size: int = Field(3, ge=1)
+    reflection_minibatch_size: int = Field(30, ge=1)  # banking77's 77 labels need big batches to learn within ~1,000 calls
     candidate_selection_strategy: Literal["pareto", "current_best"] = "pareto"
     skip_perfect_score: bool = True
     add_format_failure_as_feedback: bool = False

@@ -37,7 +37,7 @@ def run_config(output_dir: Path, api_key_env: str | None = None, tracking: dict 
         "task": dict(TASK),
         "lm": lm,
         "reflection_lm": dict(lm),
-        "optimizer": {"max_metric_calls": 20},
+        "optimizer": {"max_metric_calls": 20, "reflection_minibatch_size": 3},  # small batches: iterations fit 20 calls
         "eval": {"test_limit": 5},
         **({"tracking": tracking} if tracking else {}),
     }
