@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from gepa_lab.strict import StrictModel
+from gepa_lab.strict import StrictModel, defaults_of
 
 from gepa_lab.corpus.config import CorpusConfig
 from gepa_lab.lm.config import LMCacheConfig, LMConfig
@@ -95,3 +95,15 @@ class RunConfig(StrictModel):
 
     def eval_threads(self) -> int:
         return self.eval.num_threads or self.lm.max_in_flight
+
+
+def store_defaults(name: str, model: type[BaseModel]) -> None:
+    """Hydra's config store gets `model`'s defaults as the config `name`, which conf/run.yaml (conf/sweep.yaml) names
+    first in its defaults list: conf/ then states only what differs from the model's defaults, and every option can
+    still be overridden as key=value (no '+')."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=name, node=defaults_of(model))
+
+
+store_defaults("run_defaults", RunConfig)

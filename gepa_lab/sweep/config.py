@@ -7,7 +7,7 @@ from pydantic import Field
 
 from gepa_lab.strict import StrictModel
 
-from gepa_lab.config.schema import RunConfig
+from gepa_lab.config.schema import RunConfig, store_defaults
 from gepa_lab.servers.ray_cluster import RayConfig
 
 
@@ -50,3 +50,6 @@ class SweepConfig(RunConfig):
     def base_run(self) -> dict[str, Any]:
         """The plain config every trial starts from (its sampled values are written over it)."""
         return self.model_dump(mode="json", exclude={"sweep", "ray"})
+
+
+store_defaults("sweep_defaults", SweepConfig)
