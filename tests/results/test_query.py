@@ -158,11 +158,11 @@ def test_connect_and_leaderboard_table(sweep_dir: Path):
     assert text.index("t-c") < text.index("t-b") and "t-a" not in text
 
 
-def test_readme_example_queries_run(sweep_dir: Path):
+def test_documented_example_queries_run(sweep_dir: Path):
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"```sql\n(.*?)```", readme, re.S).group(1)
+    page = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
+    block = re.search(r"```sql\n(.*?)```", page, re.S).group(1)
     statements = [s.strip() for s in block.split(";") if s.strip()]
     assert len(statements) == 4
     con = open_results(sweep_dir)
