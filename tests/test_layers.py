@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gepa_lab"
 
 # Lowest first. A module may import from its own part and from the parts before it, never from one after it.
 LAYERS = [
-    {"errors", "paths", "atomic", "strict", "events", "cli", "progress", "compose"},  # foundations every part uses
+    {"errors", "paths", "atomic", "strict", "events", "cli", "progress", "compose", "api_keys"},  # foundations every part uses
     {"sim"},  # the LM simulator: a server program of its own
     {"corpus"},
     {"tasks"},

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from gepa_lab.api_keys import key_from_env
 from gepa_lab.sim.config import SimOptions
 from gepa_lab.strict import StrictModel
 
@@ -97,6 +98,11 @@ class LMConfig(StrictModel):
         if self.kind not in MANAGED_KINDS and not self.api_base:
             raise ValueError(f"lm kind '{self.kind}' needs api_base (the URL of a running OpenAI-compatible server)")
         return self
+
+    def api_key(self, required: bool = False) -> str | None:
+        """The key, from the environment variable api_key_env names (None when it names none). required: an unset
+        variable is a MissingKeyError naming it, else it means no key."""
+        return key_from_env(self.api_key_env, needed_by=f"lm '{self.model}'" if required else None)
 
     @property
     def api_bases(self) -> list[str]:

@@ -18,7 +18,6 @@ stored on the engine, the LM or in anything pickled or saved.
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -31,6 +30,7 @@ from dspy import lm15
 from dspy.clients._http import retry_after_seconds
 from dspy.clients.lm15_boundary import request_kwargs, response_value
 
+from gepa_lab.api_keys import MissingKeyError, key_from_env
 from gepa_lab.lm import accounting
 from gepa_lab.lm.cache import release_failed_call
 from gepa_lab.lm.config import LMConfig
@@ -48,16 +48,6 @@ class _Call:
     waited: float = 0.0
     raw: dict[str, Any] | None = None
     failed: bool = True
-
-
-def api_key(cfg: LMConfig) -> str:
-    """The key comes from the environment only; servers that want none get a placeholder."""
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise ValueError(f"lm '{cfg.model}': environment variable {cfg.api_key_env} (api_key_env) is not set")
-        return key
-    return "EMPTY"
 
 
 def _error_text(resp: httpx.Response, limit: int = 300) -> str:
@@ -163,12 +153,11 @@ class OpenAIEngine:
     # request shaping -------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise lm15.AuthError(
-                    f"LM endpoint {self.api_base} (model {self.model}): environment variable {self.api_key_env} is not set"
-                )
+        try:
+            key = key_from_env(self.api_key_env, needed_by=f"LM endpoint {self.api_base} (model {self.model})")
+        except MissingKeyError as e:
+            raise lm15.AuthError(str(e)) from None
+        if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -379,7 +368,7 @@ def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int
     seed: the trial's sampling seed. With temperature > 0 it becomes dspy's rollout_id (so the rollout cache
     keeps trials with different seeds apart) and the request's `seed` (so a server that honours it, like vLLM,
     samples reproducibly and cached answers equal fresh ones). Ignored at temperature 0."""
-    api_key(cfg)  # fail now, naming the variable, if the key is missing
+    cfg.api_key(required=True)  # fail now, naming the variable, if the key is missing
     engine = OpenAIEngine(
         model=cfg.model,
         api_base=api_base,

@@ -18,6 +18,7 @@ from typing import Any
 
 import dspy
 
+from gepa_lab.api_keys import key_from_env
 from gepa_lab.errors import GepaLabError
 from gepa_lab.tracking.mlflow_sink import METADATA_KEY, mlflow_uris
 
@@ -157,9 +158,9 @@ def check(
     started = time.time()
     served = load_model(model_uri, tracking_uri)
     lm = served.bind(api_base=api_base, api_key_env=api_key_env, cache=False)  # score against the live LM only
-    env_name = served.lm_info.get("api_key_env")
     try:
-        check_endpoint(served.lm_info["api_base"], api_key=os.environ.get(env_name) if env_name else None, model=served.lm_info.get("model"))
+        check_endpoint(served.lm_info["api_base"], api_key=key_from_env(served.lm_info.get("api_key_env")),
+                       model=served.lm_info.get("model"))
     except EndpointError as exc:
         raise ServeError(str(exc)) from None
     try:

@@ -157,7 +157,7 @@ class ServerProcess(ChildProcess):
 def start_server(cfg: LMConfig, *, host: str, log_dir: str | os.PathLike, name: str, url_host: str | None = None,
                  env: dict[str, str] | None = None, attempts: int = 3) -> ServerProcess:
     """Start cfg's server command on a free port of this machine and wait until it answers."""
-    api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    api_key = cfg.api_key()
     last: Exception | None = None
     for i in range(attempts):
         port = free_port("" if host in ("0.0.0.0", "") else host)

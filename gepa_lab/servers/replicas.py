@@ -223,8 +223,7 @@ class ReplicaSet:
         if not alive:
             self.events.append({"replica": index, "event": "process_exited", "time": time.time()})
             return False
-        ok, detail = answers(self._url_for(self.infos[index]), timeout=10.0,
-                             api_key=os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None)
+        ok, detail = answers(self._url_for(self.infos[index]), timeout=10.0, api_key=self.cfg.api_key())
         fails[index] = 0 if ok else fails[index] + 1
         if fails[index] >= 3:
             self.events.append({"replica": index, "event": "not_answering", "detail": detail, "time": time.time()})

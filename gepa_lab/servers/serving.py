@@ -58,16 +58,12 @@ def check_external(configs: dict[str, LMConfig]) -> None:
     """Every already-running endpoint (an explicit api_base) answers: checked before anything is started."""
     for cfg in configs.values():
         for base in cfg.api_bases:
-            check_endpoint(base, api_key=_key(cfg), model=cfg.model)
+            check_endpoint(base, api_key=cfg.api_key(), model=cfg.model)
 
 
 def replica_set(endpoint: Endpoint):
     """The supervised ReplicaSet behind a vllm_ray endpoint (in the serving process), else None."""
     return _REPLICA_SETS.get(endpoint.api_base)
-
-
-def _key(cfg: LMConfig) -> str | None:
-    return os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
 
 
 def check_endpoint(api_base: str, timeout_s: float = 10.0, api_key: str | None = None, model: str | None = None) -> None:
@@ -147,7 +143,7 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
             dead = []
             for base in cfg.api_bases:
                 try:
-                    check_endpoint(base, api_key=_key(cfg), model=cfg.model)
+                    check_endpoint(base, api_key=cfg.api_key(), model=cfg.model)
                 except EndpointError as e:
                     dead.append(str(e))
             if dead:
@@ -159,7 +155,7 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
             replicas = []
             for i in range(cfg.server.replicas):
                 sim = stack.enter_context(start_simulator(
-                    model=cfg.model, max_in_flight=cfg.max_in_flight, api_key=_key(cfg),
+                    model=cfg.model, max_in_flight=cfg.max_in_flight, api_key=cfg.api_key(),
                     log_path=workdir / f"{name}-sim{i}.log", **cfg.sim.model_dump(),
                 ))
                 replicas.append(sim.url)
@@ -190,7 +186,7 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
             if replica_set is not None:
                 holder["router"] = router
                 router.set_replicas(replica_set.urls)  # in case one was restarted meanwhile
-            check_endpoint(router.url, api_key=_key(cfg))
+            check_endpoint(router.url, api_key=cfg.api_key())
             endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True)
         else:
             endpoint = Endpoint(cfg, replicas[0], tuple(replicas), routed=False)

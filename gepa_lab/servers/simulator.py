@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gepa_lab.api_keys import MissingKeyError, key_from_env
 from gepa_lab.cli import model_argv
 from gepa_lab.servers.process import ChildProcess, free_port
 from gepa_lab.sim.config import SimConfig
@@ -110,8 +111,10 @@ def start_simulator(
     api_key_env = options.get("api_key_env")
     if api_key and api_key_env:
         raise TypeError("give api_key or api_key_env, not both")
-    if api_key_env and not os.environ.get(api_key_env):
-        raise SimulatorStartError(f"environment variable {api_key_env} (api_key_env) is not set or empty")
+    try:
+        key_from_env(api_key_env, needed_by="the simulator")  # fail here, not in the child
+    except MissingKeyError as e:
+        raise SimulatorStartError(str(e)) from None
     if api_key:
         options["api_key_env"] = API_KEY_ENV
     attempts = 1 if port is not None else 3

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
+from gepa_lab.api_keys import MissingKeyError, key_from_env
 from gepa_lab.cli import add_model_options, parse_model
 
 from .config import SimConfig
@@ -26,12 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     config = parse_model(build_parser(), SimConfig, argv)
     logging.basicConfig(level=config.log_level)
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env) or None
-        if api_key is None:
-            print(f"error: environment variable {config.api_key_env} is not set or empty", file=sys.stderr)
-            return 2
+    try:
+        api_key = key_from_env(config.api_key_env, needed_by="the simulator")
+    except MissingKeyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run_server(config, api_key)
     return 0
 

@@ -237,8 +237,7 @@ def register_winner(
     if expected and got != expected:
         raise RegistrationError(f"{program_path} does not hold the winner's instructions recorded in its summary")
 
-    lm_key = os.environ.get(run_cfg.lm.api_key_env) if run_cfg.lm.api_key_env else None
-    secrets = secret_values(extra=[k for k in (lm_key, load_back.get("api_key")) if k])
+    secrets = secret_values(extra=[k for k in (run_cfg.lm.api_key(), load_back.get("api_key")) if k])
     c = client(cfg, output_dir)
     run_id = _winner_run(c, parent_run_id, trial_dir)
     if run_id is None:  # no trial run to attach to: a nested run of its own
