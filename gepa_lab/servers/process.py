@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
@@ -75,6 +76,30 @@ class ChildProcess:
         except OSError:
             return ""
 
+    def wait_until(self, ready: Callable[[], Any], timeout_s: float, what: str, *, error: type[Exception] = RuntimeError,
+                   interval_s: float = 0.05) -> None:
+        """Poll `ready()` until it returns a true value (an exception from it means: not yet; the last one is
+        reported). If the child exits first, or timeout_s passes, stop it and raise `error`: `what` (the child and
+        what ready means), why, and the tail of its log."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while True:
+            if not self.alive():
+                why = f"exited with code {self.proc.returncode} before it was ready"
+                break
+            try:
+                if ready():
+                    return
+            except Exception as e:  # noqa: BLE001 - not ready yet
+                last = f" (last: {e})" if str(e) else f" (last: {type(e).__name__})"
+            if time.monotonic() >= deadline:
+                why = f"was not ready within {timeout_s:g}s{last}"
+                break
+            time.sleep(interval_s)
+        tail = self.log_tail()
+        self.stop()
+        raise error(f"{what} {why}. Log tail ({self.log_path}):\n{tail}")
+
     def kill(self, timeout: float = 10.0) -> None:
         """SIGKILL the whole group at once (nothing in it needs a clean exit) and wait, a bounded while, until none
         of it is left."""
@@ -131,24 +156,9 @@ class ServerProcess(ChildProcess):
             raise ServerStartError(f"cannot run {argv[0]!r} for {url}: {e}") from None
 
     def wait_ready(self, timeout_s: float, api_key: str | None = None) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "not started"
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise ServerStartError(
-                    f"server for {self.url} exited with code {self.proc.returncode} before answering. "
-                    f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{self.log_tail()}"
-                )
-            ok, last = answers(self.url, timeout=2.0, api_key=api_key)
-            if ok:
-                return
-            time.sleep(0.2)
-        tail = self.log_tail()
-        self.stop()
-        raise ServerStartError(
-            f"server for {self.url} did not answer GET /models within {timeout_s:g}s (last: {last}). "
-            f"Command: {' '.join(self.argv)}\nLog tail ({self.log_path}):\n{tail}"
-        )
+        self.wait_until(lambda: answers(self.url, timeout=2.0, api_key=api_key)[0], timeout_s,
+                        f"server for {self.url} (GET /models; command: {' '.join(self.argv)})", error=ServerStartError,
+                        interval_s=0.2)
 
     def stop(self, timeout: float = 15.0) -> None:  # a GPU server may take a while to free its memory
         super().stop(timeout)
@@ -167,8 +177,7 @@ def start_server(cfg: LMConfig, *, host: str, log_dir: str | os.PathLike, name: 
         try:
             proc.wait_ready(cfg.server.startup_timeout_s, api_key=api_key)
             return proc
-        except ServerStartError as e:
-            proc.stop()
+        except ServerStartError as e:  # wait_ready stopped it
             last = e
             if "Address already in use" not in proc.log_tail():
                 break  # not a port race: do not retry

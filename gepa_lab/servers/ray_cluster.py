@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -77,11 +76,8 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
     head = ChildProcess(argv, log_path=log_path, env={**os.environ, "RAY_ADDRESS": ""}, die_with_parent=True,
                         death_signal=signal.SIGTERM)
     try:
-        deadline = time.monotonic() + timeout_s
-        while "Ray runtime started" not in head.log_tail(100_000):
-            if not head.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the local Ray head did not start (log: {log_path}): {head.log_tail(1500)}")
-            time.sleep(0.2)
+        head.wait_until(lambda: "Ray runtime started" in head.log_tail(100_000), timeout_s,
+                        "the local Ray head ('Ray runtime started' in its log)", interval_s=0.2)
         yield f"127.0.0.1:{ports['port']}"
     finally:
         head.kill()

@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,21 +50,12 @@ class RedisServer(ChildProcess):
     def _wait(self, timeout: float = 20.0) -> None:
         import redis
 
-        deadline = time.monotonic() + timeout
         client = redis.Redis(host="127.0.0.1" if self.host in ("0.0.0.0", "localhost") else self.host, port=self.port,
                              socket_timeout=1, socket_connect_timeout=1)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if client.ping():
-                    client.close()
-                    return
-            except Exception:
-                time.sleep(0.05)
-        tail = self.log_tail(2000)
-        self.stop()
-        raise RuntimeError(f"redis-server on {self.host}:{self.port} did not start. Log tail:\n{tail}")
+        try:
+            self.wait_until(client.ping, timeout, f"redis-server on {self.host}:{self.port} (PING)")
+        finally:
+            client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)

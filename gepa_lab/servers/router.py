@@ -437,17 +437,8 @@ class RouterProcess(ChildProcess):
         host = config.bind_host()
         self.host = host
         self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
-        deadline = time.monotonic() + startup_timeout_s
-        self.port = None
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if port_file.exists():
-                self.port = int(port_file.read_text())
-                break
-            time.sleep(0.05)
-        if self.port is None:
-            tail = self.log_tail()
-            self.stop()
-            raise RouterError(f"the LM router did not start. Log tail:\n{tail}")
+        self.wait_until(port_file.exists, startup_timeout_s, "the LM router (writing its port file)", error=RouterError)
+        self.port = int(port_file.read_text())
 
     @property
     def base(self) -> str:

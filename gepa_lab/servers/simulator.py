@@ -20,8 +20,6 @@ import json
 import os
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -145,17 +143,6 @@ def _start_once(config: SimConfig, api_key, log_path, startup_timeout, python) -
     else:
         path = Path(log_path)
     sim = Simulator(cmd, config, path, own_log, env)
-    deadline = time.monotonic() + startup_timeout
-    while time.monotonic() < deadline:
-        if not sim.alive():
-            break
-        try:
-            if sim.health(timeout=1.0).get("status") == "ok":
-                return sim
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    tail, code = sim.log_tail(), sim.proc.poll()
-    sim.stop()
-    state = f"exited with code {code}" if code is not None else f"did not answer /health within {startup_timeout:g}s"
-    raise SimulatorStartError(f"LM simulator on {config.host}:{config.port} {state}. Log tail:\n{tail}")
+    sim.wait_until(lambda: sim.health(timeout=1.0).get("status") == "ok", startup_timeout,
+                   f"LM simulator on {config.host}:{config.port} (GET /health)", error=SimulatorStartError)
+    return sim
