@@ -153,7 +153,7 @@ def check(
 
     ok = loaded, endpoint answered, and at most max_error_rate of the examples raised (LM or parse errors).
     Raises ServeError when the model cannot be loaded or bound, or the endpoint does not answer."""
-    from gepa_lab.servers.serving import EndpointError, check_endpoint
+    from gepa_lab.servers.process import EndpointError, check_endpoint
 
     started = time.time()
     served = load_model(model_uri, tracking_uri)

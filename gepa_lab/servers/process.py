@@ -4,11 +4,12 @@ server's own children (vLLM's workers) go with it.
 
 `ServerProcess` / `start_server` run an LM server's command (gepa_lab.servers.commands) on a free port and wait until
 GET <url>/models answers; on Linux the child also dies with its parent (PR_SET_PDEATHSIG), so a killed Ray actor
-leaves no orphaned GPU server behind."""
+leaves no orphaned GPU server behind. `check_endpoint` is the one "does this LM endpoint answer" check."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -20,10 +21,12 @@ from typing import Any, Callable
 
 import httpx
 
+from gepa_lab.errors import GepaLabError
 from gepa_lab.lm.config import LMConfig
 from gepa_lab.servers.commands import command_values, format_command, server_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("gepa_lab.servers.process")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -131,14 +134,36 @@ class ServerStartError(RuntimeError):
     pass
 
 
-def answers(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[bool, str]:
-    """Does an OpenAI base URL answer GET /models? (any reply below 500 counts: the server is up)"""
+class EndpointError(GepaLabError):
+    """An LM endpoint that does not answer (or refuses the key): one line naming it."""
+
+
+def check_endpoint(api_base: str, timeout_s: float = 10.0, api_key: str | None = None, model: str | None = None, *,
+                   running_is_up: bool = False) -> None:
+    """GET <api_base>/models; raises EndpointError, one line naming the URL, unless the endpoint is up.
+
+    Up, for what is about to send it requests: HTTP 200 with the key accepted (a model it does not list is only
+    warned about). running_is_up, for a server being started or supervised: any reply below 500, since a server
+    that refuses the path or the key is running all the same."""
+    url = api_base.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        r = httpx.get(url.rstrip("/") + "/models", timeout=timeout, headers=headers)
-        return r.status_code < 500, f"HTTP {r.status_code}"
+        r = httpx.get(url, timeout=timeout_s, headers=headers)
     except httpx.HTTPError as e:
-        return False, f"{type(e).__name__}: {e}"
+        raise EndpointError(f"LM endpoint {api_base} does not answer (GET {url}): {type(e).__name__}: {e}") from None
+    if running_is_up and r.status_code < 500:
+        return
+    if r.status_code in (401, 403):
+        raise EndpointError(f"LM endpoint {api_base} refuses the API key (GET {url}: HTTP {r.status_code}); check api_key_env")
+    if r.status_code != 200:
+        raise EndpointError(f"LM endpoint {api_base} answers GET {url} with HTTP {r.status_code}: {r.text[:200]}")
+    if model is not None:
+        try:
+            served = [m.get("id") for m in r.json().get("data", [])]
+        except (ValueError, AttributeError):
+            served = []
+        if served and model not in served:
+            log.warning("LM endpoint %s serves %s, not %r: requests for %r may fail", api_base, served, model, model)
 
 
 class ServerProcess(ChildProcess):
@@ -156,9 +181,12 @@ class ServerProcess(ChildProcess):
             raise ServerStartError(f"cannot run {argv[0]!r} for {url}: {e}") from None
 
     def wait_ready(self, timeout_s: float, api_key: str | None = None) -> None:
-        self.wait_until(lambda: answers(self.url, timeout=2.0, api_key=api_key)[0], timeout_s,
-                        f"server for {self.url} (GET /models; command: {' '.join(self.argv)})", error=ServerStartError,
-                        interval_s=0.2)
+        def answers() -> bool:
+            check_endpoint(self.url, timeout_s=2.0, api_key=api_key, running_is_up=True)
+            return True
+
+        self.wait_until(answers, timeout_s, f"server for {self.url} (GET /models; command: {' '.join(self.argv)})",
+                        error=ServerStartError, interval_s=0.2)
 
     def stop(self, timeout: float = 15.0) -> None:  # a GPU server may take a while to free its memory
         super().stop(timeout)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 
 from gepa_lab.lm.config import LMConfig
-from gepa_lab.servers.process import ServerProcess, answers, start_server
+from gepa_lab.servers.process import EndpointError, ServerProcess, check_endpoint, start_server
 
 log = logging.getLogger("gepa_lab.servers.replicas")
 
@@ -194,7 +194,11 @@ class ReplicaSet:
             info = ray.get(actor.info.remote(), timeout=30)
         except Exception:
             return False
-        if not info.get("alive") or not answers(self._url_for(info))[0]:
+        try:
+            if not info.get("alive"):
+                raise EndpointError(f"{info.get('url')}: its server has exited")
+            check_endpoint(self._url_for(info), timeout_s=5.0, running_is_up=True)
+        except EndpointError:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
             return False
@@ -223,11 +227,14 @@ class ReplicaSet:
         if not alive:
             self.events.append({"replica": index, "event": "process_exited", "time": time.time()})
             return False
-        ok, detail = answers(self._url_for(self.infos[index]), timeout=10.0, api_key=self.cfg.api_key())
-        fails[index] = 0 if ok else fails[index] + 1
-        if fails[index] >= 3:
-            self.events.append({"replica": index, "event": "not_answering", "detail": detail, "time": time.time()})
-            return False
+        try:
+            check_endpoint(self._url_for(self.infos[index]), timeout_s=10.0, api_key=self.cfg.api_key(), running_is_up=True)
+            fails[index] = 0
+        except EndpointError as e:
+            fails[index] += 1
+            if fails[index] >= 3:
+                self.events.append({"replica": index, "event": "not_answering", "detail": str(e), "time": time.time()})
+                return False
         return True
 
     def _restart(self, index: int) -> None:

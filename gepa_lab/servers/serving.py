@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 import httpx
 
-from gepa_lab.errors import GepaLabError
 from gepa_lab.lm.config import LMConfig, RouterOptions
+from gepa_lab.servers.process import EndpointError, check_endpoint
 from gepa_lab.servers.ray_cluster import multi_node
 
 log = logging.getLogger("gepa_lab.servers.serving")
@@ -47,10 +47,6 @@ class Endpoint:
         return httpx.get(url, timeout=timeout).raise_for_status().json()
 
 
-class EndpointError(GepaLabError):
-    """An LM endpoint that does not answer (or refuses the key): one line naming it."""
-
-
 _REPLICA_SETS: dict[str, Any] = {}  # api_base -> the ReplicaSet behind it (vllm_ray), in the process that serves
 
 
@@ -64,27 +60,6 @@ def check_external(configs: dict[str, LMConfig]) -> None:
 def replica_set(endpoint: Endpoint):
     """The supervised ReplicaSet behind a vllm_ray endpoint (in the serving process), else None."""
     return _REPLICA_SETS.get(endpoint.api_base)
-
-
-def check_endpoint(api_base: str, timeout_s: float = 10.0, api_key: str | None = None, model: str | None = None) -> None:
-    """GET <api_base>/models must answer 200; raises EndpointError naming the URL otherwise."""
-    url = api_base.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.get(url, timeout=timeout_s, headers=headers)
-    except httpx.HTTPError as e:
-        raise EndpointError(f"LM endpoint {api_base} does not answer (GET {url}): {type(e).__name__}: {e}") from None
-    if r.status_code in (401, 403):
-        raise EndpointError(f"LM endpoint {api_base} refuses the API key (GET {url}: HTTP {r.status_code}); check api_key_env")
-    if r.status_code != 200:
-        raise EndpointError(f"LM endpoint {api_base} answers GET {url} with HTTP {r.status_code}: {r.text[:200]}")
-    if model is not None:
-        try:
-            served = [m.get("id") for m in r.json().get("data", [])]
-        except (ValueError, AttributeError):
-            served = []
-        if served and model not in served:
-            log.warning("LM endpoint %s serves %s, not %r: requests for %r may fail", api_base, served, model, model)
 
 
 def _router_host(cfg: LMConfig) -> tuple[str, str | None]:

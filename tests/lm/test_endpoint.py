@@ -17,7 +17,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
-from gepa_lab.servers.serving import EndpointError, check_endpoint, serve, serve_all  # noqa: E402
+from gepa_lab.servers.process import EndpointError, check_endpoint  # noqa: E402
+from gepa_lab.servers.serving import serve, serve_all  # noqa: E402
 from gepa_lab.servers.process import free_port  # noqa: E402
 from gepa_lab.servers.simulator import start_simulator  # noqa: E402
 

@@ -22,7 +22,8 @@ from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
 from gepa_lab.servers.commands import format_command, vllm_command  # noqa: E402
 from gepa_lab.servers.replicas import ReplicaSet  # noqa: E402
-from gepa_lab.servers.serving import EndpointError, replica_set, serve  # noqa: E402
+from gepa_lab.servers.process import EndpointError  # noqa: E402
+from gepa_lab.servers.serving import replica_set, serve  # noqa: E402
 from gepa_lab.servers.ray_cluster import local_head  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)

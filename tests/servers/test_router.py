@@ -17,7 +17,8 @@ from gepa_lab.lm.cache import use_cache  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
 from gepa_lab.servers.router import RouterConfig, RouterProcess, rendezvous_score  # noqa: E402
-from gepa_lab.servers.serving import EndpointError, serve  # noqa: E402
+from gepa_lab.servers.process import EndpointError  # noqa: E402
+from gepa_lab.servers.serving import serve  # noqa: E402
 from gepa_lab.servers.process import free_port  # noqa: E402
 from gepa_lab.servers.simulator import start_simulator  # noqa: E402
 
