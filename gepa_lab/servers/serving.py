@@ -17,6 +17,7 @@ An endpoint that does not answer is reported here, naming it, before anything el
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -39,6 +40,10 @@ class Endpoint:
     api_base: str  # what dspy.LM talks to: http://host:port/v1 (the router when routed)
     replicas: tuple[str, ...] = ()  # the servers behind it
     routed: bool = False
+    replica_set: Any = dataclasses.field(default=None, compare=False)  # vllm_ray: the supervised ReplicaSet behind it
+
+    def __reduce__(self):  # a trial gets the address (pickled); the ReplicaSet stays in the process that supervises it
+        return Endpoint, (self.cfg, self.api_base, self.replicas, self.routed)
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         """The router's /router/stats when routed; else the server's /stats (the simulator has one)."""
@@ -47,19 +52,11 @@ class Endpoint:
         return httpx.get(url, timeout=timeout).raise_for_status().json()
 
 
-_REPLICA_SETS: dict[str, Any] = {}  # api_base -> the ReplicaSet behind it (vllm_ray), in the process that serves
-
-
 def check_external(configs: dict[str, LMConfig]) -> None:
     """Every already-running endpoint (an explicit api_base) answers: checked before anything is started."""
     for cfg in configs.values():
         for base in cfg.api_bases:
             check_endpoint(base, api_key=cfg.api_key(), model=cfg.model)
-
-
-def replica_set(endpoint: Endpoint):
-    """The supervised ReplicaSet behind a vllm_ray endpoint (in the serving process), else None."""
-    return _REPLICA_SETS.get(endpoint.api_base)
 
 
 def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
@@ -162,12 +159,9 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
                 holder["router"] = router
                 router.set_replicas(replica_set.urls)  # in case one was restarted meanwhile
             check_endpoint(router.url, api_key=cfg.api_key())
-            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True)
+            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True, replica_set=replica_set)
         else:
-            endpoint = Endpoint(cfg, replicas[0], tuple(replicas), routed=False)
-        if replica_set is not None:
-            _REPLICA_SETS[endpoint.api_base] = replica_set
-            stack.callback(_REPLICA_SETS.pop, endpoint.api_base, None)
+            endpoint = Endpoint(cfg, replicas[0], tuple(replicas), routed=False, replica_set=replica_set)
         log.info("lm '%s' (%s) at %s", cfg.model, cfg.kind, endpoint.api_base)
         yield endpoint
 
@@ -186,5 +180,5 @@ def serve_all(configs: dict[str, LMConfig], *, workdir: str | os.PathLike | None
                 sub = Path(workdir) / f"lm{len(by_server)}" if workdir is not None else None
                 by_server[skey] = stack.enter_context(serve(cfg, workdir=sub))
             ep = by_server[skey]
-            endpoints[key] = ep if ep.cfg == cfg else Endpoint(cfg, ep.api_base, ep.replicas, ep.routed)
+            endpoints[key] = ep if ep.cfg == cfg else dataclasses.replace(ep, cfg=cfg)
         yield endpoints

@@ -18,7 +18,7 @@ from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
 from gepa_lab.lm.endpoint import build_lm  # noqa: E402
 from gepa_lab.servers.process import EndpointError, check_endpoint  # noqa: E402
-from gepa_lab.servers.serving import serve, serve_all  # noqa: E402
+from gepa_lab.servers.serving import Endpoint, serve, serve_all  # noqa: E402
 from gepa_lab.servers.process import free_port  # noqa: E402
 from gepa_lab.servers.simulator import start_simulator  # noqa: E402
 
@@ -33,6 +33,13 @@ def no_cache():
 
 def _cfg(**kw) -> LMConfig:
     return LMConfig(kind="sim", model="sim", **kw)
+
+
+def test_an_endpoint_pickles_to_its_address_without_what_supervises_it():
+    """Trials get the sweep's endpoints pickled; a vllm_ray endpoint's ReplicaSet (threads, locks, actors) stays behind."""
+    ep = Endpoint(_cfg(), "http://127.0.0.1:1/v1", ("http://127.0.0.1:2/v1",), routed=True, replica_set=threading.Lock())
+    copy = pickle.loads(pickle.dumps(ep))
+    assert copy == ep and copy.replica_set is None
 
 
 def test_dead_url_error_names_the_endpoint():

@@ -23,7 +23,7 @@ from gepa_lab.lm.endpoint import build_lm  # noqa: E402
 from gepa_lab.servers.commands import format_command, vllm_command  # noqa: E402
 from gepa_lab.servers.replicas import ReplicaSet  # noqa: E402
 from gepa_lab.servers.process import EndpointError  # noqa: E402
-from gepa_lab.servers.serving import replica_set, serve  # noqa: E402
+from gepa_lab.servers.serving import serve  # noqa: E402
 from gepa_lab.servers.ray_cluster import local_head  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,7 +71,7 @@ def test_managed_replicas_restart_a_dead_one_while_traffic_flows(local_ray, tmp_
     use_cache(tmp_path, mode="off")
     cfg = _cfg()
     with serve(cfg, workdir=tmp_path) as ep:
-        rs = replica_set(ep)
+        rs = ep.replica_set
         assert ep.routed and len(ep.replicas) == 2
         infos = rs.replica_info()
         assert ray.available_resources().get("fake_gpu", 0) == 0  # each replica actor holds one "GPU"
@@ -151,10 +151,10 @@ def _wait_dead(pid: int, timeout: float = 15.0) -> bool:
 def test_keep_running_replicas_are_reused_then_stopped(local_ray, tmp_path):
     cfg = _cfg(replicas=1, keep_running=True)
     with serve(cfg, workdir=tmp_path / "a") as ep:
-        first = replica_set(ep).replica_info()[0]
+        first = ep.replica_set.replica_info()[0]
     assert _pid_alive(first["pid"])  # left running
     with serve(cfg, workdir=tmp_path / "b") as ep:
-        rs = replica_set(ep)
+        rs = ep.replica_set
         assert rs.replica_info()[0]["pid"] == first["pid"]  # reused, not started again
         assert build_lm(cfg, ep.api_base)("still there?")[0]
         rs.stop(force=True)
