@@ -47,8 +47,7 @@ class ServedModel:
         `overrides` replace recorded LM settings (temperature=..., max_tokens=...). cache=False by default
         so a check really talks to the endpoint (dspy's cache key ignores api_base).
         """
-        from pydantic import ValidationError
-
+        from gepa_lab.config.load import validate
         from gepa_lab.lm.config import LMConfig
         from gepa_lab.lm.endpoint import build_lm
 
@@ -57,19 +56,12 @@ class ServedModel:
         if not base or not info.get("model"):
             raise ServeError(f"{self.model_uri}: no LM endpoint to bind to (pass api_base); recorded LM: {info}")
         env_name = api_key_env or info.get("api_key_env")
-        if env_name and not os.environ.get(env_name):
-            raise ServeError(f"{self.model_uri}: the LM needs a key in environment variable {env_name}, which is not set")
         recorded = dict(self.meta.get("lm_config") or {})
         try:
-            cfg = LMConfig.model_validate({**recorded, **overrides, "api_base": base, "api_key_env": env_name})
-            self.lm = build_lm(cfg, base)
-        except (ValidationError, TypeError):  # recorded with an older LMConfig schema: a plain dspy.LM
-            kwargs = {dspy_name: info[name] for name, dspy_name in
-                      (("temperature", "temperature"), ("max_tokens", "max_tokens"), ("timeout_s", "timeout"), ("num_retries", "num_retries"))
-                      if info.get(name) is not None}
-            if info.get("extra_body"):
-                kwargs["extra_body"] = info["extra_body"]
-            self.lm = dspy.LM(f"openai/{info['model']}", api_base=base, api_key=os.environ[env_name] if env_name else "EMPTY", **kwargs)
+            cfg = validate(LMConfig, {**recorded, **overrides, "api_base": base, "api_key_env": env_name}, prefix="lm")
+            self.lm = build_lm(cfg, base)  # fails naming the variable when the key is not set
+        except GepaLabError as e:
+            raise ServeError(f"{self.model_uri}: {e}") from None
         self.lm.cache = cache
         self.lm_info = {**info, "api_base": base, "api_key_env": env_name}
         return self.lm
