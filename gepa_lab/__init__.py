@@ -1,7 +1,7 @@
 """gepa_lab: many GEPA optimizations of DSPy programs as one distributed sweep."""
 import os as _os
 
-# Offline-friendly defaults; they must be in place before dspy/litellm/ray are imported (NOTES.md).
+# Offline-friendly defaults, set before dspy, litellm, Hugging Face and Ray are imported: some are read only at import.
 for _key, _value in {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else litellm fetches model metadata over the network (~5 s)
     "RAY_AUTH_MODE": "disabled",  # local Ray without writing ~/.ray/auth_token

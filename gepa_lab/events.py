@@ -32,9 +32,6 @@ class EventStream:
         self.sinks: list[Sink] = list(sinks or [])
         self.failures: Counter[str] = Counter()
 
-    def subscribe(self, sink: Sink) -> None:
-        self.sinks.append(sink)
-
     def emit(self, kind: str, **data: Any) -> Event:
         event = Event(kind, self.trial_id, data)
         for sink in self.sinks:

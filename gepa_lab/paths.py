@@ -8,5 +8,4 @@ PROJECT_ROOT = Path(os.environ.get("GEPA_LAB_ROOT", Path(__file__).resolve().par
 CONF_DIR = PROJECT_ROOT / "conf"
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 CORPORA_DIR = PROJECT_ROOT / "corpora"
-RAW_DIR = CORPORA_DIR / "raw"
 OUTPUTS_DIR = PROJECT_ROOT / "outputs"

@@ -44,8 +44,8 @@ class OptimizerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _picklable_best_outputs(self):
-        # gepa pickles its state into log_dir every iteration; best outputs hold dspy signatures,
-        # which only cloudpickle can serialize (NOTES.md).
+        # gepa pickles its state into log_dir every iteration; best outputs hold dspy signatures, which pickle
+        # refuses ("Can't pickle StringSignature") and cloudpickle serializes.
         if self.track_best_outputs:
             self.gepa_kwargs.setdefault("use_cloudpickle", True)
         return self

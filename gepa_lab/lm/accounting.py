@@ -22,8 +22,6 @@ from typing import Any, Iterable, Mapping
 from dspy.utils.callback import BaseCallback
 from dspy.utils.callback_context import ACTIVE_CALL_ID
 
-ROLES = ("task", "reflection")
-
 # call id -> the open records of every meter watching that call (normally one)
 _ACTIVE: dict[str, list["CallRecord"]] = {}
 _ACTIVE_LOCK = threading.Lock()
