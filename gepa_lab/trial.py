@@ -117,6 +117,10 @@ class NoOvershoot:
         return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
 
 
+# OptimizerConfig fields that are gepa_lab's own; every other field is a dspy.GEPA keyword of the same name
+NOT_GEPA_ARGUMENTS = {"strict_budget", "gepa_kwargs"}
+
+
 def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks: list, stop_callbacks: list | None) -> dspy.GEPA:
     opt = cfg.optimizer
     gepa_kwargs = dict(opt.gepa_kwargs)
@@ -128,24 +132,12 @@ def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks
         gepa_kwargs["stop_callbacks"] = stop_callbacks
     return dspy.GEPA(
         metric=task.metric,
-        **opt.budget(),
-        reflection_minibatch_size=opt.reflection_minibatch_size,
-        candidate_selection_strategy=opt.candidate_selection_strategy,
         reflection_lm=reflection_lm,
-        skip_perfect_score=opt.skip_perfect_score,
-        add_format_failure_as_feedback=opt.add_format_failure_as_feedback,
-        component_selector=opt.component_selector,
-        use_merge=opt.use_merge,
-        max_merge_invocations=opt.max_merge_invocations,
         num_threads=cfg.eval_threads(),
-        failure_score=opt.failure_score,
-        perfect_score=opt.perfect_score,
         log_dir=str(Path(cfg.output_dir) / "gepa"),  # gepa saves its state here every iteration: reruns resume
         track_stats=True,
-        track_best_outputs=opt.track_best_outputs,
-        warn_on_score_mismatch=opt.warn_on_score_mismatch,
-        seed=opt.seed,
         gepa_kwargs=gepa_kwargs,
+        **opt.model_dump(exclude=NOT_GEPA_ARGUMENTS),
     )
 
 
