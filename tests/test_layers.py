@@ -17,7 +17,7 @@ LAYERS = [
     {"config"},  # a run's whole config: corpus + task + lm + optimizer + tracking
     {"tracking"},
     {"results"},
-    {"trial"},
+    {"trial", "harness"},  # one GEPA compile, and the one way every entry sets it up
     {"run", "sweep"},
     {"serve"},
 ]

@@ -1,4 +1,4 @@
-"""One Ray Tune trial = one GEPA compile through gepa_lab.trial.run_trial, with its sinks."""
+"""One Ray Tune trial = one GEPA compile through gepa_lab.harness, plus Tune's own sink and the ledger's stop."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,17 +8,13 @@ from typing import Any
 import ray
 from ray import tune
 
-from gepa_lab.config.identity import claim_output_dir
 from gepa_lab.config.schema import RunConfig
-from gepa_lab.events import Event, EventStream
-from gepa_lab.lm.cache import sync_cache, use_cache
+from gepa_lab.events import Event
+from gepa_lab.harness import harnessed_trial
+from gepa_lab.results.writer import write_table
 from gepa_lab.servers.serving import Endpoint
-from gepa_lab.results.writer import ResultsWriter, write_table
 from gepa_lab.sweep import space
 from gepa_lab.sweep.stopping import LedgerStop
-from gepa_lab.tracking.mlflow_sink import MlflowSink
-from gepa_lab.tracking.wandb_sink import WandbSink
-from gepa_lab.trial import run_trial
 
 
 @dataclass
@@ -75,34 +71,13 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         # Optuna and ASHA need the sweep's metric and time axis in every result: NaN = no score
         tune.report({"skipped": reason, "best_val_score": float("nan"), "metric_calls": 0})
         return
-    out = Path(cfg.output_dir)
-    claim_output_dir(cfg, out)
-    use_cache(out, **ctx.cache)
-    config_json = cfg.model_dump(mode="json")
-    sinks = [TuneReporter(ctx.ledger), ResultsWriter(Path(ctx.output_dir) / "results", ctx.sweep_id, {"params": params, **config_json})]
-    tracking = cfg.tracking
-    if tracking.wandb.enabled:
-        sinks.append(WandbSink(tracking.wandb, Path(ctx.output_dir), group=ctx.sweep_id, run_name=trial_id, config={"params": params, **config_json}))
-    if tracking.mlflow.enabled and ctx.mlflow_parent_run_id:
-        sinks.append(MlflowSink(tracking.mlflow, Path(ctx.output_dir), ctx.mlflow_parent_run_id, run_name=trial_id))
-    endpoints = {
-        "task": ctx.endpoints[cfg.lm.server_key()],
-        "reflection": ctx.endpoints[cfg.reflection_lm.server_key()],
-    }
-    stop = [LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else None
-    try:
-        summary = run_trial(cfg, endpoints, EventStream(trial_id, sinks), stop_callbacks=stop, extra_summary={"params": params})
-    finally:
-        sync_cache()  # Ray may end this worker without running its exit hooks
-        for sink in sinks:
-            if hasattr(sink, "finish"):
-                sink.finish()
-        if tracking.wandb.enabled:
-            import wandb
-
-            # end W&B's service process now: when Tune ends this worker, Ray stops that process before the worker's
-            # exit hooks run, and W&B's own hook then printed a traceback (a later trial here starts a new one)
-            wandb.teardown()
+    summary = harnessed_trial(
+        cfg, root=Path(ctx.output_dir), trial_id=trial_id, sweep_id=ctx.sweep_id, params=params,
+        sinks=[TuneReporter(ctx.ledger)],
+        endpoints={"task": ctx.endpoints[cfg.lm.server_key()], "reflection": ctx.endpoints[cfg.reflection_lm.server_key()]},
+        cache=ctx.cache, mlflow_parent_run_id=ctx.mlflow_parent_run_id,
+        stop_callbacks=[LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else None,
+    )
     # The final report comes last: Tune may end this actor as soon as the trial's function returns after it.
     keys = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
     tune.report({k: summary[k] for k in keys})

@@ -21,12 +21,15 @@ cannot express is printed (on stderr) and left out: max_concurrent (start that m
 the sweep budget, the ASHA scheduler, num_samples of a grid (random/bayes: it becomes run_cap),
 the searcher seed, per-trial resources.
 
-agent runs exactly one trial through gepa_lab.trial.run_trial inside wandb.init(): the trial's
-parameters are read from wandb.config (where W&B's agent puts them; parameters given only on the
+agent runs exactly one trial through gepa_lab.harness (as a Ray sweep's trial runs) inside wandb.init(): the
+trial's parameters are read from wandb.config (where W&B's agent puts them; parameters given only on the
 command line are added to wandb.config first). Its output goes to OUTPUT_DIR/trials/<W&B run id>/,
 its Parquet rows to OUTPUT_DIR/results/ -- the layout of a Ray sweep, so
 `python -m gepa_lab.results OUTPUT_DIR` works on it. OUTPUT_DIR is output_dir when given; under
-a W&B agent without one, outputs/wandb-<sweep name>-<W&B sweep id>, shared by all its runs.
+a W&B agent without one, outputs/wandb-<sweep name>-<W&B sweep id>, shared by all its runs: the disk
+rollout cache (OUTPUT_DIR/.dspy_cache) and the embedded MLflow store (OUTPUT_DIR/mlflow.db, one run per
+trial, no sweep run above them) too. cache=redis without cache.redis_url starts a redis-server for one
+run only: give the agents of a sweep one cache.redis_url to share a Redis cache.
 """
 from __future__ import annotations
 
@@ -199,18 +202,13 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
     import wandb
     from rich.console import Console
 
-    from gepa_lab.config.identity import claim_output_dir
     from gepa_lab.config.load import check_task_imports, to_plain, validate
     from gepa_lab.config.schema import RunConfig
-    from gepa_lab.events import EventStream
-    from gepa_lab.lm.cache import use_cache
-    from gepa_lab.servers.serving import serve_all
+    from gepa_lab.harness import harnessed_trial
     from gepa_lab.paths import OUTPUTS_DIR
     from gepa_lab.progress import ConsoleProgress
-    from gepa_lab.results.writer import ResultsWriter
     from gepa_lab.sweep import space
     from gepa_lab.sweep.config import SweepConfig
-    from gepa_lab.trial import run_trial
 
     cfg = compose("sweep", overrides)
     swept: SweepConfig = validate(SweepConfig, to_plain(cfg))
@@ -244,7 +242,6 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
         settings=wandb.Settings(console="off", silent=True),
     )
     exit_code = 1
-    wandb_sink = None
     try:
         # Parameters given only on the command line (or left at the sweep's base) join wandb.config,
         # so wandb.config always holds every parameter of this trial; W&B's values win.
@@ -260,53 +257,20 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
         data = space.apply(base, params)
         data["output_dir"] = str(trial_dir)
         trial_cfg: RunConfig = validate(RunConfig, data)
-        claim_output_dir(trial_cfg, trial_dir)
-        use_cache(out)
-        config_json = trial_cfg.model_dump(mode="json")
-        sweep_id = f"wandb-{wandb_sweep_id}" if wandb_sweep_id else f"wandb-{swept.sweep.name}"
         console = Console(stderr=True)
         console.print(f"[bold]W&B trial {trial_id}[/] of sweep {swept.sweep.name}: {params} -> {trial_dir}")
-        sinks: list[Any] = [
-            ConsoleProgress(trial_cfg.optimizer.max_metric_calls, console),
-            ResultsWriter(out / "results", sweep_id, {"params": params, **config_json}),
-            FinalMetrics(run),
-        ]
-        wandb_sink = _attach_wandb_sink(run, wcfg, out, sweep_id, trial_id, {"params": params, **config_json})
-        if wandb_sink is not None:
-            sinks.append(wandb_sink)
-        with serve_all({"task": trial_cfg.lm, "reflection": trial_cfg.reflection_lm}) as endpoints:
-            summary = run_trial(
-                trial_cfg, endpoints, EventStream(trial_id, sinks),
-                extra_summary={"params": params, "wandb_run_id": run.id, "wandb_sweep_id": wandb_sweep_id},
-            )
+        # no sweep driver here: the harness starts this trial's cache service and LM servers itself; the run
+        # W&B started (with the sweep's parameters) is the trial's W&B run
+        summary = harnessed_trial(
+            trial_cfg, root=out, trial_id=trial_id, params=params, wandb_run=run,
+            sweep_id=f"wandb-{wandb_sweep_id}" if wandb_sweep_id else f"wandb-{swept.sweep.name}",
+            sinks=[ConsoleProgress(trial_cfg.optimizer.max_metric_calls, console), FinalMetrics(run)],
+            extra_summary={"wandb_run_id": run.id, "wandb_sweep_id": wandb_sweep_id},
+        )
         exit_code = 0
         return summary
     finally:
-        if wandb_sink is not None:
-            wandb_sink.finish()  # no-op after trial_finished/failed; else marks the run failed and closes it
-        else:
-            run.finish(exit_code=exit_code)
-
-
-def _attach_wandb_sink(run, wcfg, out: Path, group: str, trial_id: str, config: dict[str, Any]):
-    """The project's WandbSink, writing into this (already started) run instead of starting its own:
-    under `wandb agent` the sweep's run is the one wandb.init() returned here. None when W&B is disabled
-    or the sink is not available (FinalMetrics still records the scores)."""
-    try:
-        from gepa_lab.tracking.wandb_sink import WandbSink
-    except ImportError:
-        return None
-    mode = getattr(run.settings, "mode", None) or "offline"
-    if mode == "disabled" or getattr(run, "disabled", False):
-        return None
-    sink = WandbSink(wcfg.model_copy(update={"enabled": True, "mode": "online" if mode == "online" else "offline"}),
-                     out, group=group, run_name=trial_id, config=config)
-    sink.run = run
-    run.config.update({"config": sink.config}, allow_val_change=True)
-    run.define_metric("metric_calls")
-    for prefix in ("gepa/*", "lm/*", "candidate/*"):
-        run.define_metric(prefix, step_metric="metric_calls")
-    return sink
+        run.finish(exit_code=exit_code)  # a no-op once the trial's W&B sink closed the run
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -1,4 +1,5 @@
-"""MLflow sink: a parent run per sweep, a nested run per trial.
+"""MLflow sink: a parent run per sweep, a nested run per trial; a run of its own for a trial no sweep run holds
+(``python -m gepa_lab.run``, a W&B Sweeps agent's trial).
 
 Embedded default: ``sqlite:///<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlartifacts``; a
 remote ``tracking_uri`` (``http://host:port`` of an ``mlflow server``) works the same way, artifacts then go
@@ -8,7 +9,7 @@ nested run points at its parent with the ``mlflow.parentRunId`` tag.
 
 A trial run holds
 - params: the trial's resolved config, flattened (``lm.model``, ``optimizer.max_metric_calls``, ...), secrets masked;
-- tags: ``mlflow.parentRunId``, ``git_commit`` (+ ``mlflow.source.git.commit``), ``config_hash``,
+- tags: ``mlflow.parentRunId`` (in a sweep), ``git_commit`` (+ ``mlflow.source.git.commit``), ``config_hash``,
   ``corpus_manifest_hash``, ``versions`` (JSON) and ``version.<package>``, ``gepa_lab.trial_id``,
   ``gepa_lab.output_dir``, ``gepa_lab.status``, ``error`` on failure;
 - metrics, step = metric calls used so far: ``best_val_score``, ``iteration``, ``accepted``, ``seconds``,
@@ -296,9 +297,10 @@ def end_parent_run(
 
 # ---- one trial ------------------------------------------------------------------------------------------
 class MlflowSink:
-    """Sink (gepa_lab.events): the nested MLflow run of one trial. Call finish() when the trial ends."""
+    """Sink (gepa_lab.events): the MLflow run of one trial, nested under parent_run_id (the sweep's run) when given,
+    else in cfg.experiment. Call finish() when the trial ends."""
 
-    def __init__(self, cfg: MlflowConfig, output_dir: str | os.PathLike, parent_run_id: str, run_name: str):
+    def __init__(self, cfg: MlflowConfig, output_dir: str | os.PathLike, parent_run_id: str | None, run_name: str):
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.parent_run_id = parent_run_id
@@ -320,14 +322,18 @@ class MlflowSink:
 
     def _start(self, event: Event, data: dict[str, Any]) -> None:
         self.client = client(self.cfg, self.output_dir)
-        parent = retry(self.client.get_run, self.parent_run_id)
+        if self.parent_run_id:
+            experiment = retry(self.client.get_run, self.parent_run_id).info.experiment_id
+            nesting = {"mlflow.parentRunId": self.parent_run_id}
+        else:
+            experiment, nesting = experiment_id(self.cfg, self.output_dir, self.client), {}
         config = data.get("config") or {}
         run = retry(
             self.client.create_run,
-            parent.info.experiment_id,
+            experiment,
             run_name=self.run_name,
             tags={
-                "mlflow.parentRunId": self.parent_run_id,
+                **nesting,
                 "gepa_lab.kind": "trial",
                 "gepa_lab.trial_id": event.trial_id,
                 "gepa_lab.status": "running",

@@ -75,15 +75,21 @@ def _instruction_text(instructions: dict[str, str]) -> str:
 
 
 class WandbSink:
-    """Sink (gepa_lab.events) writing one W&B run per trial. Call finish() when the trial ends, also on failure."""
+    """Sink (gepa_lab.events) writing one W&B run per trial. Call finish() when the trial ends, also on failure.
 
-    def __init__(self, cfg: WandbConfig, output_dir: str | os.PathLike, group: str, run_name: str, config: dict[str, Any]):
+    run: an already-started run to write into instead of starting one at trial_started (a W&B Sweeps agent's,
+    which W&B started with the sweep's parameters); the trial's config then goes under its config's "config" key."""
+
+    def __init__(self, cfg: WandbConfig, output_dir: str | os.PathLike, group: str | None, run_name: str,
+                 config: dict[str, Any], run: Any = None):
         self.cfg = cfg
         self.output_dir = Path(output_dir).resolve()
         self.group = group
         self.run_name = run_name
         self.config = redact(config)
-        self.run = None
+        self.run = run
+        self.adopted = run is not None
+        self.started = False
         self.rows: list[list[Any]] = []
         self.best_idx: int | None = None
         self.table_logged = False
@@ -93,13 +99,15 @@ class WandbSink:
 
     @property
     def active(self) -> bool:
+        if self.adopted:
+            return not self.run.disabled
         return self.cfg.enabled and self.cfg.mode != "disabled"
 
     def handle(self, event: Event) -> None:
         if not self.active or self.closed or self.init_error:
             return
         with self.lock:
-            if self.run is None and event.kind != "trial_started":
+            if not self.started and event.kind != "trial_started":
                 self._start({})
             getattr(self, f"_on_{event.kind}", lambda e: None)(event)
 
@@ -113,7 +121,7 @@ class WandbSink:
             "versions": d.get("versions"),
             "trial_id": event.trial_id,
         }
-        if self.run is None:
+        if not self.started:
             self._start(identity)
         else:
             self.run.config.update({"identity": identity}, allow_val_change=True)
@@ -173,6 +181,11 @@ class WandbSink:
     def _start(self, identity: dict[str, Any]) -> None:
         import wandb
 
+        self.started = True
+        if self.adopted:  # W&B's sweep parameters sit at the top of this run's config, as dotted keys
+            self.run.config.update({"config": self.config, "identity": identity}, allow_val_change=True)
+            self._define_metrics()
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.run = wandb.init(
@@ -190,6 +203,9 @@ class WandbSink:
         except Exception as exc:
             self.init_error = f"{type(exc).__name__}: {exc}"
             raise
+        self._define_metrics()
+
+    def _define_metrics(self) -> None:
         self.run.define_metric("metric_calls")
         for prefix in ("gepa/*", "lm/*", "candidate/*"):
             self.run.define_metric(prefix, step_metric="metric_calls")
@@ -215,7 +231,7 @@ class WandbSink:
     def finish(self) -> None:
         """Close the run; a run still open here ended without trial_finished, so it is marked failed."""
         with self.lock:
-            if self.run is not None and not self.closed:
+            if self.run is not None and self.active and not self.closed:
                 self.run.summary["status"] = "failed"
                 self.run.summary["error"] = "the trial ended without finishing (killed, stopped or crashed)"
                 self._close(exit_code=1)

@@ -154,12 +154,13 @@ print("SUMMARY", json.dumps({k: summary[k] for k in ("best_val_score", "params",
 def run_agent(tmp_path: Path, overrides: list[str], config: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true"}
     env.pop("WANDB_SWEEP_ID", None)
-    (tmp_path / "wb").mkdir(exist_ok=True)
+    (tmp_path / "wb").mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-c", AGENT, json.dumps(overrides), json.dumps(config)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=env)
 
 
-TINY = ["sweep=demo", "task=classify", "optimizer.max_metric_calls=12", "tracking.mlflow.enabled=false"]
+TRACKED = ["sweep=demo", "task=classify", "optimizer.max_metric_calls=12"]
+TINY = [*TRACKED, "tracking.mlflow.enabled=false"]
 
 
 def test_agent_runs_one_trial_with_the_injected_parameters(tmp_path: Path):
@@ -191,6 +192,56 @@ def test_agent_runs_one_trial_with_the_injected_parameters(tmp_path: Path):
     assert row["trial_id"] == run["run_id"] and row["status"] == "completed"
     assert row["optimizer.seed"] == 1 and row["optimizer.reflection_minibatch_size"] == 6
     assert best_trial(con)["best_val_score"] == pytest.approx(summary["best_val_score"])
+    assert (out / ".dspy_cache").is_dir()  # the default cache=disk: in the sweep's folder, shared by its runs
+    assert not (out / "mlflow.db").exists()  # tracking.mlflow.enabled=false
+
+
+def trial_summary(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, done.stderr[-3000:]
+    program = json.loads(done.stdout.split("SUMMARY ", 1)[1])["program_path"]
+    return json.loads((Path(program).parent / "summary.json").read_text())
+
+
+def test_agent_caches_in_redis_and_writes_an_mlflow_run_per_trial(tmp_path: Path):
+    """cache=redis reaches the agent's trial (it used to get a disk cache whatever the config said): a second run
+    of the same trial is answered from Redis. tracking.mlflow gives each W&B run an MLflow run of its own."""
+    from mlflow import MlflowClient
+
+    from gepa_lab.lm.cache import shared_cache_stats
+    from gepa_lab.servers.redis import RedisServer
+
+    out = tmp_path / "out"
+    with RedisServer() as redis_server:
+        args = [*TRACKED, "cache=redis", f"cache.redis_url={redis_server.url}", f"output_dir={out}"]
+        first = trial_summary(run_agent(tmp_path / "first", args, {"optimizer.seed": 1}))
+        stored = shared_cache_stats(out, mode="redis", redis_url=redis_server.url)  # namespace: the sweep folder's name
+        assert stored["entries"] > 0 and stored["puts"] >= stored["entries"], stored
+        second = trial_summary(run_agent(tmp_path / "second", args, {"optimizer.seed": 1}))
+        again = shared_cache_stats(out, mode="redis", redis_url=redis_server.url)
+    assert again["entries"] == stored["entries"], (stored, again)  # the same requests: nothing new to store
+    assert again["hits"] - stored["hits"] == second["lm_calls"] > 0, (stored, again, second["lm_calls"])
+    assert all(role["cache_hits"] == role["requests"] for role in second["lm_usage"].values()), second["lm_usage"]
+    assert not (out / ".dspy_cache").exists()
+
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("gepa_lab").experiment_id])
+    by_trial = {run.data.tags["gepa_lab.trial_id"]: run for run in runs}
+    assert set(by_trial) == {first["wandb_run_id"], second["wandb_run_id"]}
+    for summary in (first, second):
+        run = by_trial[summary["wandb_run_id"]]
+        assert run.info.status == "FINISHED" and run.info.run_name == summary["wandb_run_id"]
+        assert "mlflow.parentRunId" not in run.data.tags  # no sweep run above a W&B agent's trials
+        assert run.data.metrics["best_val_score"] == pytest.approx(summary["best_val_score"])
+        assert run.data.params["optimizer.seed"] == "1"
+        assert {a.path for a in mlflow.list_artifacts(run.info.run_id)} >= {"summary.json", "program.json"}
+
+
+def test_agent_with_cache_off_writes_no_cache(tmp_path: Path):
+    out = tmp_path / "out"
+    summary = trial_summary(run_agent(tmp_path, [*TINY, "cache=off", f"output_dir={out}"], {"optimizer.seed": 1}))
+    assert summary["lm_calls"] > 0
+    assert not list(out.rglob(".dspy_cache")) and not list(out.rglob("cache.db")), sorted(map(str, out.rglob("*")))
+    assert all(role["cache_hits"] == 0 for role in summary["lm_usage"].values())
 
 
 def test_agent_rejects_a_bad_parameter_and_marks_the_run_failed(tmp_path: Path):
