@@ -1,7 +1,8 @@
 """One GEPA compile: config in, scores + saved winner + events out. The only caller of dspy.GEPA.
 
-`gepa_lab.run` calls it directly; each Ray Tune trial of a sweep calls it too. The caller owns the
-LM endpoints and the sinks; the trial just emits events (gepa_lab.events) and never knows who listens."""
+gepa_lab.harness sets each trial up (output folder, cache, LM endpoints, sinks) and calls run_trial, for
+`gepa_lab.run`, a Ray Tune trial and a W&B Sweeps agent alike; the trial just emits events (gepa_lab.events)
+and never knows who listens."""
 from __future__ import annotations
 
 import contextlib

@@ -117,6 +117,37 @@ def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_p
     assert again.stderr.strip().count("\n") == 0 and "another config" in again.stderr, again.stderr
 
 
+def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simulator):
+    """tracking=local (conf/run.yaml's default): a W&B offline run in output_dir/wandb and an MLflow run in
+    output_dir/mlflow.db, both holding the run's scores and closed as finished."""
+    from mlflow import MlflowClient
+
+    from tests.support.wandb_offline import wandb_run
+
+    out = tmp_path / "tracked"
+    done = run_cli("gepa_lab.run", "task=banking77", "tracking=local", f"output_dir={out}", "optimizer.max_metric_calls=40",
+                   "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20", "corpus.name=banking77_tiny",
+                   f"lm.api_base={simulator.url}", f"reflection_lm.api_base={simulator.url}",
+                   env={"WANDB_MODE": "offline", "WANDB_SILENT": "false"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Weave" not in done.stderr, done.stderr  # W&B's suggestion to trace dspy with Weave stays off the console
+    summary = json.loads((out / "summary.json").read_text())
+
+    [run_dir] = (out / "wandb").glob("offline-run-*")
+    run = wandb_run(run_dir)
+    assert run["exit_code"] == 0 and run["run"].display_name == out.name
+    assert run["summary"]["best_val_score"] == pytest.approx(summary["best_val_score"])
+    assert run["summary"]["status"] == "completed" and run["config"]["optimizer"]["max_metric_calls"] == 40
+
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    [tracked] = mlflow.search_runs([mlflow.get_experiment_by_name("gepa_lab").experiment_id])
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == out.name
+    assert "mlflow.parentRunId" not in tracked.data.tags  # a run of its own: no sweep run above it
+    assert tracked.data.tags["config_hash"] == summary["config_hash"]
+    assert tracked.data.metrics["best_val_score"] == pytest.approx(summary["best_val_score"])
+    assert {a.path for a in mlflow.list_artifacts(tracked.info.run_id)} >= {"summary.json", "program.json"}
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -133,6 +164,15 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path, override, messag
     with pytest.raises(GepaLabError) as err:
         load_run_config(compose("run", [f"output_dir={tmp_path / 'bad'}", "tracking=none", override]))
     assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_online_wandb_without_a_key_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from `wandb login` either
+    with pytest.raises(GepaLabError) as err:
+        load_run_config(compose("run", [f"output_dir={tmp_path / 'bad'}", "tracking.wandb.mode=online"]))
+    assert "WANDB_API_KEY" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "bad").exists()
 
 

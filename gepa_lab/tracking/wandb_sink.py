@@ -50,6 +50,15 @@ def _has_wandb_key() -> bool:
         return False
 
 
+def check_wandb_key(cfg: WandbConfig) -> None:
+    """Refuse W&B online without a key (WANDB_API_KEY, or a `wandb login` entry in ~/.netrc), before anything starts."""
+    if cfg.enabled and cfg.mode == "online" and not _has_wandb_key():
+        raise WandbKeyMissing(
+            "tracking.wandb.mode=online needs a W&B key: set WANDB_API_KEY or run `wandb login`; "
+            "or use tracking.wandb.mode=offline (runs are kept under <output_dir>/wandb for a later `wandb sync`)"
+        )
+
+
 def wandb_env(cfg: WandbConfig, output_dir: str | os.PathLike) -> dict[str, str]:
     """Environment for W&B, to apply to os.environ before ray.init (workers inherit it).
 
@@ -58,11 +67,7 @@ def wandb_env(cfg: WandbConfig, output_dir: str | os.PathLike) -> dict[str, str]
     """
     if not cfg.enabled or cfg.mode == "disabled":
         return {"WANDB_MODE": "disabled"}
-    if cfg.mode == "online" and not _has_wandb_key():
-        raise WandbKeyMissing(
-            "tracking.wandb.mode=online needs a W&B key: set WANDB_API_KEY or run `wandb login`; "
-            "or use tracking.wandb.mode=offline (runs are kept under <output_dir>/wandb for a later `wandb sync`)"
-        )
+    check_wandb_key(cfg)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return {"WANDB_MODE": cfg.mode, "WANDB_DIR": str(out)}
@@ -187,6 +192,8 @@ class WandbSink:
             self._define_metrics()
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # else every run prints W&B's three-line suggestion to trace dspy with Weave (not used here) on the console
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         try:
             self.run = wandb.init(
                 project=self.cfg.project,
