@@ -236,6 +236,17 @@ def test_agent_caches_in_redis_and_writes_an_mlflow_run_per_trial(tmp_path: Path
         assert {a.path for a in mlflow.list_artifacts(run.info.run_id)} >= {"summary.json", "program.json"}
 
 
+def test_agent_whose_cache_cannot_start_marks_its_run_failed(tmp_path: Path):
+    """The harness finishes the trial's sinks also when the trial fails before it starts: the W&B run says why."""
+    from gepa_lab.servers.process import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    done = run_agent(tmp_path, [*TINY, "cache=redis", f"cache.redis_url={dead}", f"output_dir={tmp_path / 'out'}"], {})
+    assert done.returncode != 0 and "does not answer" in done.stderr, done.stderr[-2000:]
+    run = offline_run(tmp_path / "wb")
+    assert run["exit_code"] == 1 and run["summary"]["status"] == "failed", run["summary"]
+
+
 def test_agent_with_cache_off_writes_no_cache(tmp_path: Path):
     out = tmp_path / "out"
     summary = trial_summary(run_agent(tmp_path, [*TINY, "cache=off", f"output_dir={out}"], {"optimizer.seed": 1}))
