@@ -7,7 +7,6 @@ from hydra.core.global_hydra import GlobalHydra
 from gepa_lab.compose import compose
 from gepa_lab.corpus import CorpusError, load_corpus_config
 from gepa_lab.errors import ConfigError
-from gepa_lab.paths import CONF_DIR
 
 CORPUS = {"name": "tiny", "source": {"files": "data/tiny.csv"}, "inputs": {"text": "text"}, "answer": {"label": "label"},
           "splits": {"train": 2, "val": 1, "test": 1}, "license": "CC0 1.0"}
@@ -17,6 +16,15 @@ CORPUS = {"name": "tiny", "source": {"files": "data/tiny.csv"}, "inputs": {"text
 def conf(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(CORPUS))
     return tmp_path
+
+
+@pytest.fixture
+def app(tmp_path):
+    """An app's config folder: app.yaml choosing from the group `color`."""
+    (tmp_path / "app" / "color").mkdir(parents=True)
+    (tmp_path / "app" / "app.yaml").write_text("defaults:\n  - color: red\n  - _self_\nsize: 1\n")
+    (tmp_path / "app" / "color" / "red.yaml").write_text("rgb: [255, 0, 0]\n")
+    return tmp_path / "app"
 
 
 def test_every_field_with_a_default_is_overridable_and_plus_and_tilde_work(conf):
@@ -32,19 +40,19 @@ def test_a_yml_corpus_config_composes_with_overrides(conf):
 
 
 @pytest.mark.parametrize("override, message", [("nope=1", "Could not override 'nope'"), ("splits.train=[1", "no viable alternative")])
-def test_bad_overrides_are_one_line(conf, override, message):
+def test_bad_overrides_are_one_line(conf, app, override, message):
     with pytest.raises(CorpusError) as info:
         load_corpus_config("tiny", [override], conf_dir=conf)
     assert str(info.value).startswith(str(conf / "tiny.yaml")) and message in str(info.value)
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError) as info:
-        compose("sweep", ["sweep=no_such_sweep"])
-    assert "no_such_sweep" in str(info.value) and "\n" not in str(info.value)
+        compose("app", ["color=blue"], config_dir=app)
+    assert "color/blue" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_running_hydra_app_is_left_undisturbed(conf):
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
+def test_a_running_hydra_app_is_left_undisturbed(conf, app):
+    with initialize_config_dir(str(app), version_base=None):
         assert load_corpus_config("tiny", ["seed=1"], conf_dir=conf).seed == 1
-        assert compose("run", ["task=banking77"]).task.name == "banking77"
-        assert hydra_compose("sweep", ["sweep=demo"]).sweep.name == "demo"  # the app's own config dir, still
+        assert compose("tiny", ["+size=2"], config_dir=conf).size == 2
+        assert hydra_compose("app", ["size=3"]).color.rgb == [255, 0, 0]  # the app's own config folder, still
     assert not GlobalHydra.instance().is_initialized()
