@@ -29,8 +29,7 @@ from gepa_lab.tasks.task import Task, build_program, resolve_metric, to_examples
 def load_task(cfg: RunConfig) -> Task:
     corpus_dir = ensure_prepared(cfg.corpus)
     manifest = read_manifest(corpus_dir)
-    inputs = list(manifest["inputs"])
-    split = lambda name: to_examples(read_split(corpus_dir, name), inputs, manifest["answer"])  # noqa: E731
+    split = lambda name: to_examples(read_split(corpus_dir, name), manifest)  # noqa: E731
     return Task(
         name=cfg.task.name,
         program=build_program(cfg.task, manifest),

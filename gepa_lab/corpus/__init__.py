@@ -8,17 +8,19 @@
 from .config import CorpusConfig, SourceConfig, SplitSizes, available_corpora, load_corpus_config, validate_config
 from .errors import CorpusError
 from .prepare import ensure_prepared, prepare
-from .read import connect, corpus_dir, read_manifest, read_split, split_path
+from .read import answer_columns, connect, corpus_dir, label_sets, read_manifest, read_split, split_path
 
 __all__ = [
     "CorpusConfig",
     "CorpusError",
     "SourceConfig",
     "SplitSizes",
+    "answer_columns",
     "available_corpora",
     "connect",
     "corpus_dir",
     "ensure_prepared",
+    "label_sets",
     "load_corpus_config",
     "prepare",
     "read_manifest",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gepa_lab.paths import CORPORA_DIR
 
-from . import CorpusError, available_corpora, load_corpus_config, prepare, read_manifest
+from . import CorpusError, answer_columns, available_corpora, label_sets, load_corpus_config, prepare, read_manifest
 from .config import CORPUS_CONF_DIR, SPLITS
 from .errors import display_path
 
@@ -56,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False))
             else:
                 print(f"name: {m['name']}  kind: {m['kind']}  seed: {m['seed']}  stratified: {m['stratified']}")
-                print(f"inputs: {', '.join(m['inputs'])}  answer: {m['answer']}" + (f"  extras: {', '.join(m['extras'])}" if m["extras"] else ""))
-                if m["labels"] is not None:
-                    print(f"labels: {len(m['labels'])} ({m['labels_from']})")
+                print(f"inputs: {', '.join(m['inputs'])}  answer: {', '.join(answer_columns(m))}" + (f"  extras: {', '.join(m['extras'])}" if m["extras"] else ""))
+                sets = label_sets(m)
+                for answer, labels in sets.items():
+                    origin = m["labels_from"][answer] if isinstance(m["labels_from"], dict) else m["labels_from"]
+                    print(f"labels: {len(labels)} ({origin})" if len(sets) == 1 else f"labels of {answer}: {len(labels)} ({origin})")
                 for s in SPLITS:
                     info = m["splits"][s]
                     print(f"{s}: {info['rows']} rows  sha256 {info['sha256'][:12]}")

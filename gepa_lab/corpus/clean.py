@@ -41,15 +41,9 @@ def wanted_columns(cfg: CorpusConfig) -> list[tuple[str, str]]:
     )
 
 
-def clean_table(t: RawTable, cfg: CorpusConfig, labels: list[str] | None, labels_from: str) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """One raw table -> rows with exactly the prepared columns (inputs, answer, extras), cleaned; plus stats."""
-    for field, src in wanted_columns(cfg):
-        if src not in t.df.columns:
-            raise no_column(t.shown, src, field, t.df.columns)
-    answer_out, answer_src = cfg.answer_column, cfg.answer_source
-    exprs = [_collapse(_as_text(t, f"inputs.{o}", s)).alias(o) for o, s in cfg.inputs.items()]
-    raw_answer = _trim(_as_text(t, f"answer.{answer_out}", answer_src))
-    answer = raw_answer
+def _answer_expr(cfg: CorpusConfig, raw: pl.Expr) -> pl.Expr:
+    """One raw answer column cleaned: answer_pattern, answer_remove, whitespace, label_map."""
+    answer = raw
     if cfg.answer_pattern is not None:
         answer = answer.str.extract(cfg.answer_pattern, pattern_group(cfg.answer_pattern))
     for s in cfg.answer_remove:
@@ -57,21 +51,40 @@ def clean_table(t: RawTable, cfg: CorpusConfig, labels: list[str] | None, labels
     answer = _collapse(answer)
     if cfg.label_map:
         answer = answer.replace(cfg.label_map)
-    exprs.append(answer.alias(answer_out))
+    return answer
+
+
+def _present(column: str) -> pl.Expr:
+    return pl.col(column).is_not_null() & (pl.col(column) != "")
+
+
+def clean_table(
+    t: RawTable, cfg: CorpusConfig, labels: dict[str, list[str] | None], labels_from: dict[str, str]
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """One raw table -> rows with exactly the prepared columns (inputs, answers, extras), cleaned; plus stats.
+    labels: each answer's label set (None: not checked)."""
+    for field, src in wanted_columns(cfg):
+        if src not in t.df.columns:
+            raise no_column(t.shown, src, field, t.df.columns)
+    exprs = [_collapse(_as_text(t, f"inputs.{o}", s)).alias(o) for o, s in cfg.inputs.items()]
+    raw_present = {}  # answer -> name of a helper column: was the raw answer there before cleaning?
+    for o, s in cfg.answer.items():
+        raw = _trim(_as_text(t, f"answer.{o}", s))
+        exprs.append(_answer_expr(cfg, raw).alias(o))
+        raw_present[o] = f"__raw_answer_present.{o}"
+        exprs.append((raw.is_not_null() & (raw != "")).alias(raw_present[o]))
     exprs += [_trim(_as_text(t, f"extras.{o}", s)).alias(o) for o, s in cfg.extras.items()]
-    exprs.append((raw_answer.is_not_null() & (raw_answer != "")).alias("__raw_answer_present"))
     df = t.df.select(exprs)
 
     stats: dict[str, Any] = {"source": t.shown, "role": t.role, "rows_read": df.height}
-    required = [*cfg.inputs, answer_out]
+    required = [*cfg.inputs, *cfg.answer]
     if cfg.answer_pattern is not None:
-        no_match = pl.col("__raw_answer_present") & (pl.col(answer_out).is_null() | (pl.col(answer_out) == ""))
+        no_match = pl.any_horizontal([pl.col(raw_present[o]) & ~_present(o) for o in cfg.answer])
         stats["dropped_no_answer_match"] = int(df.select(no_match.sum()).item())
         df = df.filter(~no_match)
-    empty_counts = {c: int(df.select((pl.col(c).is_null() | (pl.col(c) == "")).sum()).item()) for c in required}
-    present = pl.all_horizontal([pl.col(c).is_not_null() & (pl.col(c) != "") for c in required])
+    empty_counts = {c: int(df.select((~_present(c)).sum()).item()) for c in required}
     before = df.height
-    df = df.filter(present).drop("__raw_answer_present")
+    df = df.filter(pl.all_horizontal([_present(c) for c in required])).drop(list(raw_present.values()))
     stats["dropped_empty"] = before - df.height
     stats["empty_by_column"] = {c: n for c, n in empty_counts.items() if n}
 
@@ -79,8 +92,9 @@ def clean_table(t: RawTable, cfg: CorpusConfig, labels: list[str] | None, labels
         src_of = {**cfg.inputs, **cfg.answer}
         detail = ", ".join(f"{n} with empty '{src_of[c]}'" for c, n in empty_counts.items() if n)
         if stats.get("dropped_no_answer_match"):
+            sources = " or ".join(f"'{s}'" for s in cfg.answer.values())
             detail = ", ".join(
-                x for x in (f"{stats['dropped_no_answer_match']} where answer_pattern found nothing in '{answer_src}'", detail) if x
+                x for x in (f"{stats['dropped_no_answer_match']} where answer_pattern found nothing in {sources}", detail) if x
             )
         raise CorpusError(
             f"{t.shown}: no rows left after cleaning ({stats['rows_read']} read"
@@ -88,13 +102,15 @@ def clean_table(t: RawTable, cfg: CorpusConfig, labels: list[str] | None, labels
             + ")"
         )
 
-    if labels is not None:
-        unknown = df.filter(~pl.col(answer_out).is_in(labels)).get_column(answer_out)
+    for o, s in cfg.answer.items():
+        if labels.get(o) is None:
+            continue
+        unknown = df.filter(~pl.col(o).is_in(labels[o])).get_column(o)
         if unknown.len():
             example = unknown.head(1).item()
             raise CorpusError(
-                f"{t.shown}: column '{answer_src}' has {unknown.len()} value(s) not among the labels"
-                f" ({labels_from}), e.g. '{example}'; fix the labels or add a label_map"
+                f"{t.shown}: column '{s}' has {unknown.len()} value(s) not among the labels"
+                f" ({labels_from[o]}), e.g. '{example}'; fix the labels or add a label_map"
             )
     return df, stats
 

@@ -129,19 +129,19 @@ class CorpusConfig(_Frozen):
     source: SourceConfig
     # prepared column name -> raw column name, e.g. {query: text}
     inputs: dict[str, str]
-    # exactly one entry: prepared answer column -> raw column, e.g. {intent: category}
+    # prepared answer column -> raw column, one or more, e.g. {intent: category} or {area: area, urgency: urgency}
     answer: dict[str, str]
-    # regex (Rust/Polars syntax) run on the raw answer; group 1 (or the whole match) becomes the answer;
+    # regex (Rust/Polars syntax) run on each raw answer; group 1 (or the whole match) becomes the answer;
     # rows where it does not match are dropped and counted in the manifest
     answer_pattern: str | None = None
-    # substrings deleted from the answer after answer_pattern (e.g. thousands separators: [","])
+    # substrings deleted from each answer after answer_pattern (e.g. thousands separators: [","])
     answer_remove: list[str] = Field(default_factory=list)
-    # raw answer value -> label (values not in the map are kept as they are)
+    # raw answer value -> label, for every answer (values not in the map are kept as they are)
     label_map: dict[str, str] | None = None
-    # the label set: a list, or a path to a JSON list (relative to the project root); derived from the data
-    # when absent and kind is classification
-    labels: list[str] | str | None = None
-    # classification (categorical answer, stratified splits, labels in the manifest) or open;
+    # the label set: a list, or a path to a JSON list (relative to the project root); with several answers a
+    # mapping answer -> list or path. Derived from the data for each answer without one (kind classification)
+    labels: list[str] | str | dict[str, list[str] | str] | None = None
+    # classification (categorical answers, stratified splits, labels in the manifest) or open, for every answer;
     # default: classification when labels or label_map are given, else open
     kind: Literal["classification", "open"] | None = None
     # more columns to carry along untouched except for trimming (prepared name -> raw name)
@@ -157,9 +157,16 @@ class CorpusConfig(_Frozen):
     _base_dir: Path = PrivateAttr(default=PROJECT_ROOT)
     _config_path: Path | None = PrivateAttr(default=None)
 
-    @field_validator("label_map", "labels", "answer_remove", mode="before")
+    @field_validator("label_map", "answer_remove", mode="before")
     @classmethod
     def _coerce(cls, v: Any) -> Any:
+        return _stringify(v)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _coerce_labels(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):  # one label set per answer
+            return {str(k): _stringify(sets) for k, sets in v.items()}
         return _stringify(v)
 
     @field_validator("name")
@@ -178,9 +185,9 @@ class CorpusConfig(_Frozen):
 
     @field_validator("answer")
     @classmethod
-    def _one_answer(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) != 1:
-            raise ValueError(f"needs exactly one entry (prepared name: raw column), got {len(v)}")
+    def _some_answers(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("declare at least one answer column, e.g. {label: label}")
         return v
 
     @field_validator("answer_pattern")
@@ -205,18 +212,29 @@ class CorpusConfig(_Frozen):
             raise ValueError("labels given but kind is open; set kind: classification")
         if self.stratify and self.resolved_kind != "classification":
             raise ValueError("stratify needs a categorical answer (kind: classification, labels or label_map)")
-        if isinstance(self.labels, list) and len(set(self.labels)) != len(self.labels):
-            raise ValueError("labels lists a label twice")
+        if isinstance(self.labels, dict):
+            unknown = [a for a in self.labels if a not in self.answer]
+            if unknown:
+                raise ValueError(
+                    f"labels names '{unknown[0]}', which is not an answer{did_you_mean(unknown[0], self.answer)}"
+                    f" (answers: {', '.join(self.answer)})"
+                )
+        elif self.labels is not None and len(self.answer) > 1:
+            raise ValueError("with several answers give one label set per answer, e.g. {area: [billing, shipping], urgency: path.json}")
+        for answer in self.answer:
+            declared = self.answer_labels(answer)
+            if isinstance(declared, list) and len(set(declared)) != len(declared):
+                raise ValueError("labels lists a label twice")
         return self
 
     # ---- derived values -------------------------------------------------------------------------------
     @property
-    def answer_column(self) -> str:
-        return next(iter(self.answer))
+    def answer_columns(self) -> list[str]:
+        return list(self.answer)
 
-    @property
-    def answer_source(self) -> str:
-        return next(iter(self.answer.values()))
+    def answer_labels(self, answer: str) -> list[str] | str | None:
+        """The `labels` entry of one answer: a list, a path to a JSON list, or None (derived from the data)."""
+        return self.labels.get(answer) if isinstance(self.labels, dict) else self.labels
 
     @property
     def resolved_kind(self) -> str:

@@ -156,13 +156,27 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 # ---- building --------------------------------------------------------------------------------------------------
 
-def _declared_labels(cfg: CorpusConfig, files: list[RawFile]) -> tuple[list[str] | None, str]:
-    if isinstance(cfg.labels, list):
-        return list(cfg.labels), "labels in the config"
-    if isinstance(cfg.labels, str):
-        f = next(f for f in files if f.role == "labels")
-        return read_labels(f, cfg.source.encoding), f.shown
-    return None, ""
+def _declared_labels(cfg: CorpusConfig, files: list[RawFile]) -> tuple[dict[str, list[str] | None], dict[str, str]]:
+    """Each answer's declared label set (None: derived from the data) and where it came from."""
+    labels: dict[str, list[str] | None] = {}
+    labels_from: dict[str, str] = {}
+    label_files = iter(f for f in files if f.role == "labels")  # raw_files lists them in answer order
+    for answer in cfg.answer:
+        declared = cfg.answer_labels(answer)
+        if isinstance(declared, list):
+            labels[answer], labels_from[answer] = list(declared), "labels in the config"
+        elif isinstance(declared, str):
+            f = next(label_files)
+            labels[answer], labels_from[answer] = read_labels(f, cfg.source.encoding), f.shown
+        else:
+            labels[answer], labels_from[answer] = None, ""
+    return labels, labels_from
+
+
+def _per_answer(cfg: CorpusConfig, values: dict[str, Any]) -> Any:
+    """A manifest entry about the answer: the value itself for one answer (the format single-answer corpora
+    have always had), a mapping answer -> value for several."""
+    return values[cfg.answer_columns[0]] if len(cfg.answer) == 1 else values
 
 
 def _content_sha256(df: pl.DataFrame) -> str:
@@ -218,9 +232,10 @@ def build(cfg: CorpusConfig, files: list[RawFile], fp: list[dict[str, Any]], des
             "dropped_overlap": overlap,
         }
 
-    if classification and labels is None:
-        labels = sorted({a for df in pools.values() for a in df.get_column(cfg.answer_column).to_list()})
-        labels_from = "derived from the data"
+    for answer in cfg.answer:
+        if classification and labels[answer] is None:
+            labels[answer] = sorted({a for df in pools.values() for a in df.get_column(answer).to_list()})
+            labels_from[answer] = "derived from the data"
 
     # which pool each split is drawn from
     drawn_from = {s: (s if s in pools and s != "train" else "pool") for s in SPLITS}
@@ -241,12 +256,13 @@ def build(cfg: CorpusConfig, files: list[RawFile], fp: list[dict[str, Any]], des
                 f"{', '.join(group_stats[group]['sources'])}: {asked} ask for {need} rows but only {df.height}"
                 f" remain after cleaning; lower the split sizes"
             )
-        strat = df.get_column(cfg.answer_column).to_list() if cfg.resolved_stratify else None
+        # several answers: stratified by the first one
+        strat = df.get_column(cfg.answer_columns[0]).to_list() if cfg.resolved_stratify else None
         picks = allocate(df.get_column("id").to_list(), requests, cfg.seed, strat)
         for s, idx in picks.items():
             chosen[s] = df[idx]
 
-    columns = ["id", *cfg.inputs, cfg.answer_column, *cfg.extras]
+    columns = ["id", *cfg.inputs, *cfg.answer, *cfg.extras]
     split_info: dict[str, Any] = {}
     for s in SPLITS:
         df = chosen[s].select(columns).with_columns(pl.int_range(0, pl.len(), dtype=pl.Int32).alias("row_index"))
@@ -262,12 +278,12 @@ def build(cfg: CorpusConfig, files: list[RawFile], fp: list[dict[str, Any]], des
             "drawn_from": group_stats[drawn_from[s]]["sources"],
         }
         if classification:
-            counts = Counter(df.get_column(cfg.answer_column).to_list())
-            info["label_counts"] = {lab: counts[lab] for lab in sorted(counts)}
-            info["labels_present"] = len(counts)
+            counts = {a: Counter(df.get_column(a).to_list()) for a in cfg.answer}
+            info["label_counts"] = _per_answer(cfg, {a: {lab: c[lab] for lab in sorted(c)} for a, c in counts.items()})
+            info["labels_present"] = _per_answer(cfg, {a: len(c) for a, c in counts.items()})
         split_info[s] = info
 
-    roles = {"id": "id", **{c: "input" for c in cfg.inputs}, cfg.answer_column: "answer", **{c: "extra" for c in cfg.extras}}
+    roles = {"id": "id", **{c: "input" for c in cfg.inputs}, **{c: "answer" for c in cfg.answer}, **{c: "extra" for c in cfg.extras}}
     schema = [{"name": c, "type": "string", "role": roles[c]} for c in columns] + [
         {"name": "row_index", "type": "int32", "role": "position"}
     ]
@@ -277,10 +293,10 @@ def build(cfg: CorpusConfig, files: list[RawFile], fp: list[dict[str, Any]], des
         "description": cfg.description,
         "kind": cfg.resolved_kind,
         "inputs": list(cfg.inputs),
-        "answer": cfg.answer_column,
+        "answer": cfg.answer_columns[0] if len(cfg.answer) == 1 else cfg.answer_columns,
         "extras": list(cfg.extras),
-        "labels": labels if classification else None,
-        "labels_from": labels_from if classification else None,
+        "labels": _per_answer(cfg, labels) if classification else None,
+        "labels_from": _per_answer(cfg, labels_from) if classification else None,
         "schema": schema,
         "splits": split_info,
         "seed": cfg.seed,

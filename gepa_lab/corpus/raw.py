@@ -53,7 +53,7 @@ def sha256_file(path: Path) -> str:
 
 
 def raw_files(cfg: CorpusConfig) -> list[RawFile]:
-    """The local files a config names (data files by role, then the labels file), checked to exist."""
+    """The local files a config names (data files by role, then the labels files), checked to exist."""
     out: list[RawFile] = []
     for role, paths in cfg.source.file_map().items():
         for i, p in enumerate(paths):
@@ -66,8 +66,11 @@ def raw_files(cfg: CorpusConfig) -> list[RawFile]:
                     f" set source.format to one of csv, json, jsonl, parquet"
                 )
             out.append(RawFile(role, path, fmt, key))
-    if isinstance(cfg.labels, str):
-        out.append(RawFile("labels", cfg.resolve(cfg.labels), "json", "labels"))
+    for answer in cfg.answer:
+        declared = cfg.answer_labels(answer)
+        if isinstance(declared, str):
+            key = f"labels.{answer}" if isinstance(cfg.labels, dict) else "labels"
+            out.append(RawFile("labels", cfg.resolve(declared), "json", key))
     for f in out:
         if not f.path.exists():
             raise CorpusError(f"{f.shown}: raw file not found ({f.key} of corpus '{cfg.name}')")

@@ -42,8 +42,9 @@ def read_manifest(corpus: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared corpus (checked against its own `manifest_hash`).
 
     Keys used by tasks: manifest_hash, name, kind ('classification'|'open'), inputs (column names), answer
-    (column name), extras, labels (list or None), splits.{train,val,test}.{rows,sha256,file}, seed, source,
-    license.
+    (column name; a list with several answers), extras, labels (list or None; answer -> list with several
+    answers), splits.{train,val,test}.{rows,sha256,file}, seed, source, license. answer_columns() and
+    label_sets() read answer and labels the same way for one answer or several.
     """
     d = corpus_dir(corpus)
     path = d / MANIFEST
@@ -58,6 +59,22 @@ def read_manifest(corpus: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("manifest_hash") != manifest_hash(manifest):
         raise CorpusError(f"{display_path(path)}: manifest_hash does not match its content (edited by hand?); prepare again")
     return manifest
+
+
+def answer_columns(manifest: dict[str, Any]) -> list[str]:
+    """The answer columns a manifest declares, in config order."""
+    answer = manifest["answer"]
+    return [answer] if isinstance(answer, str) else list(answer)
+
+
+def label_sets(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """answer -> its label set, for every answer of a classification corpus ({} for an open one)."""
+    labels = manifest.get("labels")
+    if labels is None:
+        return {}
+    if isinstance(labels, dict):
+        return {answer: list(values) for answer, values in labels.items()}
+    return {answer_columns(manifest)[0]: list(labels)}
 
 
 def split_path(corpus: str | os.PathLike, split: str, *, verify: bool = True) -> Path:
@@ -81,7 +98,7 @@ def read_split(
     limit: int | None = None,
     sql_where: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one split as dicts (id, input columns, answer column, extras), in stored order (row_index).
+    """Rows of one split as dicts (id, input columns, answer columns, extras), in stored order (row_index).
 
     limit: at most this many rows (the first ones in stored order: a seeded shuffle, fixed per corpus).
     sql_where: a DuckDB SQL condition over the columns, e.g. ``"intent IN ('card_arrival', 'age_limit')"`` or a

@@ -125,7 +125,7 @@ def test_examples(meta: dict[str, Any], n: int) -> tuple[list[dspy.Example], Any
         print(f"[gepa_lab] warning: corpus {manifest['name']} changed since the model was optimized "
               f"(manifest {manifest['manifest_hash'][:12]} != {meta['corpus_manifest_hash'][:12]})")
     rows = read_split(corpus_dir, "test", limit=n)
-    return to_examples(rows, list(manifest["inputs"]), manifest["answer"]), resolve_metric(config["task"]["metric"])
+    return to_examples(rows, manifest), resolve_metric(config["task"]["metric"])
 
 
 def _score(result: Any) -> float:

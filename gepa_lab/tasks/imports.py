@@ -5,9 +5,11 @@ import importlib
 import inspect
 from typing import Any, Callable
 
+from gepa_lab.errors import GepaLabError
 
-class ImportPathError(ValueError):
-    pass
+
+class ImportPathError(GepaLabError, ValueError):
+    """A task.program / task.metric that cannot be used; one line, as entry points print it."""
 
 
 def import_object(path: str) -> Any:
@@ -26,15 +28,25 @@ def import_object(path: str) -> Any:
     return obj
 
 
+def _parameters(factory: Callable) -> dict[str, inspect.Parameter]:
+    try:  # a class's own __init__: dspy.Module's metaclass hides it behind __call__(*args, **kwargs)
+        return dict(inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def named_parameters(factory: Callable) -> set[str]:
+    """The keyword parameters `factory` names (not *args or **kwargs)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {name for name, p in _parameters(factory).items() if p.kind not in variadic}
+
+
 def call_with_known_kwargs(factory: Callable, available: dict[str, Any], extra: dict[str, Any]) -> Any:
     """Call `factory` with `extra` plus whichever of `available` its signature names.
 
     Built-in factories take the task facts they need (labels, inputs, ...); a user's class with
     no parameters gets none of them."""
-    try:  # a class's own __init__: dspy.Module's metaclass hides it behind __call__(*args, **kwargs)
-        params = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters
-    except (TypeError, ValueError):
-        return factory(**extra)
+    params = _parameters(factory)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in available.items() if takes_any or k in params}
     kwargs.update(extra)

@@ -6,6 +6,7 @@ import re
 import dspy
 
 from gepa_lab.tasks import feedback
+from gepa_lab.tasks.task import predicted_answers
 
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
@@ -29,7 +30,8 @@ def _fmt(x: float | None) -> str:
 
 def numeric_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
     """1.0 when the predicted number equals the gold number (to 1e-6)."""
-    (field,) = gold.labels().keys()
+    fields = predicted_answers(gold, pred)
+    field = fields[0] if fields else next(iter(gold.labels()))
     expected, got = to_number(gold[field]), to_number(getattr(pred, field, None))
     if expected is not None and got is not None and abs(expected - got) < 1e-6:
         return dspy.Prediction(score=1.0, feedback=feedback.correct(_fmt(expected)))

@@ -11,7 +11,8 @@ import dspy
 from pydantic import Field
 
 from gepa_lab.strict import StrictModel
-from gepa_lab.tasks.imports import ImportPathError, call_with_known_kwargs, import_object
+from gepa_lab.corpus.read import answer_columns, label_sets
+from gepa_lab.tasks.imports import ImportPathError, call_with_known_kwargs, import_object, named_parameters
 
 METRIC_PARAMS = ("gold", "pred", "trace", "pred_name", "pred_trace")
 
@@ -45,21 +46,39 @@ def build_program(cfg: TaskConfig, manifest: dict) -> dspy.Module:
         return copy.deepcopy(target)
     if not callable(target):
         raise ImportPathError(f"task.program '{cfg.program}' is neither a dspy.Module nor callable")
+    answers, sets = answer_columns(manifest), label_sets(manifest)
     facts = {
-        "labels": manifest.get("labels") or [],
         "inputs": list(manifest["inputs"]),
-        "answer": manifest["answer"],
+        "answers": answers,
+        "label_sets": sets,
+        "extras": list(manifest.get("extras") or []),
         "instruction": cfg.instruction,
     }
+    if len(answers) == 1:
+        facts.update(answer=answers[0], labels=sets.get(answers[0], []))
+    elif singular := sorted(named_parameters(target) & {"answer", "labels"}):
+        raise ImportPathError(
+            f"task.program '{cfg.program}' takes {' and '.join(singular)}, which name one answer, but corpus"
+            f" '{manifest['name']}' has the answers {', '.join(answers)}: take 'answers' and 'label_sets' instead"
+        )
     program = call_with_known_kwargs(target, facts, cfg.program_kwargs)
     if not isinstance(program, dspy.Module):
         raise ImportPathError(f"task.program '{cfg.program}' returned {type(program).__name__}, not a dspy.Module")
     return program
 
 
-def to_examples(rows: list[dict], inputs: list[str], answer: str) -> list[dspy.Example]:
-    """Corpus rows -> dspy Examples holding the inputs and the answer only (the metric's gold)."""
-    return [dspy.Example({k: row[k] for k in (*inputs, answer)}).with_inputs(*inputs) for row in rows]
+def to_examples(rows: list[dict], manifest: dict) -> list[dspy.Example]:
+    """Corpus rows -> dspy Examples holding every column the corpus declares: the inputs (with_inputs), the
+    answers and the extras (the metric's gold; the row's id stays out)."""
+    inputs = list(manifest["inputs"])
+    columns = [*inputs, *answer_columns(manifest), *(manifest.get("extras") or [])]
+    return [dspy.Example({k: row[k] for k in columns}).with_inputs(*inputs) for row in rows]
+
+
+def predicted_answers(gold: dspy.Example, pred: Any) -> list[str]:
+    """The gold example's non-input fields that the program outputs, i.e. its answers that are scored (extras,
+    which a program does not output, stay out)."""
+    return [field for field in gold.labels().keys() if field in pred]
 
 
 @dataclass

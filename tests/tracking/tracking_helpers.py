@@ -50,7 +50,7 @@ def task_parts(cfg: dict):
     corpus_dir = ensure_prepared(rc.corpus, quiet=True)
     manifest = read_manifest(corpus_dir)
     program = build_program(rc.task, manifest)
-    test = to_examples(read_split(corpus_dir, "test"), list(manifest["inputs"]), manifest["answer"])
+    test = to_examples(read_split(corpus_dir, "test"), manifest)
     return program, test, resolve_metric(rc.task.metric), manifest
 
 
