@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # uv resolves and installs the ~180 pinned packages in about a minute (plus ~80 s compiling bytecode), pip in 5.5.
 UV     := $(VENV)/bin/uv
-# constraints.txt pins every package version that is known to work (see README: "Reproducible installs").
+# constraints.txt pins every package version that is known to work (see docs/install.md).
 # Bytecode compiled at install, as pip does: else the first import of each module compiles it, and Ray's agents,
 # importing cold on a busy machine, miss the raylet's 15 s start-up window (the raylet then aborts).
 INSTALL := $(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt

@@ -50,9 +50,6 @@ class OptimizerConfig(StrictModel):
             self.gepa_kwargs.setdefault("use_cloudpickle", True)
         return self
 
-    def budget(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("auto", "max_full_evals", "max_metric_calls") if getattr(self, k)}
-
 
 class EvalConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1)  # None: fill the task LM's max_in_flight

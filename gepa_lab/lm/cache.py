@@ -33,6 +33,7 @@ from typing import Any
 import dspy
 from dspy.clients.cache import Cache
 
+from gepa_lab.errors import GepaLabError
 from gepa_lab.lm.config import LMCacheConfig
 
 _STAT_PREFIX = "__gepa_lab_stats__:"
@@ -49,6 +50,10 @@ def _owner() -> str:
     from dspy.utils.callback_context import ACTIVE_CALL_ID
 
     return ACTIVE_CALL_ID.get() or f"thread-{threading.get_ident()}"
+
+
+class CacheUnavailable(GepaLabError, ConnectionError):
+    """The shared cache's store cannot be reached: one line for the user, before any trial starts."""
 
 
 class RedisStore:
@@ -446,7 +451,7 @@ def build_cache(settings: dict[str, Any]) -> RolloutCache:
         try:
             store.ping()
         except Exception as e:
-            raise ConnectionError(f"rollout cache: Redis at {settings['redis_url']} does not answer: {e}") from None
+            raise CacheUnavailable(f"rollout cache: Redis at {settings['redis_url']} does not answer: {e}") from None
         return RolloutCache(store, memory=memory, description=f"redis:{settings['redis_url']}/{settings['namespace']}")
     raise ValueError(f"unknown cache mode {mode!r}")
 

@@ -1,4 +1,4 @@
-"""The results tables (output_dir/results/TABLE/*.parquet). README documents them."""
+"""The results tables (output_dir/results/TABLE/*.parquet). docs/results.md documents them."""
 import pyarrow as pa
 
 _ts = pa.timestamp("us", tz="UTC")

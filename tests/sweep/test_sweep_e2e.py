@@ -90,7 +90,7 @@ def test_mlflow_parent_and_child_runs_and_champion_loads_in_a_fresh_process(swee
     assert str(client.get_model_version_by_alias(name, "champion").version) == str(model["version"])
     code = (f"import mlflow; mlflow.set_tracking_uri({s['tracking_uri']!r}); "
             f"m = mlflow.dspy.load_model('models:/{name}@champion'); print(type(m).__name__)")
-    # the registry saves the program with cloudpickle, which mlflow only loads when told to (README: Serving)
+    # the registry saves the program with cloudpickle, which mlflow only loads when told to (docs/serving.md)
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
