@@ -7,6 +7,12 @@ The feedback this learns from (the wording the gepa_lab metrics emit)::
     Incorrect: you answered "PRED". The correct answer is "LABEL".
 
 Natural variants are accepted too: ``expected "X"``, ``should be X``, ``the correct intent is X``.
+
+Feedback on several output fields is read clause by clause (clauses end at a newline or at . ; ! ?
+outside quotes): a clause that names an output field of the predictor (``The color is wrong: ...
+the correct color is "dark red".``, ``size: expected "XL"``, ``size: correct``) gives that field's
+expected value, whatever the field's type; clauses about other fields are left out. A predictor with one
+answer field learns rules without a field name; one with several learns rules per field.
 """
 
 from __future__ import annotations
@@ -95,6 +101,75 @@ def parse_feedback(feedback: str, generated: Any) -> tuple[str | None, str | Non
     return gold, pred, correct
 
 
+_QUOTED_RE = re.compile(r"\"[^\"]*\"|\u201c[^\u201d]*\u201d")
+_CLAUSE_RE = re.compile(r"(?:\"[^\"]*\"|\u201c[^\u201d]*\u201d|[^\"\u201c\n.;!?]|[.;!?](?!\s|$))+")
+_SAYS_CORRECT = re.compile(r"\b(?:correct|right)\b", re.I)
+_SAYS_WRONG = re.compile(r"\b(?:incorrect|wrong|not)\b", re.I)
+# words that name no particular field in "the correct ___ is"
+_GENERIC_NOUNS = {"answer", "label", "intent", "output", "value", "class", "category", "result", "response"}
+_CORRECT_NOUN_RE = re.compile(r"correct (\w+)\s+(?:is|was|would be)\b", re.I)
+
+
+def _answer_fields(generated: Any) -> list[str]:
+    """The output fields a predictor answers with (every generated field but its reasoning)."""
+    return [k for k in generated if k != "reasoning"] if isinstance(generated, dict) else []
+
+
+def _spellings(field: str) -> set[str]:
+    return {field, field.replace("_", " ")}
+
+
+def _names(clause: str, field: str) -> bool:
+    """Whether a clause names the field (outside its quoted values)."""
+    bare = _QUOTED_RE.sub(" ", clause)
+    return any(re.search(rf"(?<!\w){re.escape(s)}(?!\w)", bare, re.I) for s in _spellings(field))
+
+
+def _expected(clause: str, field: str) -> str | None:
+    """The expected value a clause gives: "the correct FIELD is X", or any of the generic wordings."""
+    named = [
+        re.compile(rf"correct {re.escape(s)}\s+(?:is|was|would be)\s*:?\s*(?:[\"\u201c]([^\"\u201d]+)[\"\u201d]|([\w\-./]+))", re.I)
+        for s in _spellings(field)
+    ]
+    for pat in named:
+        m = pat.search(clause)
+        if m:
+            return (m.group(1) or m.group(2)).strip().rstrip(".")
+    for pat in _GOLD_PATTERNS:
+        m = pat.search(clause)
+        if m:
+            return m.group(1).strip().rstrip(".")
+    return None
+
+
+def read_fields(text: str, feedback: str, generated: Any) -> dict[str, Example] | None:
+    """Per output field, what the clauses of the feedback that name it say: the expected value (or, when the
+    clause only says it is correct, the value generated). None when no clause names an output field."""
+    outputs = _answer_fields(generated)
+    found: dict[str, Example] = {}
+    named_any = False
+    for clause in _CLAUSE_RE.findall(feedback or ""):
+        for field in outputs:
+            if not _names(clause, field):
+                continue
+            named_any = True
+            if field in found:
+                continue
+            pred = str(generated[field]).strip()
+            gold = _expected(clause, field)
+            if gold is None and _SAYS_CORRECT.search(clause) and not _SAYS_WRONG.search(clause):
+                gold = pred
+            if gold is not None:
+                found[field] = Example(text=text, gold=gold, pred=pred, correct=gold == pred)
+    return found if named_any else None
+
+
+def about_another_field(feedback: str, generated: Any) -> bool:
+    """"The correct color is ..." shown to a predictor that does not output color: not about its answer."""
+    outputs = {s.lower() for f in _answer_fields(generated) for s in _spellings(f)}
+    return any(m.group(1).lower() not in _GENERIC_NOUNS | outputs for m in _CORRECT_NOUN_RE.finditer(feedback or ""))
+
+
 def _inputs_text(inputs: Any) -> tuple[str, str]:
     """-> (text of the inputs, the name of the main input field)."""
     if isinstance(inputs, dict):
@@ -159,10 +234,16 @@ def learn(rules: RuleSet, examples: list[Example], params: LearnParams | None = 
     return rules
 
 
+def _labelled(examples: list[Example]) -> list[Example]:
+    """Examples whose expected value is label-like (short, not a number): values the rules can name."""
+    return [ex for ex in examples if ex.gold and _LABEL_RE.match(ex.gold)]
+
+
 def propose(current_instruction: str, raw_examples: str, params: LearnParams | None = None) -> str:
     task_text, rules = split_instruction(current_instruction or "")
     subject = "query"
-    examples: list[Example] = []
+    examples: list[Example] = []  # about the predictor's one answer field: rules without a field name
+    by_field: dict[str, list[Example]] = {}  # a predictor with several answer fields: rules per field
     for item in parse_examples(raw_examples):
         inputs = item.get("Inputs", item.get("inputs", {}))
         generated = item.get("Generated Outputs", item.get("generated_outputs", {}))
@@ -170,17 +251,29 @@ def propose(current_instruction: str, raw_examples: str, params: LearnParams | N
         text, subject_name = _inputs_text(inputs)
         if subject_name:
             subject = subject_name.replace("_", " ")
-        gold, pred, correct = parse_feedback(feedback, generated)
-        examples.append(Example(text=text, gold=gold, pred=pred, correct=correct))
-    labelled = [ex for ex in examples if ex.gold and _LABEL_RE.match(ex.gold)]
+        fields = read_fields(text, feedback, generated)
+        if fields is None:
+            if not about_another_field(feedback, generated):
+                gold, pred, correct = parse_feedback(feedback, generated)
+                examples.append(Example(text=text, gold=gold, pred=pred, correct=correct))
+        elif len(_answer_fields(generated)) == 1:
+            examples += fields.values()
+        else:
+            for field, ex in fields.items():
+                by_field.setdefault(field, []).append(ex)
+    labelled = _labelled(examples)
     task_text = task_text or (current_instruction or "").strip()
     if examples and not labelled and any(ex.gold for ex in examples):
         # numeric or free-text answers: there is no label to learn cues for; say what the feedback wants
         if NUMERIC_HINT not in task_text and all(_NUMBER_RE.fullmatch(ex.gold or "") for ex in examples if ex.gold):
             task_text = (task_text + "\n\n" + NUMERIC_HINT).strip()
-        return render_instruction(task_text, rules, subject=subject)
-    new_rules = learn(rules, labelled, params)
-    return render_instruction(task_text, new_rules, subject=subject)
+    else:
+        rules = learn(rules, labelled, params)
+    for field, field_examples in by_field.items():
+        learned = learn(rules.fields.get(field, RuleSet()), _labelled(field_examples), params)
+        if learned:
+            rules.fields[field] = learned
+    return render_instruction(task_text, rules, subject=subject)
 
 
 NUMERIC_HINT = "Give the final answer as a single number, without units."

@@ -5,9 +5,11 @@
   instruction (see ``rules.py``). A cue that the rules list under fewer labels counts more; a cue seen in
   more examples counts more. The best score wins; ties go to the label whose name is covered best, then
   to the earliest label in the list.
+* ``str`` fields that the rules give values for (rules naming the field, or rules without a field name when
+  it is the prompt's only output besides ``reasoning``): chosen the same way among those values.
 * ``int``/``float`` fields: the last number in the inputs (no arithmetic is done).
 * ``bool``: True if the inputs share a content word with the instruction, else False.
-* ``str`` fields (``reasoning`` etc.): a short sentence naming the evidence used.
+* other ``str`` fields (``reasoning`` etc.): a short sentence naming the evidence used.
 * ``list``/``dict``/other: an empty JSON value.
 """
 
@@ -151,6 +153,21 @@ def _compile(instruction: str, labels: tuple[str, ...], params: ScoreParams) -> 
     return LabelModel(labels, parse_rules(instruction), params)
 
 
+@lru_cache(maxsize=256)
+def field_model(instruction: str, field: str, labels: tuple[str, ...] | None, sole_answer: bool) -> LabelModel | None:
+    """The model of one output field. labels: a Literal field's values (rules without a field name apply, plus
+    those naming it); None for a str field, whose values are those its rules name (rules without a field name
+    when it is the prompt's only answer field); None when there are none."""
+    rules = parse_rules(instruction)
+    own = rules.fields.get(field)
+    if labels is not None:
+        return LabelModel(labels, rules.merged(own), PARAMS) if own else compile_model(instruction, labels)
+    learned = own if own else (rules if sole_answer else None)
+    if learned is None or not learned.cues:
+        return None
+    return LabelModel(tuple(learned.cues), learned, PARAMS)
+
+
 def choose_label(text: str, labels: list[str], rules: RuleSet, params: ScoreParams = PARAMS) -> LabelChoice:
     return LabelModel(tuple(labels), rules, params).choose(text)
 
@@ -178,10 +195,13 @@ def answer(prompt: ParsedPrompt) -> list[tuple[str, Any]]:
     text = "\n".join(v for v in prompt.values.values() if isinstance(v, str))
     outputs = prompt.outputs or [Field(name="answer", type="str")]
     choices: dict[str, LabelChoice] = {}
+    sole_answer = len([f for f in outputs if f.name != "reasoning"]) == 1
     for f in outputs:
         values = f.literal_values
-        if values is not None:
-            choices[f.name] = compile_model(prompt.instruction, tuple(values)).choose(text)
+        if values is not None or (f.base_type == "str" and f.name != "reasoning"):
+            model = field_model(prompt.instruction, f.name, None if values is None else tuple(values), sole_answer)
+            if model is not None:
+                choices[f.name] = model.choose(text)
     result: list[tuple[str, Any]] = []
     for f in outputs:
         kind = f.base_type
