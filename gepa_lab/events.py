@@ -44,3 +44,18 @@ class EventStream:
                 if self.failures[name] == 1:
                     traceback.print_exc(file=sys.stderr)
         return event
+
+
+# The trial_finished summary's 95% intervals, each [low, high] (gepa_lab.results.stats computes them). Tables and
+# trackers that hold scalars store each as KEY_low and KEY_high.
+INTERVALS = ("seed_test_ci95", "best_test_ci95", "test_gain_ci95")
+
+
+def interval_bounds(summary: dict[str, Any]) -> dict[str, float | None]:
+    """{'best_test_ci95': [0.4, 0.7], ...} -> {'best_test_ci95_low': 0.4, 'best_test_ci95_high': 0.7, ...}
+    (None for an interval the summary lacks: no test examples, or a summary written before intervals existed)."""
+    bounds: dict[str, float | None] = {}
+    for key in INTERVALS:
+        low, high = summary.get(key) or (None, None)
+        bounds.update({f"{key}_low": low, f"{key}_high": high})
+    return bounds

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gepa_lab.events import Event
@@ -26,10 +27,24 @@ class ConsoleProgress:
             )
 
 
+def with_interval(value: float | None, interval=None, signed: bool = False) -> str:
+    """A score as '0.550 [0.400, 0.700]' (its 95% interval in brackets when known); signed for a gain: '+0.150 [...]'."""
+    if value is None:
+        return ""
+    number = "{:+.3f}" if signed else "{:.3f}"
+    text = number.format(value)
+    if interval and None not in interval:
+        text += " [" + ", ".join(number.format(bound) for bound in interval) + "]"
+    return text
+
+
 def scores_table(summary: dict) -> Table:
-    table = Table(title=f"{summary['task']}: seed vs winner")
+    caption = escape("[ ]: 95% intervals, bootstrap over test examples") if summary.get("best_test_ci95") else None
+    table = Table(title=f"{summary['task']}: seed vs winner", caption=caption)
     for column in ("", "val", "test"):
         table.add_column(column, justify="right")
-    table.add_row("seed", f"{summary['seed_val_score']:.3f}", f"{summary['seed_test_score']:.3f}")
-    table.add_row("winner", f"{summary['best_val_score']:.3f}", f"{summary['best_test_score']:.3f}")
+    table.add_row("seed", f"{summary['seed_val_score']:.3f}", with_interval(summary["seed_test_score"], summary.get("seed_test_ci95")))
+    table.add_row("winner", f"{summary['best_val_score']:.3f}", with_interval(summary["best_test_score"], summary.get("best_test_ci95")))
+    table.add_row("gain", with_interval(summary["best_val_score"] - summary["seed_val_score"], signed=True),
+                  with_interval(summary["best_test_score"] - summary["seed_test_score"], summary.get("test_gain_ci95"), signed=True))
     return table

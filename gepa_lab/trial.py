@@ -19,9 +19,10 @@ from gepa_lab import atomic
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.config.identity import run_identity
 from gepa_lab.corpus import ensure_prepared, read_manifest, read_split
-from gepa_lab.events import EventStream
+from gepa_lab.events import INTERVALS, EventStream
 from gepa_lab.lm.accounting import UsageMeter
 from gepa_lab.lm.endpoint import build_lm
+from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.tasks.task import Task, build_program, resolve_metric, to_examples
 
@@ -103,6 +104,21 @@ def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: in
     result = evaluator(program)
     scores = [float(score or 0.0) for _, _, score in result.results]
     return sum(scores) / len(scores), scores
+
+
+def score_intervals(seed_scores: list[float], best_scores: list[float]) -> dict[str, list[float] | None]:
+    """95% intervals, each [low, high], of the seed's and the winner's test scores (bootstrap over the test examples)
+    and of the winner's gain over the seed (paired: both programs' scores on the same resampled examples).
+    None without test examples. The scores go in sorted (pairs kept together): the bootstrap resamples positions, and
+    an interval must depend on the scores alone, not on the order the examples were scored in."""
+    if not seed_scores:
+        return dict.fromkeys(INTERVALS)
+    pairs = sorted(zip(seed_scores, best_scores, strict=True))
+    return {
+        "seed_test_ci95": list(bootstrap_ci(sorted(seed_scores))),
+        "best_test_ci95": list(bootstrap_ci(sorted(best_scores))),
+        "test_gain_ci95": list(paired_bootstrap_ci([seed for seed, _ in pairs], [best for _, best in pairs])),
+    }
 
 
 @dataclass
@@ -193,7 +209,7 @@ def run_trial(
             winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)
             results = winner.detailed_results
             best_idx = results.best_idx
-            best_test = seed_test
+            best_test, best_scores = seed_test, seed_scores
             if best_idx != 0:
                 best_test, best_scores = evaluate(winner, test, task.metric, threads)
                 events.emit("evaluation", split="test", candidate_idx=best_idx, scores=dict(enumerate(best_scores)))
@@ -208,6 +224,7 @@ def run_trial(
             "seed_test_score": seed_test,
             "best_val_score": results.val_aggregate_scores[best_idx],
             "best_test_score": best_test,
+            **score_intervals(seed_scores, best_scores),
             "best_candidate_idx": best_idx,
             "num_candidates": len(results.candidates),
             "metric_calls": results.total_metric_calls,

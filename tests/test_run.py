@@ -12,6 +12,9 @@ import pytest
 
 from gepa_lab.compose import compose
 from gepa_lab.errors import GepaLabError
+from gepa_lab.progress import with_interval
+from gepa_lab.results.query import open_results, sql
+from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.run import load_run_config
 from tests.conftest import ROOT, run_cli
 from tests.support import generated
@@ -146,6 +149,29 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
     assert tracked.data.tags["config_hash"] == summary["config_hash"]
     assert tracked.data.metrics["best_val_score"] == pytest.approx(summary["best_val_score"])
     assert {a.path for a in mlflow.list_artifacts(tracked.info.run_id)} >= {"summary.json", "program.json"}
+
+    # 95% intervals: in summary.json, from the per-example test scores the run recorded; in the trials table, on the
+    # console, in the leaderboard, in MLflow and in W&B
+    con = open_results(out)
+    test_scores = "SELECT example_id, score FROM evaluations WHERE split = 'test' AND candidate_idx = {}"
+    seed = dict(sql(con, test_scores.format(0)).rows)
+    best = dict(sql(con, test_scores.format(summary["best_candidate_idx"])).rows)
+    assert len(seed) == 20 and set(best) == set(seed)
+    pairs = sorted((seed[i], best[i]) for i in seed)
+    assert summary["seed_test_ci95"] == list(bootstrap_ci(sorted(seed.values())))
+    assert summary["best_test_ci95"] == list(bootstrap_ci(sorted(best.values())))
+    assert summary["test_gain_ci95"] == list(paired_bootstrap_ci([s for s, _ in pairs], [b for _, b in pairs]))
+    low, high = summary["best_test_ci95"]
+    assert low <= summary["best_test_score"] <= high
+    [trial] = sql(con, "SELECT * FROM trials").dicts()
+    for key in ("seed_test_ci95", "best_test_ci95", "test_gain_ci95"):
+        assert [trial[f"{key}_low"], trial[f"{key}_high"]] == summary[key], key
+        assert [tracked.data.metrics[f"{key}_low"], tracked.data.metrics[f"{key}_high"]] == pytest.approx(summary[key]), key
+        assert [run["summary"][f"{key}_low"], run["summary"][f"{key}_high"]] == pytest.approx(summary[key]), key
+    shown = with_interval(summary["best_test_score"], summary["best_test_ci95"])
+    assert shown in done.stdout
+    board = run_cli("gepa_lab.results", str(out), env={"COLUMNS": "250"})
+    assert board.returncode == 0 and shown in board.stdout and "val-test gap" in board.stdout, board.stdout + board.stderr
 
 
 @pytest.mark.parametrize(

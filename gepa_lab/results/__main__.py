@@ -2,6 +2,7 @@
 
     python -m gepa_lab.results [DIR ...] [--sql "SELECT ..." | --sql NAME] [--limit N] [--format table|csv|json]
     python -m gepa_lab.results plot [DIR]      # PNGs into DIR/plots/, their paths printed
+    python -m gepa_lab.results effects [DIR ...] [--format table|csv|json]   # test score by value of each swept key
     python -m gepa_lab.results queries         # the named queries (--sql NAME)
 
 DIR defaults to the newest folder under outputs/. With no --sql the leaderboard is printed.
@@ -20,7 +21,8 @@ from rich.console import Console
 
 from gepa_lab.cli import one_line_errors
 from gepa_lab.results.query import (
-    QUERIES, Result, leaderboard, newest_output_dir, open_results, rich_table, short_headers, sql,
+    EFFECTS_METHOD, INTERVAL_CAPTION, QUERIES, Result, effects, fold_intervals, leaderboard, newest_output_dir,
+    open_results, rich_table, short_headers, sql,
 )
 
 
@@ -36,8 +38,10 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def render(result: Result, fmt: str, title: str | None = None, out=None, headers: list[str] | None = None) -> None:
-    """Print rows as a rich table, CSV or JSON (CSV/JSON keep the column names as they are)."""
+def render(result: Result, fmt: str, title: str | None = None, out=None, headers: list[str] | None = None,
+           intervals: bool = False) -> None:
+    """Print rows as a rich table, CSV or JSON (CSV/JSON keep the column names as they are).
+    intervals: the table shows each score with its 95% interval in brackets (CSV/JSON keep the bounds as columns)."""
     out = out or sys.stdout
     if fmt == "json":
         out.write(json.dumps([_jsonable(r) for r in result.dicts()], indent=2) + "\n")
@@ -47,7 +51,10 @@ def render(result: Result, fmt: str, title: str | None = None, out=None, headers
         for row in result.rows:
             writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in row])
     else:
-        table = rich_table(result, title=title, headers=headers)
+        if intervals:  # the short headers of the folded columns
+            result = fold_intervals(result)
+            headers = short_headers(result.columns)
+        table = rich_table(result, title=title, headers=headers, caption=INTERVAL_CAPTION if intervals else None)
         Console(file=out, width=None if out.isatty() else 220).print(table)
         if not result.rows:
             Console(file=out).print("(no rows)")
@@ -61,7 +68,7 @@ def _query_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gepa_lab.results",
         description="Query results folders with DuckDB (views: sweeps, trials, candidates, evaluations, lm_usage). "
-        "Subcommands: `plot [DIR]`, `queries`.",
+        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `queries`.",
     )
     parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
     parser.add_argument("--sql", help="SQL to run over the views, or the name of a named query (see `queries`)")
@@ -76,7 +83,7 @@ def _query_main(argv: list[str]) -> None:
     else:
         result = leaderboard(con, limit=args.limit or None)
         title = f"leaderboard: {', '.join(str(d) for d in dirs)}"
-        render(result, args.format, title=title, headers=short_headers(result.columns))
+        render(result, args.format, title=title, intervals=True)
 
 
 def _plot_main(argv: list[str]) -> None:
@@ -93,6 +100,25 @@ def _plot_main(argv: list[str]) -> None:
         print(path)
 
 
+def _effects_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gepa_lab.results effects",
+        description="Which knob mattered: for each swept key, the test score of the finished trials by value, "
+        "with 95% intervals. " + EFFECTS_METHOD,
+    )
+    parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    args = parser.parse_args(argv)
+    dirs = _dirs(args.dirs)
+    result = effects(open_results(*dirs))
+    if not result.rows:
+        print(f"no swept key to compare in {', '.join(map(str, dirs))}: no finished trials with per-example test "
+              "scores, or their configs do not differ", file=sys.stderr)
+        return
+    render(result, args.format, title=f"effects: {', '.join(str(d) for d in dirs)}", intervals=True)
+
+
+
 def _queries_main(argv: list[str]) -> None:
     for name, (description, _) in QUERIES.items():
         print(f"{name:<12} {description}")
@@ -101,9 +127,11 @@ def _queries_main(argv: list[str]) -> None:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # A folder literally named "plot" or "queries" can still be queried as ./plot.
+    # A folder literally named "plot", "effects" or "queries" can still be queried as ./plot.
     if argv and argv[0] == "plot":
         _plot_main(argv[1:])
+    elif argv and argv[0] == "effects":
+        _effects_main(argv[1:])
     elif argv and argv[0] == "queries":
         _queries_main(argv[1:])
     else:

@@ -27,7 +27,9 @@ import pyarrow as pa
 
 from gepa_lab.errors import GepaLabError
 from gepa_lab.paths import OUTPUTS_DIR
+from gepa_lab.progress import with_interval
 from gepa_lab.results.schema import SCHEMAS
+from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 
 TABLES = tuple(SCHEMAS)
 # A trial is identified by these columns (trial ids repeat across output dirs).
@@ -170,9 +172,12 @@ _ORDER = "best_val_score DESC NULLS LAST, metric_calls ASC NULLS LAST, trial_id 
 
 LEADERBOARD_SQL = f"""
 SELECT row_number() OVER (ORDER BY {_ORDER}) AS rank,
-       trial_id, status, best_val_score, best_test_score, seed_val_score, seed_test_score,
-       best_val_score - seed_val_score AS val_gain, metric_calls, num_candidates, lm_calls,
-       wall_seconds, sweep_id, output_dir, config_json
+       trial_id, status, best_val_score, best_test_score, best_test_ci95_low, best_test_ci95_high,
+       best_val_score - best_test_score AS val_test_gap,
+       seed_val_score, seed_test_score, seed_test_ci95_low, seed_test_ci95_high,
+       best_val_score - seed_val_score AS val_gain,
+       best_test_score - seed_test_score AS test_gain, test_gain_ci95_low, test_gain_ci95_high,
+       metric_calls, num_candidates, lm_calls, wall_seconds, sweep_id, output_dir, config_json
 FROM trials
 ORDER BY {_ORDER}
 """
@@ -258,8 +263,10 @@ def leaderboard(con: duckdb.DuckDBPyConnection, limit: int | None = 20) -> Resul
     params = varying_params(r["config_json"] for r in rows)
     param_cols = sorted({k for p in params.values() for k in p})
     several_dirs = len({r["output_dir"] for r in rows}) > 1
-    base = ["rank", "trial_id", "status", *param_cols, "best_val_score", "best_test_score", "seed_val_score",
-            "seed_test_score", "val_gain", "metric_calls", "num_candidates", "lm_calls", "wall_seconds"]
+    base = ["rank", "trial_id", "status", *param_cols, "best_val_score", "best_test_score", "best_test_ci95_low",
+            "best_test_ci95_high", "val_test_gap", "seed_val_score", "seed_test_score", "seed_test_ci95_low",
+            "seed_test_ci95_high", "val_gain", "test_gain", "test_gain_ci95_low", "test_gain_ci95_high",
+            "metric_calls", "num_candidates", "lm_calls", "wall_seconds"]
     if several_dirs:
         base.append("output_dir")
     shown = rows[:limit] if limit is not None else rows
@@ -271,9 +278,11 @@ def leaderboard(con: duckdb.DuckDBPyConnection, limit: int | None = 20) -> Resul
 
 
 def leaderboard_table(con: duckdb.DuckDBPyConnection, limit: int | None = 20, title: str | None = "leaderboard"):
-    """The leaderboard as a rich Table (short headers: 'best val', 'seed' for optimizer.seed)."""
-    board = leaderboard(con, limit=limit)
-    return rich_table(board, title=title, headers=short_headers(board.columns))
+    """The leaderboard as a rich Table (short headers: 'best val', 'seed' for optimizer.seed; each score with its
+    95% interval in brackets)."""
+    board = fold_intervals(leaderboard(con, limit=limit))
+    return rich_table(board, title=title, headers=short_headers(board.columns), caption=INTERVAL_CAPTION)
+
 
 
 def best_trial(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
@@ -307,13 +316,109 @@ def trial_progress(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str],
     return curves
 
 
+# ---------------------------------------------------------------------------------------- effects
+
+EFFECTS_METHOD = (
+    "Each value's test score is the mean over the test examples of the example's score averaged over the trials "
+    "with that value (their winners); its 95% interval is a percentile bootstrap over the test examples. It says how "
+    "much the choice of test examples could move the score, not how much another run (another seed) could: "
+    "`trials` and the trials' lowest and highest test scores show that spread. vs_best: the value's score minus "
+    "the key's best value's, with a paired bootstrap interval over the examples both were scored on."
+)
+
+
+def _value_order(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, json.dumps(value, sort_keys=True))
+
+
+def _example_means(trials: list[dict[str, Any]]) -> dict[Any, float]:
+    """example id -> its test score averaged over the trials that scored it."""
+    scores: dict[Any, list[float]] = {}
+    for trial in trials:
+        for example_id, score in trial["scores"].items():
+            scores.setdefault(example_id, []).append(score)
+    return {example_id: sum(s) / len(s) for example_id, s in scores.items()}
+
+
+def effects(con: duckdb.DuckDBPyConnection) -> Result:
+    """For each swept key (the leaderboard's parameter columns) and each of its values: the finished trials with that
+    value, their test score with a 95% interval, how far below the key's best value it is (paired interval), the
+    trials' lowest and highest test scores and their mean val score. EFFECTS_METHOD says how the intervals are made."""
+    rows = sql(con, """
+        SELECT t.output_dir, t.sweep_id, t.trial_id, any_value(t.config_json) AS config_json,
+               any_value(t.best_val_score) AS val_score, any_value(t.best_test_score) AS test_score,
+               e.example_id, avg(e.score) AS score
+        FROM trials t JOIN evaluations e
+          ON e.output_dir = t.output_dir AND e.sweep_id = t.sweep_id AND e.trial_id = t.trial_id
+         AND e.split = 'test' AND e.candidate_idx = t.best_candidate_idx
+        WHERE t.best_test_score IS NOT NULL AND e.score IS NOT NULL
+        GROUP BY t.output_dir, t.sweep_id, t.trial_id, e.example_id
+        ORDER BY t.output_dir, t.sweep_id, t.trial_id""").dicts()  # trials in a stable order: sums in a stable order
+    trials: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        trial = trials.setdefault((r["output_dir"], r["sweep_id"], r["trial_id"]), {**r, "scores": {}})
+        trial["scores"][r["example_id"]] = r["score"]
+    scored = list(trials.values())
+    params = varying_params(t["config_json"] for t in scored)
+    columns = ["key", "value", "trials", "test_score", "test_ci95_low", "test_ci95_high", "vs_best", "vs_best_ci95_low",
+               "vs_best_ci95_high", "trial_test_min", "trial_test_max", "val_score"]
+    out: list[tuple] = []
+    for key in sorted({k for p in params.values() for k in p}):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for i, trial in enumerate(scored):
+            groups.setdefault(json.dumps(params.get(i, {}).get(key), sort_keys=True), []).append(trial)
+        means = {value: _example_means(group) for value, group in groups.items()}
+        mean_score = {value: sum(m.values()) / len(m) for value, m in means.items()}
+        best = max(mean_score, key=mean_score.get)
+        for value in sorted(groups, key=lambda v: _value_order(json.loads(v))):
+            group, examples = groups[value], means[value]
+            # sorted scores (pairs): the bootstrap resamples positions, and the interval must not hang on how ids sort
+            low, high = bootstrap_ci(sorted(examples.values()))
+            pairs = sorted((means[best][e], score) for e, score in examples.items() if e in means[best])
+            vs_best = vs_low = vs_high = None
+            if value != best and pairs:
+                theirs, ours = zip(*pairs)
+                vs_best = (sum(ours) - sum(theirs)) / len(pairs)
+                vs_low, vs_high = paired_bootstrap_ci(theirs, ours)
+            tests = [t["test_score"] for t in group]
+            out.append((key, json.loads(value), len(group), mean_score[value], low, high, vs_best, vs_low, vs_high,
+                        min(tests), max(tests), sum(t["val_score"] for t in group) / len(group)))
+    return Result(columns, out)
+
+
 # ---------------------------------------------------------------------------------------- display
+
+INTERVAL_CAPTION = "[low, high]: 95% bootstrap interval over the test examples (gains: paired, the same examples for both)"
+
+
+def fold_intervals(result: Result) -> Result:
+    """For display: each column X that has X_ci95_low and X_ci95_high columns (the _score suffix dropped: best_test_score
+    -> best_test_ci95_low) becomes one text cell '0.550 [0.400, 0.700]' (gains signed), and the bound columns go."""
+    folded: dict[str, tuple[int, int]] = {}
+    for column in result.columns:
+        stem = column.removesuffix("_score")
+        if f"{stem}_ci95_low" in result.columns and f"{stem}_ci95_high" in result.columns:
+            folded[column] = (result.columns.index(f"{stem}_ci95_low"), result.columns.index(f"{stem}_ci95_high"))
+    bounds = {i for pair in folded.values() for i in pair}
+    keep = [i for i in range(len(result.columns)) if i not in bounds]
+
+    def shown(row: tuple, i: int) -> Any:
+        column = result.columns[i]
+        if column not in folded:
+            return row[i]
+        low, high = folded[column]
+        return with_interval(row[i], (row[low], row[high]), signed=not column.endswith("_score"))
+
+    return Result([result.columns[i] for i in keep], [tuple(shown(row, i) for i in keep) for row in result.rows])
+
+
 
 _HEADERS = {
     "best_val_score": "best val", "best_test_score": "best test", "seed_val_score": "seed val",
     "seed_test_score": "seed test", "val_gain": "val gain", "metric_calls": "metric calls",
     "num_candidates": "candidates", "lm_calls": "LM calls", "wall_seconds": "wall s", "output_dir": "output dir",
-    "trial_id": "trial",
+    "trial_id": "trial", "val_test_gap": "val-test gap", "test_gain": "test gain", "test_score": "test",
+    "vs_best": "vs best", "trial_test_min": "trial min", "trial_test_max": "trial max", "val_score": "val",
 }
 
 
@@ -335,12 +440,14 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def rich_table(result: Result, title: str | None = None, headers: list[str] | None = None):
+def rich_table(result: Result, title: str | None = None, headers: list[str] | None = None, caption: str | None = None):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    # escaped: data and captions may hold brackets ('[0.4, 0.7]') that rich would read as markup
+    table = Table(title=title, title_justify="left", caption=escape(caption or ""), caption_justify="left")
     for column in headers or result.columns:
         table.add_column(column, overflow="fold")
     for row in result.rows:
-        table.add_row(*(cell(v) for v in row))
+        table.add_row(*(escape(cell(v)) for v in row))
     return table

@@ -17,6 +17,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("started_at", _ts), ("ended_at", _ts), ("error", pa.string()),
         ("seed_val_score", pa.float64()), ("seed_test_score", pa.float64()),
         ("best_val_score", pa.float64()), ("best_test_score", pa.float64()),
+        # 95% intervals (gepa_lab.events.INTERVALS); files written before they existed read them as null
+        ("seed_test_ci95_low", pa.float64()), ("seed_test_ci95_high", pa.float64()),
+        ("best_test_ci95_low", pa.float64()), ("best_test_ci95_high", pa.float64()),
+        ("test_gain_ci95_low", pa.float64()), ("test_gain_ci95_high", pa.float64()),
         ("best_candidate_idx", pa.int64()), ("num_candidates", pa.int64()), ("metric_calls", pa.int64()),
         ("lm_calls", pa.int64()), ("wall_seconds", pa.float64()), ("program_path", pa.string()),
     ]),

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from gepa_lab.tracking.secrets import redact
 from gepa_lab import atomic
-from gepa_lab.events import Event
+from gepa_lab.events import Event, interval_bounds
 from gepa_lab.results.schema import SCHEMAS
 
 
@@ -96,6 +96,7 @@ class ResultsWriter:
         fields = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "best_candidate_idx",
                   "num_candidates", "metric_calls", "lm_calls", "wall_seconds", "program_path")
         self.trial_row.update({k: summary[k] for k in fields})
+        self.trial_row.update(interval_bounds(summary))
         stop_reason = summary.get("stop_reason")  # ended early by the sweep (budget, ASHA), keeping what it found
         self._write_trial("stopped" if stop_reason else "completed", event, error=stop_reason)
 

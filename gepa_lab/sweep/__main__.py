@@ -4,15 +4,28 @@ import sys
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.compose import register_resolvers
 from gepa_lab.config.load import to_plain, validate
 from gepa_lab.paths import CONF_DIR
+from gepa_lab.progress import with_interval
 from gepa_lab.results.query import connect, leaderboard_table
 from gepa_lab.sweep.config import SweepConfig
 
 register_resolvers()
+
+
+def confirmation_line(summary: dict) -> str:
+    """What test says of the winner's val gain (gepa_lab.sweep.driver.gain_confirmation)."""
+    gain = with_interval(summary["test_gain"], summary.get("test_gain_ci95"), signed=True)
+    verdict = {True: "its 95% interval lies above 0", False: "its 95% interval includes 0: not told apart from no gain",
+               None: "no interval (no test examples)"}[summary.get("test_gain_ci95_above_zero")]
+    unconfirmed = summary["val_gain_unconfirmed"]
+    rest = (f"test did not confirm {unconfirmed:.3f} of it (the winner was picked for its val score, which flatters it)"
+            if unconfirmed > 0 else f"test confirmed all of it (and {-unconfirmed:.3f} more)")
+    return f"test gain {gain} ({verdict}); val gain {summary['val_gain']:+.3f}: {rest}"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base=None)
@@ -28,10 +41,12 @@ def main(cfg: DictConfig) -> None:
     trials = summary["trials"]
     console.print(f"trials: {trials['total']}: " + ", ".join(f"{n} {status}" for status, n in trials.items() if status != "total" and n))
     if summary.get("best_trial_id"):
-        console.print(
+        console.print(escape(
             f"best trial {summary['best_trial_id']}: val {summary['seed_val_score']:.3f} -> {summary['best_val_score']:.3f}, "
-            f"test {summary['seed_test_score']:.3f} -> {summary['best_test_score']:.3f}"
-        )
+            f"test {with_interval(summary['seed_test_score'], summary.get('seed_test_ci95'))} -> "
+            f"{with_interval(summary['best_test_score'], summary.get('best_test_ci95'))}"
+        ))
+        console.print(escape(confirmation_line(summary)))
     if cache := summary.get("lm_cache"):
         console.print(f"rollout cache: {cache.get('requests_saved', 0)} LM requests saved ({cache.get('entries', 0)} answers stored)")
     out = summary["output_dir"]

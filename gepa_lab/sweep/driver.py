@@ -17,6 +17,7 @@ from gepa_lab import atomic
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.corpus import ensure_prepared
+from gepa_lab.events import INTERVALS
 from gepa_lab.lm.cache import shared_cache_stats, use_cache
 from gepa_lab.servers.redis import cache_service
 from gepa_lab.lm.config import LMConfig
@@ -195,6 +196,23 @@ def mark_unfinished(trials_dir: Path) -> None:
                                          "error": "the trial's worker ended without reporting (see tune/ logs)"}])
 
 
+def gain_confirmation(winner: dict[str, Any]) -> dict[str, Any]:
+    """How much of the winner's val gain over the seed the test split confirms. The winner is the best of N trials
+    on val, so its val gain is optimistic: val_gain_unconfirmed = val_gain - test_gain is the part test did not
+    repeat (negative: test gained more), and test_gain_ci95_above_zero says whether the paired 95% interval of the
+    test gain lies above 0 (None without intervals)."""
+    val_gain = winner["best_val_score"] - winner["seed_val_score"]
+    test_gain = winner["best_test_score"] - winner["seed_test_score"]
+    gain_ci = winner.get("test_gain_ci95")
+    return {
+        **{key: winner.get(key) for key in INTERVALS},
+        "val_gain": val_gain,
+        "test_gain": test_gain,
+        "val_gain_unconfirmed": val_gain - test_gain,
+        "test_gain_ci95_above_zero": gain_ci[0] > 0 if gain_ci else None,
+    }
+
+
 def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict,
               load_back: registry.LoadBackProcess | None = None) -> dict:
     con = query.connect([out])
@@ -218,6 +236,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
             best_config=trial_config,
             best_params=trial_summary.get("params", {}),
             **{k: trial_summary[k] for k in ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score")},
+            **gain_confirmation(trial_summary),
         )
         if parent_run:
             task_endpoint = endpoints[RunConfig.model_validate(trial_config).lm.server_key()]

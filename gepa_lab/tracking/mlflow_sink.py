@@ -15,7 +15,9 @@ A trial run holds
 - metrics, step = metric calls used so far: ``best_val_score``, ``iteration``, ``accepted``, ``seconds``,
   ``lm.<role>.<field>`` per iteration; ``candidate_val_score`` per candidate; ``test_score`` (step =
   candidate index) per test evaluation; at the end ``seed_val_score``, ``seed_test_score``,
-  ``best_test_score``, ``best_candidate_idx``, ``num_candidates``, ``metric_calls``, ``lm_calls``, ``wall_seconds``;
+  ``best_test_score``, ``best_candidate_idx``, ``num_candidates``, ``metric_calls``, ``lm_calls``, ``wall_seconds``
+  and the 95% intervals' bounds ``seed_test_ci95_low``/``_high``, ``best_test_ci95_low``/``_high``,
+  ``test_gain_ci95_low``/``_high`` (the sweep's parent run holds the winner's);
 - artifacts: ``summary.json`` (secrets masked), ``candidates.json``, ``program.json`` (the winner's dspy state);
 - status FINISHED, or FAILED (trial_failed, or finish() before trial_finished).
 """
@@ -37,7 +39,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from gepa_lab.compose import flatten
 from gepa_lab.config.identity import git_commit, versions
 from gepa_lab.config.schema import MlflowConfig
-from gepa_lab.events import Event
+from gepa_lab.events import Event, interval_bounds
 from gepa_lab.tracking.secrets import find_secrets, redact, redact_text
 
 T = TypeVar("T")
@@ -282,7 +284,8 @@ def end_parent_run(
     c = client(cfg, output_dir)
     try:
         if summary:
-            log_metrics(c, run_id, {k: v for k, v in flatten(summary).items() if _number(v) is not None})
+            numbers = {k: v for k, v in flatten(summary).items() if _number(v) is not None}
+            log_metrics(c, run_id, {**numbers, **interval_bounds(summary)})  # the winner's intervals, as scalars
             reg = summary.get("registered_model") or {}
             set_tags(c, run_id, {
                 "best_trial_id": summary.get("best_trial_id"),
@@ -382,7 +385,7 @@ class MlflowSink:
         s = dict(event.data.get("summary") or {})
         try:
             step = int(s.get("metric_calls") or self.last_step)
-            log_metrics(self.client, self.run_id, {k: s.get(k) for k in FINAL_METRICS}, step=step)
+            log_metrics(self.client, self.run_id, {**{k: s.get(k) for k in FINAL_METRICS}, **interval_bounds(s)}, step=step)
             log_metrics(self.client, self.run_id, usage_metrics(s.get("lm_usage")), step=step)
             set_tags(self.client, self.run_id, identity_tags(s.get("git_commit"), s.get("config_hash"), s.get("versions")))
             set_tags(self.client, self.run_id, {"corpus_manifest_hash": s.get("corpus_manifest_hash"), "gepa_lab.status": "completed"})

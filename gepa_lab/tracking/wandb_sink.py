@@ -6,7 +6,8 @@ What a run holds:
 - history, with ``metric_calls`` as the x axis: ``gepa/best_val_score``, ``gepa/iteration``, ``gepa/accepted``,
   ``gepa/seconds`` and ``lm/<role>/<field>`` (requests, tokens, cost, errors, latency) per GEPA iteration;
   ``candidate/val_score`` and ``candidate/idx`` per candidate;
-- summary: the trial's summary.json (scores, budget used, LM usage, the winner's instructions, ...),
+- summary: the trial's summary.json (scores, budget used, LM usage, the winner's instructions, ...), with each
+  95% interval also as ``KEY_low`` and ``KEY_high`` (``best_test_ci95_low``, ...),
   ``test_score/candidate_<idx>`` per test evaluation, ``error`` when the trial failed;
 - a table ``candidates``: candidate_idx, iteration, parent, parents, val_score, metric_calls, instruction.
 
@@ -26,7 +27,7 @@ from urllib.parse import urlparse
 
 from gepa_lab.config.schema import WandbConfig
 from gepa_lab.errors import ConfigError
-from gepa_lab.events import Event
+from gepa_lab.events import Event, interval_bounds
 from gepa_lab.tracking.secrets import redact, redact_text
 
 CANDIDATE_COLUMNS = ["candidate_idx", "iteration", "parent", "parents", "val_score", "metric_calls", "instruction", "instructions_json"]
@@ -173,7 +174,7 @@ class WandbSink:
     def _on_trial_finished(self, event: Event) -> None:
         summary = redact(dict(event.data.get("summary") or {}))
         self.best_idx = summary.get("best_candidate_idx")
-        self.run.summary.update(summary)
+        self.run.summary.update({**summary, **interval_bounds(summary)})  # the bounds as scalars too: W&B charts plot those
         self.run.summary["status"] = "completed"
         self._close(exit_code=0)
 

@@ -5,6 +5,7 @@ import copy
 from pathlib import Path
 
 from gepa_lab.events import EventStream
+from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.results.writer import ResultsWriter
 
 BASE_CONFIG = {
@@ -25,9 +26,14 @@ def write_trial(
     params: dict | None = None,
     sweep_id: str = "s1",
     fail: bool = False,
+    test_examples: tuple[list[float], list[float]] | None = None,
 ) -> None:
     """One trial: the seed + candidates with val scores `vals` at metric calls `calls`, then finished
-    (best = max val, earliest), or failed after the candidates."""
+    (best = max val, earliest), or failed after the candidates. test_examples: the seed's and the winner's
+    per-example test scores (then `test` is their means); the summary's 95% intervals come from them."""
+    seed_scores, best_scores = test_examples or ([0.0, 1.0, 0.0], [1.0, 1.0, 0.0])
+    if test_examples:
+        test = (sum(seed_scores) / len(seed_scores), sum(best_scores) / len(best_scores))
     config = copy.deepcopy(BASE_CONFIG)
     config["output_dir"] = str(output_dir / "trials" / trial_id)
     for path, value in (params or {}).items():
@@ -39,7 +45,7 @@ def write_trial(
     writer = ResultsWriter(output_dir / "results", sweep_id=sweep_id, trial_config=config)
     events = EventStream(trial_id, [writer])
     events.emit("trial_started", config=config, config_hash="h" + trial_id, manifest_hash="m", git_commit="abc")
-    events.emit("evaluation", split="test", candidate_idx=0, scores={0: 0.0, 1: 1.0, 2: 0.0})
+    events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_scores)))
     for idx, (val, n) in enumerate(zip(vals, calls)):
         events.emit("candidate", iteration=idx, candidate_idx=idx, parents=[] if idx == 0 else [0],
                     instructions={"predict": f"instruction {idx} of {trial_id}"}, val_score=val, metric_calls=n)
@@ -51,7 +57,7 @@ def write_trial(
         return
     best_idx = vals.index(max(vals))
     if best_idx:
-        events.emit("evaluation", split="test", candidate_idx=best_idx, scores={0: 1.0, 1: 1.0, 2: 0.0})
+        events.emit("evaluation", split="test", candidate_idx=best_idx, scores=dict(enumerate(best_scores)))
     usage = {"requests": 10, "cache_hits": 1, "errors": 0, "retries": 0, "prompt_tokens": 100, "completion_tokens": 20,
              "latency_p50_s": 0.01, "latency_p95_s": 0.02, "cost_usd": 0.0}
     events.emit("trial_finished", summary={
@@ -59,4 +65,7 @@ def write_trial(
         "best_candidate_idx": best_idx, "num_candidates": len(vals), "metric_calls": calls[-1], "lm_calls": 20,
         "wall_seconds": 2.5, "program_path": str(output_dir / "trials" / trial_id / "program.json"),
         "lm_usage": {"task": usage, "reflection": usage},
+        # from the per-example scores, as run_trial makes them
+        "seed_test_ci95": list(bootstrap_ci(seed_scores)), "best_test_ci95": list(bootstrap_ci(best_scores)),
+        "test_gain_ci95": list(paired_bootstrap_ci(seed_scores, best_scores)),
     })

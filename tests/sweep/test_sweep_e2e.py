@@ -10,6 +10,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
+from gepa_lab.progress import with_interval
 from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.results import query
 from tests.conftest import ROOT, run_cli
@@ -65,6 +66,32 @@ def test_duckdb_over_results_agrees_with_summary(sweep):
     roles = {r for (r,) in con.execute("SELECT DISTINCT role FROM lm_usage").fetchall()}
     assert roles == {"task", "reflection"}
     assert con.execute("SELECT best_trial_id FROM sweeps").fetchone()[0] == s["best_trial_id"]
+
+
+def test_winner_gain_has_a_paired_interval_and_the_part_test_did_not_confirm(sweep):
+    s = sweep["summary"]
+    winner = json.loads((sweep["out"] / "trials" / s["best_trial_id"] / "summary.json").read_text())
+    for key in ("seed_test_ci95", "best_test_ci95", "test_gain_ci95"):
+        assert s[key] == winner[key] and len(s[key]) == 2 and s[key][0] <= s[key][1], key
+    assert s["val_gain"] == pytest.approx(s["best_val_score"] - s["seed_val_score"])
+    assert s["test_gain"] == pytest.approx(s["best_test_score"] - s["seed_test_score"])
+    assert s["val_gain_unconfirmed"] == pytest.approx(s["val_gain"] - s["test_gain"])
+    assert s["test_gain_ci95_above_zero"] == (s["test_gain_ci95"][0] > 0)
+    stdout = " ".join(sweep["stdout"].split())  # the console may wrap long lines
+    assert f"test gain {with_interval(s['test_gain'], s['test_gain_ci95'], signed=True)}" in stdout
+    assert f"val gain {s['val_gain']:+.3f}" in stdout
+    con = query.connect([sweep["out"]])
+    assert json.loads(con.execute("SELECT summary_json FROM sweeps").fetchone()[0])["test_gain_ci95"] == s["test_gain_ci95"]
+    winner_row = query.leaderboard(con).dicts()[0]
+    assert [winner_row["test_gain_ci95_low"], winner_row["test_gain_ci95_high"]] == s["test_gain_ci95"]
+    # which knob mattered: both swept keys, each value run by 2 of the 4 trials
+    effects = run_cli("gepa_lab.results", "effects", str(sweep["out"]), "--format", "json")
+    assert effects.returncode == 0, effects.stderr
+    rows = json.loads(effects.stdout)
+    assert {(r["key"], r["value"], r["trials"]) for r in rows} == {
+        ("optimizer.seed", 0, 2), ("optimizer.seed", 1, 2),
+        ("optimizer.reflection_minibatch_size", 30, 2), ("optimizer.reflection_minibatch_size", 40, 2)}
+    assert all(r["test_ci95_low"] <= r["test_score"] <= r["test_ci95_high"] for r in rows)
 
 
 def test_wandb_offline_run_per_trial_with_metrics(sweep):

@@ -40,6 +40,9 @@ def test_parent_run_per_sweep_nested_run_per_trial(sweep, client):
     assert parent.data.params["sweep.n"] == "2"
     assert parent.data.params["sweep.api_key"] == "***"
     assert parent.data.metrics["best_val_score"] == 0.75
+    # the winner's interval, as scalar bounds
+    low, high = sweep["summary"]["best_test_ci95"]
+    assert (parent.data.metrics["best_test_ci95_low"], parent.data.metrics["best_test_ci95_high"]) == (low, high)
     assert parent.data.tags["registered_model"] == "gepa_lab-reviews"
     kids = children(client, sweep)
     assert set(kids) == {"t_ok", "t_failed"}
@@ -67,6 +70,9 @@ def test_trial_run_params_tags_metrics_artifacts(sweep, client):
     m = run.data.metrics
     assert m["seed_val_score"] == 0.5 and m["best_test_score"] == 0.6 and m["metric_calls"] == 19 and m["lm_calls"] == 21
     assert m["lm.task.requests"] == 19 and m["lm.reflection.completion_tokens"] == 80
+    for key in ("seed_test_ci95", "best_test_ci95", "test_gain_ci95"):
+        assert [m[f"{key}_low"], m[f"{key}_high"]] == pytest.approx(sweep["summary"][key]), key
+    assert m["test_gain_ci95_low"] < m["test_gain_ci95_high"]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.json", "candidates.json", "program.json"} <= names
     local = client.download_artifacts(run.info.run_id, "summary.json")

@@ -65,6 +65,10 @@ def test_per_iteration_metrics_summary_and_candidate_table(sweep):
     assert s["best_val_score"] == 0.75 and s["best_test_score"] == 0.6 and s["metric_calls"] == 19
     assert s["status"] == "completed" and s["test_score/candidate_2"] == pytest.approx(0.6)
     assert s["task_lm"]["model"] == "sim"
+    summary = sweep["summary"]
+    assert s["best_test_ci95"] == pytest.approx(summary["best_test_ci95"])
+    for key in ("seed_test_ci95", "best_test_ci95", "test_gain_ci95"):
+        assert [s[f"{key}_low"], s[f"{key}_high"]] == pytest.approx(summary[key]), key
     assert run["exit_code"] == 0
     (table_file,) = (run["dir"] / "files" / "media" / "table").glob("candidates_*.table.json")
     table = json.loads(table_file.read_text())

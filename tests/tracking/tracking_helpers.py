@@ -7,6 +7,7 @@ from typing import Any
 
 from gepa_lab.corpus import ensure_prepared, load_corpus_config, read_manifest, read_split
 from gepa_lab.events import EventStream
+from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.tasks.task import build_program, resolve_metric, to_examples
 
 SEED_INSTRUCTION = "Classify the sentiment of a product review."
@@ -17,6 +18,9 @@ WINNER_INSTRUCTION = (
     + '- If the review mentions "happy", "better", "love", "great" or "perfect", answer positive.\n'
     + '- If the review mentions "okay", "fine", "average" or "not bad", answer neutral.'
 )
+# the per-example test scores emit_trial reports for the seed and the winner
+SEED_TEST = [1.0, 0.0, 1.0, 0.0, 0.0]
+WINNER_TEST = [1.0, 1.0, 1.0, 0.0, 0.0]
 TASK = {
     "name": "reviews",
     "program": "gepa_lab.tasks.classify:make_program",
@@ -73,7 +77,7 @@ def emit_trial(
                 "versions": {"dspy": "3.4.1", "mlflow": "3.17.2"}}
     manifest_hash = "f00d" * 16
     events.emit("trial_started", config=cfg, manifest_hash=manifest_hash, **identity)
-    events.emit("evaluation", split="test", candidate_idx=0, scores={0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0, 4: 0.0})
+    events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(SEED_TEST)))
     seed = {"p": SEED_INSTRUCTION}
     events.emit("candidate", iteration=0, candidate_idx=0, parents=[], instructions=seed, val_score=0.5, metric_calls=6)
     events.emit("evaluation", split="val", candidate_idx=0, scores={i: float(i % 2) for i in range(6)})
@@ -88,7 +92,7 @@ def emit_trial(
         return {}
     events.emit("candidate", iteration=2, candidate_idx=2, parents=[1], instructions={"p": WINNER_INSTRUCTION}, val_score=best_val, metric_calls=19)
     events.emit("iteration", iteration=2, accepted=True, best_val=best_val, metric_calls=19, seconds=1.0, usage=usage(19))
-    events.emit("evaluation", split="test", candidate_idx=2, scores={0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 0.0})
+    events.emit("evaluation", split="test", candidate_idx=2, scores=dict(enumerate(WINNER_TEST)))
     program_path = program_path or out / "program.json"
     instructions = save_winner(cfg, program_path)
     summary = {
@@ -98,6 +102,8 @@ def emit_trial(
         "best_instructions": instructions,
         "task_lm": {"model": cfg["lm"]["model"], "api_base": api_base, "temperature": cfg["lm"]["temperature"]},
         "program_path": str(program_path), "gepa_log_dir": str(out / "gepa"), "wall_seconds": 1.5,
+        "seed_test_ci95": list(bootstrap_ci(SEED_TEST)), "best_test_ci95": list(bootstrap_ci(WINNER_TEST)),
+        "test_gain_ci95": list(paired_bootstrap_ci(SEED_TEST, WINNER_TEST)),
     }
     if finish:
         events.emit("trial_finished", summary=summary)
@@ -187,7 +193,8 @@ def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
             rejected = registry.register_winner(
                 mcfg, out, parent, summary, winner_cfg, load_back={"api_base": f"http://127.0.0.1:{free_port()}/v1"}
             )
-    mlflow_sink.end_parent_run(mcfg, out, parent, {"best_val_score": summary["best_val_score"], "registered_model": registered})
+    mlflow_sink.end_parent_run(mcfg, out, parent, {"best_val_score": summary["best_val_score"], "registered_model": registered,
+                                                   "best_test_ci95": summary["best_test_ci95"]})
     _SWEEP.update(out=out, parent=parent, cfgs=cfgs, summary=summary, registered=registered, rejected=rejected,
                   seed_score=seed_score, winner_score=winner_score, mlflow=mcfg, key=key,
                   tracking_uri=mlflow_sink.tracking_uri(mcfg, out))
