@@ -24,17 +24,22 @@ from gepa_lab.lm.accounting import UsageMeter
 from gepa_lab.lm.endpoint import build_lm
 from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.servers.serving import Endpoint
+from gepa_lab.tasks.outcomes import RecordingMetric, example_id, program_instructions, with_ids
 from gepa_lab.tasks.task import Task, build_program, resolve_metric, to_examples
 
 
 def load_task(cfg: RunConfig) -> Task:
     corpus_dir = ensure_prepared(cfg.corpus)
     manifest = read_manifest(corpus_dir)
-    split = lambda name: to_examples(read_split(corpus_dir, name), manifest)  # noqa: E731
+
+    def split(name: str) -> list[dspy.Example]:
+        rows = read_split(corpus_dir, name)
+        return with_ids(to_examples(rows, manifest), (row["id"] for row in rows))
+
     return Task(
         name=cfg.task.name,
         program=build_program(cfg.task, manifest),
-        metric=resolve_metric(cfg.task.metric),
+        metric=RecordingMetric(resolve_metric(cfg.task.metric)),  # its `running` goes among dspy's callbacks
         train=split("train"),
         val=split("val"),
         test=split("test"),
@@ -48,12 +53,26 @@ def _score(result: Any) -> float:
     return float(value) if value is not None else 0.0
 
 
+def scored_examples(examples: list[dspy.Example], scores: list[float], metric: RecordingMetric,
+                    candidate: dict[str, str]) -> dict[str, Any]:
+    """An evaluation event's per-example data, each keyed by the example's corpus id: the scores, and the predictions
+    (JSON of the output fields) and feedback that `metric` recorded for this candidate on these examples."""
+    outcomes = metric.take(candidate, [example_id(e) for e in examples])
+    return {
+        "scores": {example_id(e): float(s) for e, s in zip(examples, scores, strict=True)},
+        "predictions": {i: o.prediction for i, o in outcomes.items()},
+        "feedback": {i: o.feedback for i, o in outcomes.items()},
+    }
+
+
 @dataclass
 class GEPAEvents:
     """GEPA's callbacks (gepa.core.callbacks) -> our event stream."""
 
     events: EventStream
     meter: UsageMeter
+    metric: RecordingMetric  # the task metric, holding what it said about each example
+    val: list[dspy.Example]  # GEPA's val ids are indices into it
     metric_calls: int = 0
     best_val: float = -math.inf
     started: float = field(default_factory=time.time)
@@ -72,12 +91,10 @@ class GEPAEvents:
             val_score=event["average_score"],
             metric_calls=self.metric_calls,
         )
-        self.events.emit(
-            "evaluation",
-            split="val",
-            candidate_idx=event["candidate_idx"],
-            scores={int(k): float(v) for k, v in event["scores_by_val_id"].items()},
-        )
+        examples = [self.val[int(k)] for k in event["scores_by_val_id"]]
+        scores = list(event["scores_by_val_id"].values())
+        self.events.emit("evaluation", split="val", candidate_idx=event["candidate_idx"],
+                         **scored_examples(examples, scores, self.metric, event["candidate"]))
 
     def on_iteration_end(self, event):
         self.events.emit(
@@ -89,6 +106,7 @@ class GEPAEvents:
             seconds=time.time() - self.started,
             usage=self.meter.snapshot(),
         )
+        self.metric.clear()  # this iteration's accepted candidates were taken at their val evaluation
 
 
 def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: int) -> tuple[float, list[float]]:
@@ -200,19 +218,21 @@ def run_trial(
     meter = UsageMeter({"task": task_lm, "reflection": reflection_lm}, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
-    optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter)], stop_callbacks)
+    optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter, task.metric, task.val)], stop_callbacks)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
-        with library_output_to(out / "compile.log"), dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter]):
+        with library_output_to(out / "compile.log"), dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
             seed_test, seed_scores = evaluate(task.program, test, task.metric, threads)
-            events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_scores)))
+            events.emit("evaluation", split="test", candidate_idx=0,
+                        **scored_examples(test, seed_scores, task.metric, program_instructions(task.program)))
             winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)
             results = winner.detailed_results
             best_idx = results.best_idx
             best_test, best_scores = seed_test, seed_scores
             if best_idx != 0:
                 best_test, best_scores = evaluate(winner, test, task.metric, threads)
-                events.emit("evaluation", split="test", candidate_idx=best_idx, scores=dict(enumerate(best_scores)))
+                events.emit("evaluation", split="test", candidate_idx=best_idx,
+                            **scored_examples(test, best_scores, task.metric, program_instructions(winner)))
         save_program(winner, out / "program.json")
         usage = meter.snapshot()
         summary = {

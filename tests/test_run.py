@@ -245,3 +245,38 @@ def test_user_program_and_metric_by_import_path(tmp_path, simulator):
     assert list(summary["best_instructions"]) == ["classify"]  # the user's predictor, by its attribute name
     state = json.loads(Path(summary["program_path"]).read_text())
     assert "classify" in state
+
+
+def test_evaluations_hold_each_examples_corpus_id_prediction_and_feedback(tmp_path, simulator):
+    """A real small run: evaluations key on the corpus's example ids and hold the program's prediction (JSON of its
+    output fields) and the metric's feedback, for the seed and the winner on test and every candidate GEPA scored on val."""
+    from gepa_lab.corpus import read_split
+    from gepa_lab.results.query import open_results
+
+    out = tmp_path / "truth"
+    done = run_cli("gepa_lab.run", "task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=120",
+                   "optimizer.reflection_minibatch_size=3", "corpus.name=banking77_tiny", "corpus.splits.train=40",
+                   "corpus.splits.val=20", "corpus.splits.test=20", f"lm.api_base={simulator.url}",
+                   f"reflection_lm.api_base={simulator.url}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    gold = {split: {row["id"]: row["intent"] for row in read_split(ROOT / "corpora" / "banking77_tiny", split)}
+            for split in ("val", "test")}
+    con = open_results(out)
+    candidates = [idx for (idx,) in con.execute("SELECT candidate_idx FROM candidates ORDER BY 1").fetchall()]
+    assert len(candidates) == summary["num_candidates"] >= 2, candidates  # the seed and at least one proposal
+    best = summary["best_candidate_idx"]
+    evaluated = {split: {idx: {} for idx in idxs} for split, idxs in (("val", candidates), ("test", {0, best}))}
+    for split, idx, example_id, score, prediction, feedback in con.execute(
+            "SELECT split, candidate_idx, example_id, score, prediction, feedback FROM evaluations").fetchall():
+        evaluated[split][idx][example_id] = (score, json.loads(prediction), feedback)
+    for split, by_candidate in evaluated.items():
+        assert sorted(by_candidate) == sorted({0, best} if split == "test" else candidates)
+        for idx, examples in by_candidate.items():
+            assert sorted(examples) == sorted(gold[split]), (split, idx)  # the corpus ids, every example once
+            for example_id, (score, prediction, feedback) in examples.items():
+                expected = gold[split][example_id]
+                assert score == float(prediction["intent"] == expected), (split, idx, example_id, prediction)
+                assert feedback.startswith("Correct." if score else "Incorrect:") and f'"{expected}"' in feedback
+    test_scores = [s for s, _, _ in evaluated["test"][best].values()]
+    assert sum(test_scores) / len(test_scores) == pytest.approx(summary["best_test_score"])

@@ -30,8 +30,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("instructions_json", pa.string()), ("created_at", _ts),
     ]),
     "evaluations": pa.schema([
-        *_key, ("split", pa.string()), ("candidate_idx", pa.int64()), ("example_id", pa.int64()),
-        ("score", pa.float64()),
+        # example_id: the corpus row's id (results written before it was one hold the index in the split, as int64:
+        # query.open_results reads them as strings). prediction: JSON of the output fields; prediction and feedback
+        # are capped at gepa_lab.tasks.outcomes.TEXT_CAP characters (per field), null where nothing was recorded.
+        *_key, ("split", pa.string()), ("candidate_idx", pa.int64()), ("example_id", pa.string()),
+        ("score", pa.float64()), ("prediction", pa.string()), ("feedback", pa.string()),
     ]),
     "lm_usage": pa.schema([
         *_key, ("role", pa.string()), ("requests", pa.int64()), ("cache_hits", pa.int64()), ("errors", pa.int64()),

@@ -80,8 +80,10 @@ class ResultsWriter:
 
     def _on_evaluation(self, event: Event) -> None:
         d = event.data
+        predictions, feedback = d.get("predictions") or {}, d.get("feedback") or {}
         self.pending["evaluations"].extend(
-            {**self._key(event), "split": d["split"], "candidate_idx": d["candidate_idx"], "example_id": int(i), "score": s}
+            {**self._key(event), "split": d["split"], "candidate_idx": d["candidate_idx"], "example_id": str(i),
+             "score": s, "prediction": predictions.get(i), "feedback": feedback.get(i)}
             for i, s in d["scores"].items()
         )
 

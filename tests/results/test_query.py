@@ -111,9 +111,9 @@ def test_named_queries_run(sweep_dir: Path):
     for name in QUERIES:
         sql(con, name)
     changed = sql(con, "changed").dicts()
-    # winners of t-a/t-b/t-c fixed test example 0 (seed 0.0 -> 1.0)
+    # winners of t-a/t-b/t-c fixed test example "0" (seed 0.0 -> 1.0; example ids are strings)
     assert {(r["trial_id"], r["example_id"], r["delta"]) for r in changed} == {
-        ("t-a", 0, 1.0), ("t-b", 0, 1.0), ("t-c", 0, 1.0)}
+        ("t-a", "0", 1.0), ("t-b", "0", 1.0), ("t-c", "0", 1.0)}
     winners = {r["trial_id"]: r["instruction"] for r in sql(con, "winners").dicts()}
     assert winners["t-b"] == "instruction 2 of t-b"
     assert sql(con, "status").dicts()[0] == {"status": "completed", "trials": 3}
