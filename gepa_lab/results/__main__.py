@@ -3,6 +3,7 @@
     python -m gepa_lab.results [DIR ...] [--sql "SELECT ..." | --sql NAME] [--limit N] [--format table|csv|json]
     python -m gepa_lab.results plot [DIR]      # PNGs into DIR/plots/, their paths printed
     python -m gepa_lab.results effects [DIR ...] [--format table|csv|json]   # test score by value of each swept key
+    python -m gepa_lab.results examples [DIR] [--trial ID] [--limit N] [--format ...]   # what the winner fixed, broke, still gets wrong
     python -m gepa_lab.results queries         # the named queries (--sql NAME)
 
 DIR defaults to the newest folder under outputs/. With no --sql the leaderboard is printed.
@@ -20,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from gepa_lab.cli import one_line_errors
+from gepa_lab.results.query import example_changes
 from gepa_lab.results.query import (
     EFFECTS_METHOD, INTERVAL_CAPTION, QUERIES, Result, effects, fold_intervals, leaderboard, newest_output_dir,
     open_results, rich_table, short_headers, sql,
@@ -118,6 +120,27 @@ def _effects_main(argv: list[str]) -> None:
     render(result, args.format, title=f"effects: {', '.join(str(d) for d in dirs)}", intervals=True)
 
 
+def _examples_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gepa_lab.results examples",
+        description="A trial's test examples, its winner against the seed program: those it fixed, those it broke "
+        "and those it still gets wrong (below the perfect score), with both predictions, the winner's feedback and "
+        "the inputs (from the prepared corpus, when it is the one the trial used).",
+    )
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="output folder (default: the newest under outputs/)")
+    parser.add_argument("--trial", help="trial id (default: the best trial)")
+    parser.add_argument("--limit", type=int, default=20, help="examples shown per outcome (default 20; 0 = all)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    args = parser.parse_args(argv)
+    changes = example_changes(open_results(*_dirs([args.dir] if args.dir else [])), args.trial, args.limit or None)
+    trial, counts = changes.trial, changes.counts
+    title = (f"trial {trial['trial_id']}: candidate {trial['best_candidate_idx']} vs the seed on test: {counts['fixed']} "
+             f"fixed, {counts['broken']} broken, {counts['wrong']} still wrong"
+             + (f" (at most {args.limit} of each shown)" if args.limit else ""))
+    render(changes.result, args.format, title=title)
+    if changes.inputs_note:
+        print(changes.inputs_note, file=sys.stderr)
+
 
 def _queries_main(argv: list[str]) -> None:
     for name, (description, _) in QUERIES.items():
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         _plot_main(argv[1:])
     elif argv and argv[0] == "effects":
         _effects_main(argv[1:])
+    elif argv and argv[0] == "examples":
+        _examples_main(argv[1:])
     elif argv and argv[0] == "queries":
         _queries_main(argv[1:])
     else:

@@ -12,7 +12,8 @@ empty view with those columns, so queries never fail for want of data.
 
 The views list the files present when they were opened (a sweep still running keeps adding files):
 call open_results again to see new ones. Temp files of writes in progress (".NAME.tmp.parquet") are
-never read.
+never read. Results written before
+evaluations.example_id became the corpus id (an int64 index in the split) read as strings like the new ones.
 """
 from __future__ import annotations
 
@@ -384,6 +385,92 @@ def effects(con: duckdb.DuckDBPyConnection) -> Result:
             out.append((key, json.loads(value), len(group), mean_score[value], low, high, vs_best, vs_low, vs_high,
                         min(tests), max(tests), sum(t["val_score"] for t in group) / len(group)))
     return Result(columns, out)
+
+
+# ---------------------------------------------------------------------------------------- examples
+
+# One trial's test examples, the winner against the seed (candidate 0): 'fixed' (the winner scores higher),
+# 'broken' (lower), 'wrong' (no change, below the perfect score). Parameters: output_dir, sweep_id, trial_id,
+# the winner's candidate_idx, the perfect score.
+EXAMPLES_SQL = """
+SELECT CASE WHEN w.score > s.score THEN 'fixed' WHEN w.score < s.score THEN 'broken' ELSE 'wrong' END AS outcome,
+       w.example_id, s.score AS seed_score, w.score AS winner_score,
+       s.prediction AS seed_prediction, w.prediction AS winner_prediction, w.feedback
+FROM evaluations w LEFT JOIN evaluations s
+  ON s.output_dir = w.output_dir AND s.sweep_id = w.sweep_id AND s.trial_id = w.trial_id
+ AND s.split = 'test' AND s.candidate_idx = 0 AND s.example_id = w.example_id
+WHERE w.output_dir = ? AND w.sweep_id = ? AND w.trial_id = ? AND w.split = 'test' AND w.candidate_idx = ?
+  AND (w.score <> s.score OR w.score < ?)
+ORDER BY CASE outcome WHEN 'fixed' THEN 0 WHEN 'broken' THEN 1 ELSE 2 END, w.example_id
+"""
+OUTCOMES = ("fixed", "broken", "wrong")
+
+
+@dataclass
+class ExampleChanges:
+    """What a trial's winner fixed, broke and still gets wrong on test, versus the seed program."""
+
+    trial: dict[str, Any]  # the trials row
+    counts: dict[str, int]  # outcome -> examples
+    result: Result  # at most `limit` rows per outcome
+    inputs_note: str | None  # why the inputs column is empty, if it is
+
+
+def _trial_row(con: duckdb.DuckDBPyConnection, trial_id: str | None) -> dict[str, Any]:
+    if trial_id is None:
+        row = best_trial(con)
+        if row is None:
+            raise ResultsError("no finished trial with scores yet")
+        return row
+    found = sql(con, f"SELECT * FROM trials WHERE trial_id = {_sql_str(trial_id)} AND best_candidate_idx IS NOT NULL").dicts()
+    if not found:
+        known = ", ".join(sql(con, "SELECT DISTINCT trial_id FROM trials ORDER BY 1").column("trial_id"))
+        raise ResultsError(f"no finished trial '{trial_id}' (trials: {known or 'none'})")
+    row = found[0]
+    row["config"] = json.loads(row["config_json"]) if row.get("config_json") else None
+    return row
+
+
+def corpus_inputs(config: dict[str, Any] | None, manifest_hash: str | None, split: str) -> tuple[dict[str, str], str | None]:
+    """example id -> JSON of its input columns, read from the trial's prepared corpus if it is still the one the
+    trial used (same manifest hash); else {} and why."""
+    from gepa_lab.corpus import CorpusError, corpus_dir, read_manifest, read_split
+
+    name = ((config or {}).get("corpus") or {}).get("name")
+    if not name:
+        return {}, "inputs: the trial's config names no corpus"
+    try:
+        manifest = read_manifest(folder := corpus_dir(name))
+    except CorpusError:
+        return {}, f"inputs: corpus '{name}' is not prepared here"
+    if manifest["manifest_hash"] != manifest_hash:
+        return {}, f"inputs: corpus '{name}' changed since the trial ran"
+    inputs = list(manifest["inputs"])
+    rows = read_split(folder, split)
+    return {row["id"]: json.dumps({k: row[k] for k in inputs}, ensure_ascii=False, default=str) for row in rows}, None
+
+
+def example_changes(con: duckdb.DuckDBPyConnection, trial_id: str | None = None, limit: int | None = 20) -> ExampleChanges:
+    """The test examples that the trial's winner (the best trial's by default) fixed or broke versus the seed, and
+    those it still gets wrong (below optimizer.perfect_score), with predictions, the winner's feedback and the inputs."""
+    trial = _trial_row(con, trial_id)
+    perfect = float(((trial.get("config") or {}).get("optimizer") or {}).get("perfect_score", 1.0))
+    key = [trial["output_dir"], trial["sweep_id"], trial["trial_id"], trial["best_candidate_idx"], perfect]
+    try:
+        rows = con.execute(EXAMPLES_SQL, key).fetchall()
+    except duckdb.Error as e:
+        raise ResultsError(" ".join(str(e).split())) from None
+    inputs, note = corpus_inputs(trial.get("config"), trial.get("corpus_manifest_hash"), "test") if rows else ({}, None)
+    counts = {o: sum(r[0] == o for r in rows) for o in OUTCOMES}
+    shown, seen = [], dict.fromkeys(OUTCOMES, 0)
+    for outcome, example_id, *rest in rows:
+        seen[outcome] += 1
+        if limit is None or seen[outcome] <= limit:
+            seed_score, winner_score, *texts = rest
+            shown.append((outcome, example_id, seed_score, winner_score, inputs.get(example_id), *texts))
+    columns = ["outcome", "example_id", "seed_score", "winner_score", "inputs", "seed_prediction", "winner_prediction",
+               "feedback"]
+    return ExampleChanges(trial, counts, Result(columns, shown), note)
 
 
 # ---------------------------------------------------------------------------------------- display
