@@ -12,7 +12,7 @@ empty view with those columns, so queries never fail for want of data.
 
 The views list the files present when they were opened (a sweep still running keeps adding files):
 call open_results again to see new ones. Temp files of writes in progress (".NAME.tmp.parquet") are
-never read. Results written before
+never read, nor are the parts that a compacted file replaced (gepa_lab.results.compact). Results written before
 evaluations.example_id became the corpus id (an int64 index in the split) read as strings like the new ones.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pyarrow as pa
 from gepa_lab.errors import GepaLabError
 from gepa_lab.paths import OUTPUTS_DIR
 from gepa_lab.progress import with_interval
+from gepa_lab.results.compact import live_files
 from gepa_lab.results.schema import SCHEMAS
 from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 
@@ -75,11 +76,9 @@ def results_root(output_dir: str | Path) -> Path | None:
 
 
 def parquet_files(root: Path, table: str) -> list[Path]:
-    """The finished Parquet files of one table (atomic writes use hidden temp names: skipped)."""
-    folder = root / table
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
+    """The finished Parquet files of one table (atomic writes use hidden temp names: skipped; so are parts that a
+    compacted file holds: gepa_lab.results.compact)."""
+    return live_files(root / table)
 
 
 def newest_output_dir(outputs: str | Path = OUTPUTS_DIR) -> Path:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray import tune
@@ -17,12 +18,14 @@ from gepa_lab import atomic
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.corpus import ensure_prepared
+from gepa_lab.errors import GepaLabError
 from gepa_lab.events import INTERVALS
 from gepa_lab.lm.cache import shared_cache_stats, use_cache
 from gepa_lab.servers.redis import cache_service
 from gepa_lab.lm.config import LMConfig
 from gepa_lab.servers.serving import check_external, serve_all
 from gepa_lab.results import query
+from gepa_lab.results.compact import compact
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
 from gepa_lab.servers.ray_cluster import check_shared_storage, ray_session
@@ -149,7 +152,17 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     finally:
         if load_back is not None:
             load_back.close()
+    compact_results(out / "results", console)
     return summary
+
+
+def compact_results(results_root: Path, console: Console) -> None:
+    """Fold the trials' many small result files into one per table, once nothing writes them, so queries stay fast.
+    The results are whole without it: a failure is said, not raised."""
+    try:
+        compact(results_root)
+    except (OSError, GepaLabError, pa.ArrowException) as exc:
+        console.print(f"[red]results not compacted[/] (they stay complete, in more files): {type(exc).__name__}: {exc}")
 
 
 def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progress: LiveProgress) -> None:

@@ -68,6 +68,16 @@ def test_duckdb_over_results_agrees_with_summary(sweep):
     assert con.execute("SELECT best_trial_id FROM sweeps").fetchone()[0] == s["best_trial_id"]
 
 
+def test_results_are_compacted_once_the_sweep_ends(sweep):
+    """Each trial wrote a file per GEPA iteration; the driver folded them into one file per table at the end (the
+    queries above read them)."""
+    results = sweep["out"] / "results"
+    for table in ("candidates", "evaluations", "lm_usage"):
+        names = [p.name for p in (results / table).iterdir()]
+        assert len(names) == 1 and names[0].startswith("_compacted-"), (table, names)
+    assert len(list((results / "trials").glob("*.parquet"))) == 4  # rewritten as trials go: left as they are
+
+
 def test_winner_gain_has_a_paired_interval_and_the_part_test_did_not_confirm(sweep):
     s = sweep["summary"]
     winner = json.loads((sweep["out"] / "trials" / s["best_trial_id"] / "summary.json").read_text())
