@@ -5,7 +5,9 @@
 The same as `ray job submit --working-dir . -- python -m gepa_lab.sweep ...`, with the two things that trip
 people up checked first: the job runs in a temporary copy of this folder, so output_dir must be an absolute
 path (on storage every node shares, for a multi-node cluster); and the copy skips git-ignored files, so
-prepared corpora are not uploaded (the sweep prepares them from corpora/raw, which is committed).
+prepared corpora are not uploaded (the sweep prepares them from corpora/raw, which is committed). The copy has no
+`.git` either: the git state (commit, uncommitted changes) is read here, before the upload, and handed to the job
+in GEPA_LAB_GIT_STATE (gepa_lab.config.identity), so every trial and the sweep record it.
 The address comes from --address, else RAY_ADDRESS, else http://127.0.0.1:8265 (the head's dashboard).
 """
 from __future__ import annotations
@@ -37,13 +39,28 @@ async def follow(client, job_id: str) -> None:
         print(lines, end="", flush=True)
 
 
+def git_state_env() -> dict[str, str]:
+    """GEPA_LAB_GIT_STATE for the job: this checkout's state, else the variable as given here (a copy without .git)."""
+    from gepa_lab.config.identity import GIT_STATE_ENV, encode_git_state, read_git_state
+
+    state = read_git_state(ROOT)
+    if state is not None:
+        return {GIT_STATE_ENV: encode_git_state(state)}
+    if os.environ.get(GIT_STATE_ENV):
+        return {GIT_STATE_ENV: os.environ[GIT_STATE_ENV]}
+    print(f"{ROOT} is not a git checkout and {GIT_STATE_ENV} is not set: the sweep records no git commit", file=sys.stderr)
+    return {}
+
+
 def main(argv: list[str]) -> int:
     args, overrides = parse(argv)
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(args.address)
     entrypoint = shlex.join(["python", "-m", "gepa_lab.sweep", *overrides])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
+    # runtime_env is shown by the Jobs API and the dashboard: the git state belongs there, a secret never does
+    runtime_env = {"working_dir": str(ROOT), "env_vars": git_state_env()}
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     print(f"submitted {job_id} to {args.address}: {entrypoint}", file=sys.stderr)
     if args.no_wait:
         print(job_id)

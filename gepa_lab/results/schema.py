@@ -10,10 +10,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("trials_total", pa.int64()), ("trials_completed", pa.int64()), ("trials_failed", pa.int64()),
         ("best_trial_id", pa.string()), ("best_val_score", pa.float64()), ("best_test_score", pa.float64()),
         ("summary_json", pa.string()),
+        ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("git_diff_hash", pa.string()),  # the driver's code
     ]),
     "trials": pa.schema([
         *_key, ("status", pa.string()), ("task", pa.string()), ("config_json", pa.string()),
         ("config_hash", pa.string()), ("corpus_manifest_hash", pa.string()), ("git_commit", pa.string()),
+        ("git_dirty", pa.bool_()), ("git_diff_hash", pa.string()),  # gepa_lab.config.identity.git_state
         ("started_at", _ts), ("ended_at", _ts), ("error", pa.string()),
         ("seed_val_score", pa.float64()), ("seed_test_score", pa.float64()),
         ("best_val_score", pa.float64()), ("best_test_score", pa.float64()),

@@ -57,6 +57,8 @@ class ResultsWriter:
             "config_hash": d["config_hash"],
             "corpus_manifest_hash": d["manifest_hash"],
             "git_commit": d["git_commit"],
+            "git_dirty": d.get("git_dirty"),
+            "git_diff_hash": d.get("git_diff_hash"),
             "started_at": utc(event.time),
         }
         self._write_trial("running", event)

@@ -15,6 +15,7 @@ from ray import tune
 from rich.console import Console
 
 from gepa_lab import atomic
+from gepa_lab.config.identity import git_state
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.corpus import ensure_prepared
@@ -239,6 +240,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
         "best_trial_id": None,
         "tracking_uri": mlflow_sink.tracking_uri(cfg.tracking.mlflow, out) if cfg.tracking.mlflow.enabled else None,
         "registered_model": None,
+        **git_state(),  # the driver's code (each trial records its own)
     }
     if best is not None:
         trial_dir = out / "trials" / best["trial_id"]
@@ -269,6 +271,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
         "trials_failed": summary["trials"]["failed"], "best_trial_id": summary["best_trial_id"],
         "best_val_score": summary.get("best_val_score"), "best_test_score": summary.get("best_test_score"),
         "summary_json": json.dumps(summary, default=str),
+        **git_state(),
     }])
     atomic.write_json(out / "summary.json", summary)
     return summary
