@@ -1,5 +1,5 @@
 """Compaction: a results table's many small Parquet parts (one per trial and GEPA iteration) become one file, so
-queries open few files. The sweep driver compacts at the end of every sweep, `gepa_lab.run` at the end of a run.
+queries open few files. The sweep driver compacts at the end of every sweep.
 
 A reader never sees a row twice nor misses one:
 - the compacted file is written under a hidden temp name (readers skip those), then renamed into place: one atomic
