@@ -37,7 +37,7 @@ class ServerOptions(StrictModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enable_prefix_caching: bool = True
     extra_args: list[str] = Field(default_factory=list)  # appended to the command
-    host: str = "0.0.0.0"  # where a replica server binds (vllm_ray); llamacpp binds 127.0.0.1
+    host: str | None = None  # where a replica binds (vllm_ray); None: its node's Ray address; llamacpp: 127.0.0.1
     health_interval_s: float = Field(5.0, gt=0)  # replica supervision period (vllm_ray)
     max_restarts: int = Field(5, ge=0)  # per replica slot, over the whole sweep
     # llamacpp: context size and threads of the default llama.cpp command
@@ -49,7 +49,8 @@ class RouterOptions(StrictModel):
     """The options of the router in front of an LM's replicas (gepa_lab.servers.router); its command-line flags
     are generated from these fields."""
 
-    host: str | None = Field(None, description="bind address; None: 127.0.0.1 on one node, 0.0.0.0 on a multi-node Ray cluster")
+    host: str | None = Field(None, description="bind address; None: this node's address in the sweep's Ray cluster "
+                                               "(every node reaches it; loopback for a local Ray), 127.0.0.1 without Ray")
     port: int | None = Field(None, ge=1, le=65535, description="port to listen on; None: a free port")
     affinity: bool = Field(True, description="send requests with the same system message (a candidate's instruction) "
                                              "to the same replica, so its prefix cache hits")

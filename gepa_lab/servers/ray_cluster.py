@@ -1,36 +1,77 @@
 """Ray for a run or sweep, in one place: where trials run (a local head started for the sweep, or an existing
-cluster), and what the cluster looks like (is it several nodes; is output_dir shared storage)."""
+cluster), what travels to its nodes with the sweep (the user's code, environment variables), and checks run from
+every node that can run a trial (is output_dir the same storage there; does each LM endpoint answer there)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import ipaddress
 import json
 import os
+import secrets
+import shutil
 import signal
+import site
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from pydantic import Field
 
 from gepa_lab.strict import StrictModel
-from gepa_lab.errors import ConfigError
-from gepa_lab.servers.process import ChildProcess, free_port
+from gepa_lab.errors import ConfigError, GepaLabError
+from gepa_lab.servers.process import ChildProcess, EndpointError, check_endpoint, free_port
 
 class RayConfig(StrictModel):
     address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for this sweep; "auto": a running cluster
     num_cpus: int | None = Field(None, ge=1)  # local Ray only
     resources: dict[str, float] = Field(default_factory=dict)  # local Ray only: custom resources to advertise
+    # local folders (packages) or .py files every node must import, shipped with the sweep (Ray's py_modules);
+    # the modules of task.program and task.metric are found without it (code_to_ship)
+    py_modules: list[str] = Field(default_factory=list)
 
 
-# Filesystems every node of a cluster can see the same way.
-SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "cephfs", "glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "9p", "virtiofs"}
+# Ray rewrites 127.0.0.1 (and localhost) to the host's interface address; another loopback address it keeps as given.
+LOCAL_NODE_IP = "127.0.0.2"
+PROBE_TIMEOUT_S = 300  # a task per node: its worker may have to start first, slowly on a busy node
+
+
+def driver_node_ip(address: str) -> str | None:
+    """The node address this process joins `address` as: the cluster's own loopback address when it is one (a
+    cluster on this machine; Ray would otherwise pick the interface address), else Ray's choice (None)."""
+    host = address.rpartition(":")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # "auto", a host name, a ray:// or http:// URL
+        return None
+    return host if ip.is_loopback and host != "127.0.0.1" else None
+
+
+def _runtime_env(py_modules: list[str]) -> dict[str, Any] | None:
+    """ray.init's runtime_env for a sweep that ships `py_modules`. Inside a Ray job, whose runtime_env Ray merges
+    with this one but refuses to merge a field both set, the job's own py_modules must then name them too."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if not py_modules:
+        return None
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
+    if job.get("py_modules"):
+        raise ConfigError(f"this Ray job ships py_modules of its own: add {', '.join(py_modules)} to them "
+                          "(ray job submit --py-modules PATH ...)")
+    return {"py_modules": py_modules}
 
 
 @contextlib.contextmanager
-def ray_session(cfg: RayConfig, workdir: Path) -> Iterator[None]:
+def ray_session(cfg: RayConfig, workdir: Path, *, py_modules: list[str] | None = None,
+                trial_resources: dict[str, float] | None = None) -> Iterator[None]:
     """Ray for one sweep: the caller's if already connected, the cluster at ray.address (or RAY_ADDRESS), else a
-    local head started for this sweep alone and stopped after it (its log: workdir/ray-head.log)."""
+    local head started for this sweep alone and stopped after it (its log: workdir/ray-head.log).
+
+    py_modules: code every worker of the sweep must import (code_to_ship), shipped by Ray to each node.
+    trial_resources: what one trial holds; workdir is then where the trials write, and
+    every node that can hold a trial must see it as this process does (check_shared_storage)."""
     import ray
 
     if ray.is_initialized():
@@ -40,16 +81,51 @@ def ray_session(cfg: RayConfig, workdir: Path) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if not address:
             address = stack.enter_context(local_head(workdir / "ray-head.log", num_cpus=cfg.num_cpus, resources=cfg.resources))
-        ray.init(address=address)
+        ray.init(address=address, _node_ip_address=driver_node_ip(address),
+                 runtime_env=_runtime_env(py_modules or []))
         stack.callback(ray.shutdown)
+        if trial_resources is not None:
+            check_shared_storage(workdir, trial_resources)
         yield
+
+
+def _outside_installed_code(path: Path) -> bool:
+    """Not the interpreter's, not an installed package's, not gepa_lab's own and not already delivered by Ray (a
+    job's working dir or py_modules, under a node's runtime_resources folder)."""
+    installed = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    installed |= {*site.getsitepackages(), site.getusersitepackages(), sys.prefix, sys.base_prefix}
+    gepa_lab_root = Path(__file__).resolve().parents[1]
+    roots = [Path(p).resolve() for p in installed if p] + [gepa_lab_root]
+    return not any(path == root or root in path.parents for root in roots) and "runtime_resources" not in path.parts
+
+
+def code_to_ship(import_paths: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
+    """What the nodes need, besides installed packages, to import `import_paths` (module:attribute, importable
+    here): the top-level package folder, or the .py file, of each that this process finds outside installed code
+    (a module on this shell's PYTHONPATH or in its working folder is on no node's sys.path). Plus `extra`
+    (RayConfig.py_modules), which must exist."""
+    shipped: list[str] = []
+    for path in extra:
+        if not Path(path).exists():
+            raise ConfigError(f"ray.py_modules: {path} does not exist")
+        shipped.append(str(Path(path).resolve()))
+    for import_path in import_paths:
+        spec = importlib.util.find_spec(import_path.partition(":")[0].split(".")[0])
+        if spec is None or spec.origin in (None, "built-in", "frozen"):
+            continue  # a namespace package or a built-in: nothing this can ship
+        origin = Path(spec.origin).resolve()
+        code = origin.parent if spec.submodule_search_locations else origin  # a package: its folder
+        if _outside_installed_code(code) and str(code) not in shipped:
+            shipped.append(str(code))
+    return shipped
 
 
 @contextlib.contextmanager
 def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str, float] | None = None,
                dashboard_port: int | None = None, timeout_s: float = 300) -> Iterator[str]:
-    """`ray start --head --block` on this machine for one sweep (or run) alone; yields its address. With a
-    dashboard_port, the dashboard (and its job API, for `ray job submit`) listens on 127.0.0.1 there.
+    """`ray start --head --block` on this machine for one sweep (or run) alone, at LOCAL_NODE_IP (loopback, kept by
+    Ray as given); yields its address. With a dashboard_port, the dashboard (and its job API, for `ray job
+    submit`) listens on 127.0.0.1 there.
 
     Not `ray.init(address="local")`: that lets each Ray agent pick a port and write it to a file, and the raylet
     aborts when an agent takes over 15 s (hard-coded) to do so, which happened on 2 busy cores. Every port is
@@ -60,7 +136,7 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
     ports = {flag: free_port() for flag in ("port", "metrics-export-port", "dashboard-agent-grpc-port",
                                             "dashboard-agent-listen-port", "runtime-env-agent-port")}
     temp_dir = tempfile.mkdtemp(prefix="gepa_lab-ray-")  # short: Ray's socket paths live under it
-    argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+    argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", LOCAL_NODE_IP,
             f"--temp-dir={temp_dir}", *(f"--{flag}={port}" for flag, port in ports.items())]
     if dashboard_port is None:
         argv.append("--include-dashboard=false")
@@ -78,30 +154,9 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
     try:
         head.wait_until(lambda: "Ray runtime started" in head.log_tail(100_000), timeout_s,
                         "the local Ray head ('Ray runtime started' in its log)", interval_s=0.2)
-        yield f"127.0.0.1:{ports['port']}"
+        yield f"{LOCAL_NODE_IP}:{ports['port']}"
     finally:
         head.kill()
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding `path`, from the longest matching mount point."""
-    path = path.resolve()
-    best, kind = "", "unknown"
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            _, mount_point, fs_type, *_ = line.split()
-            if (path == Path(mount_point) or Path(mount_point) in path.parents) and len(mount_point) > len(best):
-                best, kind = mount_point, fs_type
-    return kind
-
-
-def check_shared_storage(output_dir: Path) -> None:
-    """On a multi-node cluster, every trial writes into output_dir: it must be shared storage."""
-    if multi_node() and filesystem_type(output_dir) not in SHARED_FS:
-        raise ConfigError(
-            f"output_dir {output_dir} is on local storage ({filesystem_type(output_dir)}) but the Ray cluster has "
-            f"{len(alive_nodes())} nodes: put output_dir on storage every node shares (NFS or a mounted object store)"
-        )
 
 
 def alive_nodes() -> list[dict]:
@@ -111,6 +166,105 @@ def alive_nodes() -> list[dict]:
     return [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
 
 
-def multi_node() -> bool:
-    """Is this process connected to a Ray cluster of more than one live node?"""
-    return len(alive_nodes()) > 1
+def reachable_host() -> str:
+    """Where a server this process starts binds so that every node of its Ray cluster reaches it, also nodes that
+    join later: this node's address in the cluster (a loopback address for a cluster on one machine). Without Ray,
+    127.0.0.1."""
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+
+
+def trial_nodes(trial_resources: dict[str, float]) -> list[dict]:
+    """The live nodes that can run a trial: those whose resources (in total) hold what one trial asks for."""
+    return [n for n in alive_nodes() if all(n["Resources"].get(k, 0) >= v for k, v in trial_resources.items() if v > 0)]
+
+
+def _node_name(node: dict) -> str:
+    return f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]})"
+
+
+def on_each_node(nodes: list[dict], fn, *args: Any) -> dict[str, Any]:
+    """Run fn(*args) as a Ray task pinned to each node (no CPU held: it runs beside busy trials); returns each
+    node's result by _node_name, or the exception that kept it from one."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = {_node_name(n): task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
+            for n in nodes}
+    results: dict[str, Any] = {}
+    for name, ref in refs.items():
+        try:
+            results[name] = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - reported per node by the caller
+            results[name] = exc
+    return results
+
+
+def _driver_node_only(nodes: list[dict]) -> bool:
+    """No node but this process's own (whose workers see what it sees)."""
+    import ray
+
+    return all(n["NodeID"] == ray.get_runtime_context().get_node_id() for n in nodes)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+def _write_probe(directory: str, token: str) -> None:
+    import ray
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / ray.get_runtime_context().get_node_id()).write_text(token)
+
+
+def check_shared_storage(output_dir: Path, trial_resources: dict[str, float]) -> None:
+    """Every node that can run a trial writes a token into output_dir, and this process must read each back: a
+    probe, so any storage that behaves as shared passes and nothing else does. Nodes that join the cluster later
+    are not probed (docs/cluster.md: on an autoscaling cluster, output_dir must be shared from the start)."""
+    nodes = trial_nodes(trial_resources)
+    if _driver_node_only(nodes):
+        return
+    probe_dir = output_dir / f".storage-probe-{secrets.token_hex(4)}"
+    token = secrets.token_hex(16)
+    written = on_each_node(nodes, _write_probe, str(probe_dir), token)
+    try:
+        for node in nodes:
+            name = _node_name(node)
+            if isinstance(written[name], Exception):
+                raise ConfigError(f"output_dir {output_dir}: {name} cannot write into it: {_one_line(written[name])}")
+            probe = probe_dir / node["NodeID"]
+            if not probe.is_file() or probe.read_text() != token:
+                on_each_node([node], shutil.rmtree, str(probe_dir), True)  # its own copy of the folder
+                raise ConfigError(
+                    f"output_dir {output_dir} is not storage the cluster shares: {name} can run trials and wrote a "
+                    f"probe file there that this driver cannot read; put output_dir on storage every node mounts at "
+                    f"the same path (NFS, Lustre, CephFS, a mounted object store)")
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+
+
+def _check_endpoints_here(api_bases: list[str]) -> list[str]:
+    errors = []
+    for base in api_bases:
+        try:
+            check_endpoint(base, running_is_up=True)  # reachability: the key is checked from the driver
+        except EndpointError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def check_endpoints_from_trial_nodes(api_bases: list[str], trial_resources: dict[str, float]) -> None:
+    """Every LM endpoint the trials use answers from every node that can run a trial (not only from the driver:
+    a server bound to one node's loopback, a firewall): one line naming the first node and endpoint that fail."""
+    nodes = trial_nodes(trial_resources)
+    if _driver_node_only(nodes):
+        return  # what the driver reaches (checked when it started or found them)
+    for name, result in on_each_node(nodes, _check_endpoints_here, sorted(set(api_bases))).items():
+        if isinstance(result, Exception):
+            raise GepaLabError(f"{name} could not check the LM endpoints: {_one_line(result)}")
+        if result:
+            raise EndpointError(f"from {name}: {result[0]}")

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from gepa_lab.lm.cache import build_cache, cache_settings
 from gepa_lab.lm.config import LMCacheConfig
 from gepa_lab.servers.process import ChildProcess, free_port
-from gepa_lab.servers.ray_cluster import multi_node
+from gepa_lab.servers.ray_cluster import reachable_host
 
 
 
@@ -24,7 +24,7 @@ class RedisServer(ChildProcess):
     """
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", workdir: str | os.PathLike | None = None,
-                 max_memory: str | None = None, advertise_host: str | None = None):
+                 max_memory: str | None = None):
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: run scripts/ensure_redis.sh (Debian package redis-server)")
@@ -44,7 +44,7 @@ class RedisServer(ChildProcess):
         if max_memory:
             cmd += ["--maxmemory", max_memory, "--maxmemory-policy", "allkeys-lru"]
         super().__init__(cmd, log_path=self.log_path)
-        self.url = f"redis://{advertise_host or ('127.0.0.1' if host in ('0.0.0.0', 'localhost') else host)}:{self.port}/0"
+        self.url = f"redis://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{self.port}/0"
         self._wait()
 
     def _wait(self, timeout: float = 20.0) -> None:
@@ -82,12 +82,7 @@ def cache_service(cfg: LMCacheConfig | dict | None, output_dir: str | os.PathLik
     server = None
     try:
         if cfg.resolved_mode() == "redis" and not cfg.redis_url:
-            if multi_node():
-                import ray
-
-                server = RedisServer(host="0.0.0.0", workdir=Path(output_dir) / "redis", advertise_host=ray.util.get_node_ip_address())
-            else:
-                server = RedisServer(workdir=Path(output_dir) / "redis")
+            server = RedisServer(host=reachable_host(), workdir=Path(output_dir) / "redis")
             cfg = cfg.model_copy(update={"redis_url": server.url})
         settings = cache_settings(Path(output_dir).resolve(), cfg)
         build_cache(settings)  # fail here, before any trial, if the store cannot be opened or reached

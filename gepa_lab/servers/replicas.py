@@ -44,7 +44,7 @@ class ReplicaActor:
         import ray
 
         node_ip = ray.util.get_node_ip_address()
-        host = self.cfg.server.host
+        host = self.cfg.server.host or node_ip
         url_host = node_ip if host in ("0.0.0.0", "") else host
         self.proc = start_server(self.cfg, host=host, log_dir=self.log_dir, name=self.name, url_host=url_host)
         return self.info()

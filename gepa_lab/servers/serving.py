@@ -29,7 +29,7 @@ import httpx
 
 from gepa_lab.lm.config import LMConfig, RouterOptions
 from gepa_lab.servers.process import EndpointError, check_endpoint
-from gepa_lab.servers.ray_cluster import multi_node
+from gepa_lab.servers.ray_cluster import reachable_host
 
 log = logging.getLogger("gepa_lab.servers.serving")
 
@@ -61,10 +61,7 @@ def check_external(configs: dict[str, LMConfig]) -> None:
 
 def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
     """(bind host, advertised host) for the router."""
-    if cfg.router.host:
-        host = cfg.router.host
-    else:
-        host = "0.0.0.0" if multi_node() else "127.0.0.1"
+    host = cfg.router.host or reachable_host()
     advertise = None
     if host in ("0.0.0.0", ""):
         try:

@@ -29,7 +29,7 @@ from gepa_lab.results import query
 from gepa_lab.results.compact import compact
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
-from gepa_lab.servers.ray_cluster import check_shared_storage, ray_session
+from gepa_lab.servers.ray_cluster import check_endpoints_from_trial_nodes, code_to_ship, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
 from gepa_lab.sweep.stopping import GracefulASHA, SweepLedger, ledger_name
@@ -106,6 +106,11 @@ def eval_threads(cfg: SweepConfig, concurrent: int) -> int:
     return cfg.eval.num_threads or max(1, cfg.lm.max_in_flight // max(1, concurrent))
 
 
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What one trial holds, in Ray's resource names: a node without it never runs a trial."""
+    return {"CPU": cfg.sweep.resources.cpu, **cfg.sweep.resources.custom}
+
+
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     started = time.time()
     leaves, lms = preflight(cfg)
@@ -121,9 +126,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     load_back = registry.LoadBackProcess() if tracking.mlflow.enabled else None
     parent_run = None
     try:
-        with ray_session(cfg.ray, out), cache_service(cfg.cache, out) as cache, \
+        with ray_session(cfg.ray, out, py_modules=code_to_ship([cfg.task.program, cfg.task.metric], cfg.ray.py_modules),
+                         trial_resources=trial_resources(cfg)), cache_service(cfg.cache, out) as cache, \
                 serve_all(lms, workdir=out / "lm") as endpoints:
-            check_shared_storage(out)
+            check_endpoints_from_trial_nodes([e.api_base for e in endpoints.values()], trial_resources(cfg))
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
             if tracking.mlflow.enabled:
