@@ -1,7 +1,7 @@
 """Sweeps on the test bed (tests/cluster/conftest.py: a head, a CPU node and a GPU node, each its own raylet at
-its own loopback address), reached the two ways users reach a cluster: the recipe's `scripts/submit.py` (a Ray
-job) and `cluster=existing` from a shell. Each sweep is small (one or two trials of a few dozen metric calls):
-what is under test is where things run and what travels, not the search."""
+its own loopback address), reached the ways users reach a cluster: Ray jobs (the recipe's `scripts/submit.py`,
+and Ray's own `ray job submit`) and `cluster=existing` from a shell. Each sweep is small (one or two trials of a
+few dozen metric calls): what is under test is where things run and what travels, not the search."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from ray.job_submission import JobSubmissionClient
 
 from gepa_lab.config.identity import GIT_STATE_ENV
 from gepa_lab.results import query
-from tests.cluster.conftest import CPU_NODE_IP, GPU_NODE_IP, HEAD_IP
+from tests.cluster.conftest import BIN, CPU_NODE_IP, GPU_NODE_IP, HEAD_IP
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -138,8 +138,15 @@ def test_an_output_dir_one_node_sees_differently_fails_the_storage_probe_naming_
     if bed.private_dir is None:
         pytest.skip("this machine allows no mount namespace: no bed node sees a folder of its own")
     out = bed.private_dir / "sweep"  # the CPU node sees its own tmpfs there; the head and the driver, this folder
-    result = sweep_from_a_shell(bed, out, "corpus.name=banking77_bed_shell")
-    [error] = errors(result)
+    # submitted as users do without the helper: Ray's own CLI, the plain sweep CLI as the job (RAY_ADDRESS is set
+    # inside a job, so the default cluster=local joins the bed)
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", bed.dashboard, "--working-dir", ".", "--", "python", "-m",
+         "gepa_lab.sweep", "sweep=demo", f"output_dir={out}", *ONE_MINIBATCH, *SMALL, "corpus.name=banking77_bed_job"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=bed.driver_env())
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # the job failed
+    # the job's log, as `ray job submit` follows it and then repeats its tail: one error line, twice
+    [error] = {line for line in result.stdout.splitlines() if line.startswith("error: ")}
     assert f"output_dir {out} is not storage the cluster shares: node {CPU_NODE_IP}" in error, error
     assert not (out / "trials").exists() and not list(out.glob(".storage-probe-*"))
 
