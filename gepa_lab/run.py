@@ -14,6 +14,8 @@ from gepa_lab.config.schema import RunConfig
 from gepa_lab.harness import harnessed_trial
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import ConsoleProgress, scores_table
+from gepa_lab.results.report import publish_report
+from gepa_lab.tracking import mlflow_sink
 from gepa_lab.tracking.wandb_sink import check_wandb_key
 
 
@@ -28,11 +30,15 @@ def compile_once(config: RunConfig) -> dict:
     """One trial in config.output_dir: its own rollout cache, LM servers, results, W&B and MLflow runs."""
     out = Path(config.output_dir)
     console = Console(stderr=True)
-    return harnessed_trial(
+    summary = harnessed_trial(
         config, root=out, trial_id="run", run_name=out.name,
         sinks=[ConsoleProgress(config.optimizer.max_metric_calls, console)],
         on_resume=lambda folder: console.print(f"resuming the run in {folder}"),
     )
+    # into the run's own MLflow run, which the harness has ended (its tag holds output_dir as the config gives it)
+    publish_report(out, config.tracking, console, wandb_group=None, run_name=f"{out.name} report",
+                   mlflow_run=lambda: mlflow_sink.own_trial_run_id(config.tracking.mlflow, out, config.output_dir))
+    return summary
 
 
 register_resolvers()

@@ -125,7 +125,8 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
     output_dir/mlflow.db, both holding the run's scores and closed as finished."""
     from mlflow import MlflowClient
 
-    from tests.support.wandb_offline import wandb_run
+    from tests.support.report_check import check_report
+    from tests.support.wandb_offline import logged_html, runs_by_job_type
 
     out = tmp_path / "tracked"
     done = run_cli("gepa_lab.run", "task=banking77", "tracking=local", f"output_dir={out}", "optimizer.max_metric_calls=40",
@@ -136,8 +137,9 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
     assert "Weave" not in done.stderr, done.stderr  # W&B's suggestion to trace dspy with Weave stays off the console
     summary = json.loads((out / "summary.json").read_text())
 
-    [run_dir] = (out / "wandb").glob("offline-run-*")
-    run = wandb_run(run_dir)
+    runs = runs_by_job_type(out / "wandb")
+    [run], [report_run] = runs.pop("trial"), runs.pop("report")
+    assert not runs
     assert run["exit_code"] == 0 and run["run"].display_name == out.name
     assert run["summary"]["best_val_score"] == pytest.approx(summary["best_val_score"])
     assert run["summary"]["status"] == "completed" and run["config"]["optimizer"]["max_metric_calls"] == 40
@@ -148,7 +150,14 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
     assert "mlflow.parentRunId" not in tracked.data.tags  # a run of its own: no sweep run above it
     assert tracked.data.tags["config_hash"] == summary["config_hash"]
     assert tracked.data.metrics["best_val_score"] == pytest.approx(summary["best_val_score"])
-    assert {a.path for a in mlflow.list_artifacts(tracked.info.run_id)} >= {"summary.json", "program.json"}
+    assert {a.path for a in mlflow.list_artifacts(tracked.info.run_id)} >= {"summary.json", "program.json", "report.html"}
+
+    # the run's report: each figure equals its query on the run's tables; in its MLflow run and in W&B
+    report = out / "report.html"
+    assert check_report(report, out).data["best_trial"]["trial_id"] == "run"
+    logged = Path(mlflow.download_artifacts(tracked.info.run_id, "report.html", str(tmp_path)))
+    assert logged.read_text() == report.read_text() == logged_html(report_run, "report")
+    assert f"report: {report}" in done.stderr
 
     # 95% intervals: in summary.json, from the per-example test scores the run recorded; in the trials table, on the
     # console, in the leaderboard, in MLflow and in W&B

@@ -4,6 +4,7 @@
     python -m gepa_lab.results plot [DIR]      # PNGs into DIR/plots/, their paths printed
     python -m gepa_lab.results effects [DIR ...] [--format table|csv|json]   # test score by value of each swept key
     python -m gepa_lab.results examples [DIR] [--trial ID] [--limit N] [--format ...]   # what the winner fixed, broke, still gets wrong
+    python -m gepa_lab.results report DIR [DIR ...] [--out FILE]   # one self-contained HTML page (DIR/report.html)
     python -m gepa_lab.results queries         # the named queries (--sql NAME)
 
 DIR defaults to the newest folder under outputs/. With no --sql the leaderboard is printed.
@@ -70,7 +71,7 @@ def _query_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gepa_lab.results",
         description="Query results folders with DuckDB (views: sweeps, trials, candidates, evaluations, lm_usage). "
-        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `queries`.",
+        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `examples [DIR]`, `report DIR ...`, `queries`.",
     )
     parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
     parser.add_argument("--sql", help="SQL to run over the views, or the name of a named query (see `queries`)")
@@ -142,6 +143,16 @@ def _examples_main(argv: list[str]) -> None:
         print(changes.inputs_note, file=sys.stderr)
 
 
+def _report_main(argv: list[str]) -> None:
+    from gepa_lab.results.report import CONTENTS, write_report  # its imports (matplotlib, tracking) only when reporting
+
+    parser = argparse.ArgumentParser(prog="python -m gepa_lab.results report", description=CONTENTS)
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="output folders")
+    parser.add_argument("--out", help="the HTML file to write (default: DIR/report.html; required for several DIRs)")
+    args = parser.parse_args(argv)
+    print(write_report(*args.dirs, out=args.out))
+
+
 def _queries_main(argv: list[str]) -> None:
     for name, (description, _) in QUERIES.items():
         print(f"{name:<12} {description}")
@@ -150,13 +161,15 @@ def _queries_main(argv: list[str]) -> None:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # A folder literally named "plot", "effects" or "queries" can still be queried as ./plot.
+    # A folder literally named like a subcommand ("plot", "report", ...) can still be queried as ./plot.
     if argv and argv[0] == "plot":
         _plot_main(argv[1:])
     elif argv and argv[0] == "effects":
         _effects_main(argv[1:])
     elif argv and argv[0] == "examples":
         _examples_main(argv[1:])
+    elif argv and argv[0] == "report":
+        _report_main(argv[1:])
     elif argv and argv[0] == "queries":
         _queries_main(argv[1:])
     else:

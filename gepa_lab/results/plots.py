@@ -1,4 +1,4 @@
-"""Plots of a results folder (matplotlib, Agg backend: no display needed).
+"""Plots of a results folder (matplotlib, Agg backend unless MPLBACKEND names one: no display needed).
 
     python -m gepa_lab.results plot DIR   ->  DIR/plots/progress.png, DIR/plots/seed_vs_winner.png
 
@@ -7,11 +7,14 @@ step line per trial, from the candidates table). seed_vs_winner.png: per trial, 
 program's val and test scores beside the winner's (from the trials table)."""
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if not os.environ.get("MPLBACKEND"):  # a backend someone chose stays: a Jupyter kernel's inline one draws in the notebook
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import duckdb  # noqa: E402
 
@@ -39,7 +42,24 @@ def trials_with_labels(con: duckdb.DuckDBPyConnection) -> list[dict]:
     return rows
 
 
-def plot_progress(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path | None:
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write a figure as PNG (120 dpi) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def png_bytes(fig: plt.Figure) -> bytes:
+    """A figure as PNG bytes (as save() writes it), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def progress_figure(con: duckdb.DuckDBPyConnection) -> plt.Figure | None:
     """Best val score so far vs metric calls, one line per trial. None when no candidate was scored."""
     curves = trial_progress(con)
     if not curves:
@@ -61,14 +81,10 @@ def plot_progress(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path | No
     ax.set_title("GEPA progress per trial: best validation score vs metric calls")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", title="trial (best first)", title_fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_seed_vs_winner(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path | None:
+def seed_vs_winner_figure(con: duckdb.DuckDBPyConnection) -> plt.Figure | None:
     """Seed vs winner, val and test, one row per trial (best val on top). None when no trial finished."""
     board = [r for r in trials_with_labels(con) if r["best_val_score"] is not None]
     if not board:
@@ -91,11 +107,19 @@ def plot_seed_vs_winner(con: duckdb.DuckDBPyConnection, path: str | Path) -> Pat
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=8)
     fig.suptitle("Seed program vs GEPA winner per trial (best val on top)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_progress(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path | None:
+    """progress_figure() as a PNG at path; None when there is nothing to plot."""
+    fig = progress_figure(con)
+    return None if fig is None else save(fig, path)
+
+
+def plot_seed_vs_winner(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path | None:
+    """seed_vs_winner_figure() as a PNG at path; None when there is nothing to plot."""
+    fig = seed_vs_winner_figure(con)
+    return None if fig is None else save(fig, path)
 
 
 def plot_all(con: duckdb.DuckDBPyConnection, out_dir: str | Path) -> list[Path]:

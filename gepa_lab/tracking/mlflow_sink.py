@@ -261,6 +261,32 @@ def log_json_artifact(c, run_id: str, data: Any, name: str) -> None:
     retry(c.log_text, run_id, text, name)
 
 
+def log_file_artifact(c, run_id: str, path: Path) -> None:
+    """A file as an artifact, refused if a known secret value is inside it."""
+    if hits := find_secrets(path.read_bytes()):
+        raise SecretInArtifact(f"refusing to log {path}: it contains secret values {hits}")
+    retry(c.log_artifact, run_id, str(path))
+
+
+def log_report(cfg: MlflowConfig, output_dir: str | os.PathLike, run_id: str, path: Path) -> None:
+    """The HTML report (gepa_lab.results.report) as an artifact of run_id, also of a run already ended."""
+    log_file_artifact(client(cfg, output_dir), run_id, path)
+
+
+def own_trial_run_id(cfg: MlflowConfig, output_dir: str | os.PathLike, trial_output_dir: str) -> str | None:
+    """The newest run of a trial that no sweep run holds (MlflowSink without a parent: `gepa_lab.run`), found by its
+    gepa_lab.output_dir tag; None when there is none."""
+    c = client(cfg, output_dir)
+    runs = retry(
+        c.search_runs,
+        [experiment_id(cfg, output_dir, c)],
+        filter_string=f"tags.`gepa_lab.kind` = 'trial' AND tags.`gepa_lab.output_dir` = '{trial_output_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 # ---- the sweep's parent run ---------------------------------------------------------------------------------
 def start_parent_run(cfg: MlflowConfig, output_dir: str | os.PathLike, sweep_name: str, params: dict[str, Any]) -> str:
     """Create the sweep's parent run (left RUNNING: trials nest under it); return its run id."""
@@ -393,9 +419,7 @@ class MlflowSink:
             log_json_artifact(self.client, self.run_id, self.candidates, "candidates.json")
             program = Path(s["program_path"]) if s.get("program_path") else None
             if program is not None and program.is_file():
-                if hits := find_secrets(program.read_bytes()):
-                    raise SecretInArtifact(f"refusing to log {program}: it contains secret values {hits}")
-                retry(self.client.log_artifact, self.run_id, str(program))
+                log_file_artifact(self.client, self.run_id, program)
         except Exception:
             self._close("FAILED", "tracking failed while logging the trial's results")
             raise

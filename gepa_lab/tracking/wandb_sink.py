@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from urllib.parse import urlparse
 from gepa_lab.config.schema import WandbConfig
 from gepa_lab.errors import ConfigError
 from gepa_lab.events import Event, interval_bounds
-from gepa_lab.tracking.secrets import redact, redact_text
+from gepa_lab.tracking.secrets import find_secrets, redact, redact_text
 
 CANDIDATE_COLUMNS = ["candidate_idx", "iteration", "parent", "parents", "val_score", "metric_calls", "instruction", "instructions_json"]
 USAGE_FIELDS = (
@@ -72,6 +73,28 @@ def wandb_env(cfg: WandbConfig, output_dir: str | os.PathLike) -> dict[str, str]
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return {"WANDB_MODE": cfg.mode, "WANDB_DIR": str(out)}
+
+
+def log_report(cfg: WandbConfig, output_dir: str | os.PathLike, group: str | None, name: str, path: Path) -> None:
+    """The HTML report (gepa_lab.results.report) in a W&B run of its own (job type `report`, in the sweep's group):
+    as wandb.Html under the key `report`, and as an artifact of type `report`. Refused if a known secret value is in it."""
+    import wandb
+
+    text = path.read_text()
+    if hits := find_secrets(text):
+        raise ValueError(f"refusing to log {path} to W&B: it contains secret values {hits}")
+    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
+    run = wandb.init(project=cfg.project, entity=cfg.entity, group=group, name=name, job_type="report",
+                     dir=str(Path(output_dir).resolve()), mode=cfg.mode, reinit="create_new",
+                     settings=wandb.Settings(console="off", silent=True))
+    try:
+        run.log({"report": wandb.Html(text, inject=False)})  # inject: W&B's stylesheet, fetched online
+        artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", f"report-{group or name}"), type="report")
+        artifact.add_file(str(path), name=path.name)
+        run.log_artifact(artifact)
+    finally:
+        run.finish()
+        wandb.teardown()  # W&B's service process: nothing else of this process writes to W&B any more
 
 
 def _instruction_text(instructions: dict[str, str]) -> str:

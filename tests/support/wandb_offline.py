@@ -43,9 +43,9 @@ def wandb_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def wandb_run(run_dir: Path) -> dict[str, Any]:
-    """The run, config, history rows, final summary and exit code of one offline run folder."""
+    """The run, config, history rows, final summary, logged artifacts and exit code of one offline run folder."""
     (data_file,) = run_dir.glob("run-*.wandb")
-    out: dict[str, Any] = {"run": None, "config": {}, "history": [], "summary": {}, "exit_code": None}
+    out: dict[str, Any] = {"run": None, "config": {}, "history": [], "summary": {}, "exit_code": None, "artifacts": []}
     for kind, rec in wandb_records(data_file):
         if kind == "run":
             out["run"], out["run_id"], out["group"] = rec, rec.run_id, rec.run_group
@@ -57,6 +57,24 @@ def wandb_run(run_dir: Path) -> dict[str, Any]:
         elif kind == "summary":
             for u in rec.update:
                 out["summary"]["/".join(u.nested_key) or u.key] = json.loads(u.value_json)
+        elif kind == "artifact":
+            out["artifacts"].append({"name": rec.name, "type": rec.type, "files": [f.path for f in rec.manifest.contents]})
         elif kind == "exit":
             out["exit_code"] = rec.exit_code
     return out
+
+
+def runs_by_job_type(wandb_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The offline runs under wandb_dir (OUTPUT_DIR/wandb), read by wandb_run, grouped by job type (trial, report);
+    each with its folder under "dir"."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in sorted(wandb_dir.glob("offline-run-*")):
+        run = {**wandb_run(run_dir), "dir": run_dir}
+        runs.setdefault(run["run"].job_type, []).append(run)
+    return runs
+
+
+def logged_html(run: dict[str, Any], key: str) -> str:
+    """The page a run logged as wandb.Html under key (its last one)."""
+    [path] = [row[f"{key}/path"] for row in run["history"] if f"{key}/path" in row][-1:]
+    return (run["dir"] / "files" / path).read_text()
