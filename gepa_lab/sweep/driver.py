@@ -27,6 +27,7 @@ from gepa_lab.lm.config import LMConfig
 from gepa_lab.servers.serving import check_external, serve_all
 from gepa_lab.results import query
 from gepa_lab.results.compact import compact
+from gepa_lab.results.report import publish_report
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import space
 from gepa_lab.servers.ray_cluster import check_endpoints_from_trial_nodes, code_to_ship, ray_session
@@ -160,6 +161,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         if load_back is not None:
             load_back.close()
     compact_results(out / "results", console)
+    # last: it reads the final results; the parent run has ended, MLflow still takes artifacts into it
+    publish_report(out, tracking, console, mlflow_run=lambda: parent_run, wandb_group=sweep_id,
+                   run_name=f"{cfg.sweep.name} report")
     return summary
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,7 +15,9 @@ from gepa_lab.progress import with_interval
 from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.results import query
 from tests.conftest import ROOT, run_cli
-from tests.support.wandb_offline import wandb_run
+from tests.support.notebooks import EXPLORE_NOTEBOOK, outputs, run_notebook
+from tests.support.report_check import check_report
+from tests.support.wandb_offline import logged_html, runs_by_job_type
 from tests.sweep.canary import files_containing
 
 MAX_IN_FLIGHT = 8
@@ -105,10 +108,9 @@ def test_winner_gain_has_a_paired_interval_and_the_part_test_did_not_confirm(swe
 
 
 def test_wandb_offline_run_per_trial_with_metrics(sweep):
-    runs = sorted((sweep["out"] / "wandb").glob("offline-run-*"))
-    assert len(runs) == 4
-    for run_dir in runs:
-        run = wandb_run(run_dir)
+    runs = runs_by_job_type(sweep["out"] / "wandb")
+    assert set(runs) == {"trial", "report"} and len(runs["trial"]) == 4  # the report's run: below
+    for run in runs["trial"]:
         assert run["group"] == sweep["out"].name and run["exit_code"] == 0
         assert run["summary"]["best_val_score"] >= run["summary"]["seed_val_score"]
         assert any("best_val" in key for row in run["history"] for key in row)  # per-iteration metrics
@@ -147,3 +149,29 @@ def test_endpoint_filled_across_trials_but_never_flooded(sweep):
     stats = sweep["stats"]
     per_trial_threads = MAX_IN_FLIGHT // 2
     assert per_trial_threads < stats["peak_in_flight"] <= MAX_IN_FLIGHT, stats
+
+def test_report_of_the_sweep_equals_its_tables_and_is_logged_to_mlflow_and_wandb(sweep, tmp_path):
+    out, s = sweep["out"], sweep["summary"]
+    report = out / "report.html"
+    page = check_report(report, out)
+    assert page.data["best_trial"]["trial_id"] == s["best_trial_id"] and len(page.data["progress"]) == 4
+    assert page.data["sweeps"][0]["val_gain_unconfirmed"] == s["val_gain_unconfirmed"]
+    assert [row[1] for row in page.data["cache"]["rows"]] == [s["lm_cache"]["requests_saved"]]
+    assert {r[0] for r in page.data["effects"]["rows"]} == {"optimizer.seed", "optimizer.reflection_minibatch_size"}
+    client = MlflowClient(s["tracking_uri"])
+    [parent] = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                if r.data.tags.get("gepa_lab.kind") == "sweep"]
+    logged = Path(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path)))
+    assert logged.read_text() == report.read_text()
+    [run] = runs_by_job_type(out / "wandb")["report"]
+    assert run["group"] == out.name and run["exit_code"] == 0
+    assert logged_html(run, "report") == report.read_text()
+    assert run["artifacts"] == [{"name": f"report-{out.name}", "type": "report", "files": ["report.html"]}]
+
+
+def test_notebook_runs_in_a_kernel_on_the_sweep(sweep):
+    nb = run_notebook(EXPLORE_NOTEBOOK, [sweep["out"]])
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    printed = "".join(text for c in code for text in outputs(c, "stream"))
+    assert f"best trial {sweep['summary']['best_trial_id']}: " in printed
+    assert sum(len(outputs(c, "image/png")) for c in code) == 3  # plot_all's two, and the intervals drawn from Polars
