@@ -213,8 +213,9 @@ def run_trial(
     out = Path(cfg.output_dir)
     identity = run_identity(cfg)
     task = load_task(cfg)
-    task_lm = build_lm(cfg.lm, endpoints["task"].api_base, role="task", seed=cfg.optimizer.seed)
-    reflection_lm = build_lm(cfg.reflection_lm, endpoints["reflection"].api_base, role="reflection", seed=cfg.optimizer.seed)
+    task_lm = build_lm(cfg.lm, endpoints["task"].api_base, role="task", seed=cfg.optimizer.seed, token=endpoints["task"].token)
+    reflection_lm = build_lm(cfg.reflection_lm, endpoints["reflection"].api_base, role="reflection", seed=cfg.optimizer.seed,
+                             token=endpoints["reflection"].token)
     meter = UsageMeter({"task": task_lm, "reflection": reflection_lm}, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test

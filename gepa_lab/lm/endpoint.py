@@ -13,7 +13,9 @@ callbacks, history. dspy's own retry loop is switched off (num_retries=0) so tha
 once, here, where they can be counted.
 
 The API key is read from the environment variable named by `api_key_env` at every call; it is never
-stored on the engine, the LM or in anything pickled or saved.
+stored on the engine, the LM or in anything pickled or saved. Behind a sweep's router a trial presents the
+router's token instead (`build_lm(..., token=...)`: the key need not exist where the trial runs); the token lives
+on the engine in memory only: copies in this process keep it, pickles and saved programs leave it out.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ class OpenAIEngine:
         schema_style: str = "json_schema",
         merge_system: bool = False,
         role: str | None = None,
+        token: str | None = None,
     ):
         self.model = model
         self.api_base = api_base.rstrip("/")
@@ -111,9 +114,10 @@ class OpenAIEngine:
         self.schema_style = schema_style
         self.merge_system = bool(merge_system)
         self.role = role
-        self._init_runtime()
+        self._init_runtime(token)
 
-    def _init_runtime(self) -> None:
+    def _init_runtime(self, token: str | None = None) -> None:
+        self._token = token
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self.stats = {"calls": 0, "attempts": 0, "errors": 0, "failed_calls": 0, "waited_s": 0.0}
@@ -131,13 +135,16 @@ class OpenAIEngine:
     def url(self) -> str:
         return f"{self.api_base}/chat/completions"
 
-    # pickling / saving: no client, no lock, no key ------------------------------------------------
+    # pickling / saving: no client, no lock, no key, no token ----------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return self.dump_state()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_runtime()
+
+    def __deepcopy__(self, memo: dict) -> "OpenAIEngine":
+        return type(self)(**self.dump_state(), token=self._token)  # a copy in this process still reaches the router
 
     def dump_state(self) -> dict[str, Any]:
         return {
@@ -153,6 +160,8 @@ class OpenAIEngine:
     # request shaping -------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
+        if self._token:
+            return {**headers, "Authorization": f"Bearer {self._token}"}
         try:
             key = key_from_env(self.api_key_env, needed_by=f"LM endpoint {self.api_base} (model {self.model})")
         except MissingKeyError as e:
@@ -362,13 +371,16 @@ class AsyncOpenAIEngine:
         return cls(OpenAIEngine.load_state(state))
 
 
-def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int | None = None) -> dspy.LM:
+def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int | None = None,
+             token: str | None = None) -> dspy.LM:
     """A dspy.LM for `cfg` talking to `api_base` (a server, or the sweep's router).
 
     seed: the trial's sampling seed. With temperature > 0 it becomes dspy's rollout_id (so the rollout cache
     keeps trials with different seeds apart) and the request's `seed` (so a server that honours it, like vLLM,
-    samples reproducibly and cached answers equal fresh ones). Ignored at temperature 0."""
-    cfg.api_key(required=True)  # fail now, naming the variable, if the key is missing
+    samples reproducibly and cached answers equal fresh ones). Ignored at temperature 0.
+    token: the router's token (Endpoint.token), sent instead of the key, which the router adds upstream."""
+    if token is None:
+        cfg.api_key(required=True)  # fail now, naming the variable, if the key is missing
     engine = OpenAIEngine(
         model=cfg.model,
         api_base=api_base,
@@ -381,6 +393,7 @@ def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int
         schema_style=cfg.schema_style(),
         merge_system=cfg.system_prompt == "merge",
         role=role,
+        token=token,
     )
     kwargs: dict[str, Any] = {}
     if cfg.extra_body:

@@ -49,10 +49,11 @@ class ChildProcess:
     """`argv` started with its output appended to `log_path`, in `env` (default: this process's environment),
     with this checkout importable (PYTHONPATH) so a `python -m gepa_lab...` child runs the same code. die_with_parent (Linux): killed when its parent dies,
     so a killed Ray actor leaves no orphaned GPU server behind (with SIGKILL, or death_signal for a child that then
-    stops its own children)."""
+    stops its own children). pass_fds: file descriptors the child inherits (a listening socket its parent keeps)."""
 
     def __init__(self, argv: list[str], *, log_path: str | os.PathLike, env: dict[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None, die_with_parent: bool = False, death_signal: int = signal.SIGKILL):
+                 cwd: str | os.PathLike | None = None, die_with_parent: bool = False, death_signal: int = signal.SIGKILL,
+                 pass_fds: tuple[int, ...] = ()):
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ class ChildProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
-                start_new_session=True,
+                start_new_session=True, pass_fds=pass_fds,
                 preexec_fn=_signal_when_parent_dies(death_signal) if die_with_parent and sys.platform.startswith("linux") else None,
             )
 
@@ -192,16 +193,26 @@ class ServerProcess(ChildProcess):
         super().stop(timeout)
 
 
+def key_environment(cfg: LMConfig, api_key: str | None) -> dict[str, str]:
+    """The variables that hand a server command its key: the one api_key_env names (the simulator's --api-key-env
+    reads it) and VLLM_API_KEY (vLLM requires that key when it is set). Environment only: never the command line."""
+    if not api_key:
+        return {}
+    return {**({cfg.api_key_env: api_key} if cfg.api_key_env else {}), "VLLM_API_KEY": api_key}
+
+
 def start_server(cfg: LMConfig, *, host: str, log_dir: str | os.PathLike, name: str, url_host: str | None = None,
-                 env: dict[str, str] | None = None, attempts: int = 3) -> ServerProcess:
-    """Start cfg's server command on a free port of this machine and wait until it answers."""
-    api_key = cfg.api_key()
+                 env: dict[str, str] | None = None, attempts: int = 3, api_key: str | None = None) -> ServerProcess:
+    """Start cfg's server command on a free port of this machine and wait until it answers. api_key: the key it must
+    require (a replica actor on another node gets it in memory from the driver); None: api_key_env's here, if set."""
+    api_key = api_key or cfg.api_key()
     last: Exception | None = None
     for i in range(attempts):
         port = free_port("" if host in ("0.0.0.0", "") else host)
         argv = format_command(server_command(cfg), command_values(cfg, host, port))
         url = f"http://{url_host or ('127.0.0.1' if host in ('0.0.0.0', '') else host)}:{port}/v1"
-        proc = ServerProcess(argv, url=url, log_path=Path(log_dir) / f"{name}.log", env={**cfg.server.env, **(env or {})})
+        proc = ServerProcess(argv, url=url, log_path=Path(log_dir) / f"{name}.log",
+                             env={**cfg.server.env, **key_environment(cfg, api_key), **(env or {})})
         try:
             proc.wait_ready(cfg.server.startup_timeout_s, api_key=api_key)
             return proc

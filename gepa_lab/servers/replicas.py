@@ -5,8 +5,14 @@
 `ReplicaSet`     starts `server.replicas` actors, waits until every one answers (or says which did not
                  and why, with the server's log tail), then supervises them: a replica whose process or
                  actor died, or that stopped answering, is replaced by a fresh actor and the router is
-                 told the new URL. On exit it stops them all, unless `server.keep_running` (then the
-                 actors are detached and named, and the next sweep with the same config reuses them).
+                 told the new URL. Each replacement runs in its own thread, so several run at once and
+                 the others' health checks go on meanwhile. On exit it stops them all, unless
+                 `server.keep_running` (then the actors are detached and named, and the next sweep with
+                 the same config reuses them).
+
+The LM's key (api_key_env) exists in the driver's environment only: each actor gets it in memory, as the argument
+of its `start` call (not of its constructor, which Ray keeps for restarts), and hands it to its server in the
+server's environment (gepa_lab.servers.process.key_environment). It is never on a command line or in a file.
 
 vLLM itself is not a dependency: the command is whatever `server.command` says (default: `vllm serve`).
 """
@@ -40,13 +46,13 @@ class ReplicaActor:
         self.log_dir = log_dir
         self.proc: ServerProcess | None = None
 
-    def start(self) -> dict[str, Any]:
+    def start(self, api_key: str | None = None) -> dict[str, Any]:
         import ray
 
         node_ip = ray.util.get_node_ip_address()
         host = self.cfg.server.host or node_ip
         url_host = node_ip if host in ("0.0.0.0", "") else host
-        self.proc = start_server(self.cfg, host=host, log_dir=self.log_dir, name=self.name, url_host=url_host)
+        self.proc = start_server(self.cfg, host=host, log_dir=self.log_dir, name=self.name, url_host=url_host, api_key=api_key)
         return self.info()
 
     def info(self) -> dict[str, Any]:
@@ -104,9 +110,12 @@ class ReplicaSet:
         self.infos: list[dict[str, Any] | None] = [None] * cfg.server.replicas
         self.restarts = [0] * cfg.server.replicas
         self.events: list[dict[str, Any]] = []  # restarts and failures, for reports and tests
+        self.last_check = [0.0] * cfg.server.replicas  # time.time() of each replica's last finished health check
+        self._restarting: dict[int, threading.Thread] = {}  # replica index -> the thread replacing it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._notify_lock = threading.Lock()
         import ray
 
         self._driver_ip = ray.util.get_node_ip_address()
@@ -153,7 +162,7 @@ class ReplicaSet:
     def _launch(self, index: int) -> tuple[Any, Any]:
         actor = _remote_actor_class().options(**self._options(index)).remote(
             self.cfg.model_dump_json(), f"{self.label}-replica{index}-{int(time.time())}", str(self.workdir / "replicas"))
-        return actor, actor.start.remote()
+        return actor, actor.start.remote(self.cfg.api_key())
 
     def start(self) -> list[str]:
         import ray
@@ -235,11 +244,15 @@ class ReplicaSet:
             if fails[index] >= 3:
                 self.events.append({"replica": index, "event": "not_answering", "detail": str(e), "time": time.time()})
                 return False
+        finally:
+            self.last_check[index] = time.time()
         return True
 
     def _restart(self, index: int) -> None:
+        """Replace replica `index` (in its own thread: _supervise keeps checking the others meanwhile)."""
         import ray
 
+        self.events.append({"replica": index, "event": "restarting", "time": time.time()})
         old = self.actors[index]
         with contextlib.suppress(Exception):
             ray.get(old.stop.remote(), timeout=30)
@@ -256,8 +269,11 @@ class ReplicaSet:
             self.infos[index] = None
         self._notify()  # take it out of rotation now
         try:
-            actor, ref = self._launch(index)
-            self.actors[index] = actor
+            with self._lock:  # stop() kills what self.actors holds: launch nothing once it has begun
+                if self._stop.is_set():
+                    return
+                actor, ref = self._launch(index)
+                self.actors[index] = actor
             info = ray.get(ref, timeout=self.cfg.server.startup_timeout_s + 60)
         except Exception as e:  # noqa: BLE001
             self.events.append({"replica": index, "event": "restart_failed", "detail": _root_message(e), "time": time.time()})
@@ -269,33 +285,44 @@ class ReplicaSet:
         self._notify()
 
     def _notify(self) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change(self.urls)
-            except Exception:  # noqa: BLE001
-                log.exception("could not update the router's replica list")
+        if self.on_change is not None and not self._stop.is_set():
+            with self._notify_lock:  # restarts finish in several threads: the router gets the lists in order
+                try:
+                    self.on_change(self.urls)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not update the router's replica list")
 
     def _supervise(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         fails = [0] * len(self.actors)
-        while not self._stop.wait(self.cfg.server.health_interval_s):
-            for i in range(len(self.actors)):
-                if self._stop.is_set():
-                    return
-                if self.actors[i] is None:
-                    continue
-                if self.infos[i] is None or not self._healthy(i, fails):
+        with ThreadPoolExecutor(max_workers=len(self.actors), thread_name_prefix=f"health-{self.label}") as pool:
+            while not self._stop.wait(self.cfg.server.health_interval_s):
+                self._restarting = {i: t for i, t in self._restarting.items() if t.is_alive()}
+                # every replica not being replaced is checked at once: a slow check or a restart delays no other
+                due = [i for i in range(len(self.actors)) if self.actors[i] is not None and i not in self._restarting]
+                healthy = dict(zip(due, pool.map(lambda i: self.infos[i] is not None and self._healthy(i, fails), due)))
+                for i, ok in healthy.items():
+                    if ok or self._stop.is_set():
+                        continue
                     if self.infos[i] is None and self.restarts[i] >= self.cfg.server.max_restarts:
                         continue
                     fails[i] = 0
-                    self._restart(i)
+                    thread = threading.Thread(target=self._restart, args=(i,), name=f"restart-{self.label}-{i}", daemon=True)
+                    self._restarting[i] = thread
+                    thread.start()
 
     def stop(self, force: bool = False) -> None:
         import ray
 
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=60)
+        restarting = list(self._restarting.values())
         if self.cfg.server.keep_running and not force:
+            for thread in restarting:  # let a replacement under way finish: it is kept too
+                thread.join(timeout=self.cfg.server.startup_timeout_s + 90)
             log.info("leaving %d replica(s) of %s running (server.keep_running)", len(self.actors), self.cfg.model)
             return
         refs = []
@@ -308,6 +335,8 @@ class ReplicaSet:
             if actor is not None:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
+        for thread in restarting:  # their actors are gone: each ends as soon as its wait for one fails
+            thread.join(timeout=60)
         self.actors = [None] * len(self.actors)
 
 

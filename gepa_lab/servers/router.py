@@ -4,20 +4,26 @@ Trials of a sweep cannot see each other, so they all talk to this one process, w
 
 - caps the requests in flight on each replica (`max_in_flight`) whatever the number of trials: the rest
   wait here, in a queue, until a slot frees (or `queue_timeout_s` passes: 503 + Retry-After);
-- sends each request to the replica with the fewest outstanding requests, except that requests sharing a
-  system message (a GEPA candidate's instruction) prefer the same replica (rendezvous hashing), so
-  vLLM's prefix cache is hit, as long as that replica is not `affinity_slack` requests busier than the
-  least busy one;
+- sends each request to a replica with a free slot (a request never waits while one has): the least busy,
+  except that requests sharing a system message (a GEPA candidate's instruction) take the free replicas in
+  their rendezvous-hashing order, so vLLM's prefix cache is hit, skipping one that is more than
+  `affinity_slack` requests busier than the least busy;
 - health-checks every replica (GET <replica>/models; any answer below 500 counts as alive) and takes
   dead ones out of rotation; a request that fails on a replica for a connection error, a timeout,
   502/503/504 or 429 is retried on another one (failover, at most `max_attempts` replicas);
 - never cancels an upstream request when its client goes away: the slot is held until the replica
   answers, so a replica never sees more than `max_in_flight` requests at once;
-- serves GET /router/stats (per replica: in_flight, peak_in_flight, requests, errors, failovers, ...)
-  and POST /router/replicas {"replicas": [urls]} (the replica supervisor swaps a restarted replica in).
+- serves GET /router/stats (per replica: in_flight, peak_in_flight, requests, errors, failovers, ...; and
+  in_flight_seconds, the integral of the requests in flight over time, for lm_utilization)
+  and POST /router/replicas {"replicas": [urls]} (the replica supervisor swaps a restarted replica in);
+- answers only clients that present its token (`Authorization: Bearer TOKEN`, the token in the environment
+  variable `--token-env` names): anything else gets 401 and changes nothing; GET /health stays open (it tells
+  only whether a replica is up). Upstream it sends the LM's key instead (from the variable `--upstream-key-env`
+  names), so trials on any node hold a token, never the key.
 
-Run: python -m gepa_lab.servers.router --replicas http://h1:8000/v1 http://h2:8000/v1 --max-in-flight 32 [options]
-(`--help` lists them: `RouterConfig`'s fields). `RouterProcess` does that from Python, handing it the validated config.
+Run: GEPA_LAB_ROUTER_TOKEN=... python -m gepa_lab.servers.router --replicas http://h1:8000/v1 http://h2:8000/v1
+--max-in-flight 32 [options] (`--help` lists them: `RouterConfig`'s fields). `RouterProcess` does that from Python,
+handing it the validated config, and restarts it on the same socket when it dies.
 """
 from __future__ import annotations
 
@@ -25,13 +31,16 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +48,14 @@ from typing import Any
 
 from pydantic import Field
 
+from gepa_lab.api_keys import MissingKeyError, key_from_env
 from gepa_lab.cli import LoggingOptions, add_model_options, model_argv, parse_model
 from gepa_lab.lm.config import RouterOptions
 from gepa_lab.servers.process import ChildProcess
 
 log = logging.getLogger("gepa_lab.servers.router")
+
+TOKEN_ENV = "GEPA_LAB_ROUTER_TOKEN"
 
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
 _FAILOVER_STATUSES = {429, 502, 503, 504}
@@ -56,6 +68,12 @@ class RouterConfig(RouterOptions, LoggingOptions):
     replicas: list[str] = Field(default_factory=list, description="the replicas' OpenAI base URLs (http://host:port/v1)")
     max_in_flight: int = Field(ge=1, description="requests in flight per replica (the LM config's max_in_flight)")
     port_file: str | None = Field(None, description="write the bound port here once listening")
+    token_env: str = Field(TOKEN_ENV, min_length=1,
+                           description="environment variable holding the token every client must present (Bearer)")
+    upstream_key_env: str | None = Field(None, description="environment variable holding the replicas' API key, "
+                                                           "sent upstream in place of the client's token")
+    listen_fd: int | None = Field(None, ge=0, description="serve on this inherited, already bound socket "
+                                                          "(the launcher keeps it, so a restart keeps the address)")
 
     def bind_host(self) -> str:
         return self.host or "127.0.0.1"  # the launcher resolves host None for a multi-node cluster (serving.py)
@@ -120,6 +138,17 @@ class RouterState:
 
     def __post_init__(self):
         self.cond = asyncio.Condition()
+        self.in_flight = 0  # over every replica, retired ones included
+        self.in_flight_seconds = 0.0  # the integral of in_flight over time (slot-seconds in use)
+        self._since = time.monotonic()
+
+    def _count(self, r: Replica, delta: int) -> None:
+        """Every change of a replica's in-flight count goes through here, so the integral is exact."""
+        now = time.monotonic()
+        self.in_flight_seconds += self.in_flight * (now - self._since)
+        self._since = now
+        self.in_flight += delta
+        r.in_flight += delta
 
     def set_replicas(self, urls: list[str]) -> None:
         urls = [u.rstrip("/") for u in urls]
@@ -134,7 +163,11 @@ class RouterState:
                 r.retired = True
 
     def pick(self, key: str | None, exclude: set[str]) -> Replica | None:
-        """The replica for this request now; None: all candidates are full (wait); NoReplica: no candidate."""
+        """The replica for this request now; None: all candidates are full (wait); NoReplica: no candidate.
+
+        Whenever a candidate has a free slot the request takes one: affinity only orders the free replicas (the
+        key's rendezvous order, as long as that replica is at most affinity_slack busier than the least busy one),
+        so a request never waits while a slot is idle."""
         live = [r for r in self.replicas.values() if not r.retired and r.url not in exclude]
         cands = [r for r in live if r.healthy] or live  # all marked down: try them anyway (health may be stale)
         if not cands:
@@ -145,10 +178,12 @@ class RouterState:
             return None
         least = min(free, key=lambda r: (r.in_flight, r.requests))
         if self.config.affinity and key is not None:
-            preferred = max(cands, key=lambda r: rendezvous_score(key, r.url))
-            if preferred.in_flight < cap and preferred.in_flight <= least.in_flight + self.config.affinity_slack:
+            rank = {r.url: rendezvous_score(key, r.url) for r in cands}
+            near = [r for r in free if r.in_flight <= least.in_flight + self.config.affinity_slack]
+            preferred = max(near, key=lambda r: rank[r.url])
+            if rank[preferred.url] == max(rank.values()):  # the key's own replica, not a fallback
                 preferred.affinity_hits += 1
-                return preferred
+            return preferred
         return least
 
     async def acquire(self, key: str | None, exclude: set[str]) -> Replica:
@@ -160,7 +195,7 @@ class RouterState:
                 while True:
                     r = self.pick(key, exclude)
                     if r is not None:
-                        r.in_flight += 1
+                        self._count(r, +1)
                         r.requests += 1
                         r.peak_in_flight = max(r.peak_in_flight, r.in_flight)
                         return r
@@ -176,7 +211,7 @@ class RouterState:
 
     async def release(self, r: Replica) -> None:
         async with self.cond:
-            r.in_flight -= 1
+            self._count(r, -1)
             if r.retired and r.in_flight == 0:
                 self.replicas.pop(r.url, None)
             self.cond.notify_all()
@@ -192,21 +227,30 @@ class RouterState:
                 self.cond.notify_all()
 
     def public(self) -> dict[str, Any]:
+        live = [r for r in self.replicas.values() if not r.retired]
+        now = time.monotonic()
         return {
             "max_in_flight": self.config.max_in_flight,
+            "capacity": self.config.max_in_flight * len(live),
+            "in_flight": self.in_flight,
+            "in_flight_seconds": round(self.in_flight_seconds + self.in_flight * (now - self._since), 6),
             "requests": self.requests,
             "failovers": self.failovers,
             "rejected": self.rejected,
             "waiting": self.waiting,
             "peak_waiting": self.peak_waiting,
-            "healthy_replicas": sum(1 for r in self.replicas.values() if r.healthy and not r.retired),
-            "replicas": [r.public() for r in self.replicas.values() if not r.retired],
+            "healthy_replicas": sum(1 for r in live if r.healthy),
+            "replicas": [r.public() for r in live],
         }
 
 
 class Router:
-    def __init__(self, config: RouterConfig):
+    """token: what every client must present; upstream_key: the LM's key, sent to the replicas instead (None: none)."""
+
+    def __init__(self, config: RouterConfig, *, token: str, upstream_key: str | None = None):
         self.config = config
+        self._expected = f"Bearer {token}".encode()
+        self._upstream_auth = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
         self.state: RouterState | None = None
         self.session = None
         self._health_task = None
@@ -214,7 +258,10 @@ class Router:
     def app(self):
         from aiohttp import web
 
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        async def authorize(request, handler):  # a function: web.middleware marks it, which a bound method refuses
+            return await self._authorize(request, handler)
+
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[web.middleware(authorize)])
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         app.add_routes([
@@ -245,6 +292,22 @@ class Router:
             await self.session.close()
 
     # admin ------------------------------------------------------------------------------------------
+    def _authorized(self, request) -> bool:
+        return hmac.compare_digest(request.headers.get("Authorization", "").encode(), self._expected)
+
+    async def _authorize(self, request, handler):
+        """Middleware: /health tells only whether a replica is up; everything else needs the token, checked before
+        anything is read or counted."""
+        from aiohttp import web
+
+        if request.path != "/health" and not self._authorized(request):
+            log.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
+            return web.json_response(
+                {"error": {"message": "router: this endpoint needs the sweep's token (Authorization: Bearer TOKEN)",
+                           "type": "unauthorized"}},
+                status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
     async def health(self, request):
         from aiohttp import web
 
@@ -275,7 +338,8 @@ class Router:
         import aiohttp
 
         try:
-            async with self.session.get(r.url + "/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            async with self.session.get(r.url + "/models", headers=self._upstream_auth,
+                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 await resp.read()
                 ok = resp.status < 500
                 err = None if ok else f"health check: HTTP {resp.status}"
@@ -332,7 +396,9 @@ class Router:
         state.requests += 1
         tail = request.match_info["tail"]
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        # the client's token stays here; the replicas get the LM's key (if any)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS and k.lower() != "authorization"}
+        headers.update(self._upstream_auth)
         key = affinity_key(body) if state.config.affinity and body else None
         tried: set[str] = set()
         last: tuple[int, bytes, dict[str, str]] | None = None
@@ -376,14 +442,23 @@ class Router:
             status=503, headers={"Retry-After": "2"})
 
 
+def listening_socket(host: str, port: int | None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port or 0))
+    sock.listen(1024)
+    return sock
+
+
 def serve(router: Router) -> None:
     from aiohttp import web
 
     config = router.config
     host, port_file = config.bind_host(), config.port_file
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, config.port or 0))
+    if config.listen_fd is not None:  # bound by the launcher, which keeps it open across our restarts
+        sock = socket.socket(fileno=config.listen_fd)
+    else:
+        sock = listening_socket(host, config.port)
     actual = sock.getsockname()[1]
 
     async def main():
@@ -411,34 +486,91 @@ def main(argv: list[str] | None = None) -> int:
     add_model_options(parser, RouterConfig)
     config = parse_model(parser, RouterConfig, argv)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(Router(config))
+    try:
+        token = key_from_env(config.token_env, needed_by="the router (the token its clients present)")
+        upstream_key = key_from_env(config.upstream_key_env, needed_by="the router (the replicas' API key)")
+    except MissingKeyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    serve(Router(config, token=token, upstream_key=upstream_key))
     return 0
 
 
 # --------------------------------------------------------------------------------------------------
-# Launching it from Python
+# Launching it from Python, supervised
 
 
 class RouterError(RuntimeError):
     pass
 
 
-class RouterProcess(ChildProcess):
-    """The router as a child process of the sweep driver (own process group; `stop()` ends it), handed `config` as
-    the flags that differ from its defaults."""
+class RouterProcess:
+    """The router as a child process of the sweep driver (own process group), handed `config` as the flags that
+    differ from its defaults, the token (`token`, or a fresh random one) in its environment, the LM's key in the
+    variable `config.upstream_key_env` names (inherited from this process's environment, never on a command line).
 
-    def __init__(self, config: RouterConfig, *, advertise_host: str | None = None,
-                 log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0):
+    This process binds the listening socket and keeps it: the child serves on it, and a supervisor thread starts a
+    new child on it within a fraction of a second when one dies, with the replica list it last had. Connections
+    made meanwhile wait in the socket's backlog instead of being refused, and the LM edge (gepa_lab.lm.endpoint)
+    retries the requests that were in flight. `stop()` ends it all."""
+
+    def __init__(self, config: RouterConfig, *, token: str | None = None, advertise_host: str | None = None,
+                 log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0, supervise: bool = True,
+                 check_interval_s: float = 0.1):
         self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_router_")
-        port_file = Path(self._tmp.name) / "port"
-        config = config.model_copy(update={"port_file": str(port_file)})
+        self.token = token or secrets.token_urlsafe(32)
+        self.host = config.bind_host()
+        self.advertise_host = advertise_host or ("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host)
+        self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "router.log"
+        self.startup_timeout_s = startup_timeout_s
+        self._sock = listening_socket(self.host, config.port)
+        self.port = self._sock.getsockname()[1]
+        self._port_file = Path(self._tmp.name) / "port"
+        self.config = config.model_copy(update={"port_file": str(self._port_file), "listen_fd": self._sock.fileno()})
+        self.restarts: list[float] = []  # wall times of the restarts, for reports and tests
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.child: ChildProcess | None = None
+        try:
+            self._start_child()
+        except RouterError:
+            self._close()
+            raise
+        self._supervisor = None
+        if supervise:
+            self._supervisor = threading.Thread(target=self._supervise, args=(check_interval_s,), name=f"router-{self.port}",
+                                                daemon=True)
+            self._supervisor.start()
+
+    def _start_child(self) -> None:
+        self._port_file.unlink(missing_ok=True)
+        with self._lock:
+            config = self.config
         cmd = [sys.executable, "-m", "gepa_lab.servers.router", *model_argv(config)]
-        super().__init__(cmd, log_path=Path(log_path) if log_path else Path(self._tmp.name) / "router.log")
-        host = config.bind_host()
-        self.host = host
-        self.advertise_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
-        self.wait_until(port_file.exists, startup_timeout_s, "the LM router (writing its port file)", error=RouterError)
-        self.port = int(port_file.read_text())
+        child = ChildProcess(cmd, log_path=self.log_path, env={**os.environ, config.token_env: self.token},
+                             pass_fds=(self._sock.fileno(),))
+        self.child = child
+        child.wait_until(self._port_file.exists, self.startup_timeout_s, "the LM router (writing its port file)", error=RouterError)
+
+    def _supervise(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            if self.child.alive():
+                continue
+            log.warning("the LM router on port %d exited (code %s): restarting it on the same socket",
+                        self.port, self.child.proc.returncode)
+            self.restarts.append(time.time())
+            try:
+                self._start_child()
+            except RouterError as e:  # try again on the next round; say why now
+                log.error("%s", e)
+                self._stopping.wait(1.0)
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def alive(self) -> bool:
+        return self.child is not None and self.child.alive()
 
     @property
     def base(self) -> str:
@@ -453,18 +585,35 @@ class RouterProcess(ChildProcess):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header every request to the router needs."""
+        return {"Authorization": f"Bearer {self.token}"}
+
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         import httpx
 
-        return httpx.get(f"{self._local}/router/stats", timeout=timeout).raise_for_status().json()
+        return httpx.get(f"{self._local}/router/stats", headers=self.auth, timeout=timeout).raise_for_status().json()
 
     def set_replicas(self, urls: list[str], timeout: float = 10.0) -> dict[str, Any]:
+        """Route to `urls` from now on (and after a restart)."""
         import httpx
 
-        return httpx.post(f"{self._local}/router/replicas", json={"replicas": list(urls)}, timeout=timeout).raise_for_status().json()
+        with self._lock:
+            self.config = self.config.model_copy(update={"replicas": list(urls)})
+        return httpx.post(f"{self._local}/router/replicas", json={"replicas": list(urls)}, headers=self.auth,
+                          timeout=timeout).raise_for_status().json()
 
     def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=self.startup_timeout_s + 5)
+        if self.child is not None:
+            self.child.stop(timeout)
+        self._close()
+
+    def _close(self) -> None:
+        self._sock.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -476,7 +625,7 @@ class RouterProcess(ChildProcess):
         self.stop()
 
     def __repr__(self) -> str:
-        return f"RouterProcess(url={self.url!r}, pid={self.proc.pid})"
+        return f"RouterProcess(url={self.url!r}, pid={self.pid})"
 
 
 if __name__ == "__main__":

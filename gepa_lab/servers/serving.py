@@ -10,8 +10,11 @@ What `serve` starts, by kind (an explicit `api_base` always means: external, sta
   vllm_ray           `server.replicas` replica actors on the Ray cluster (gepa_lab.servers.replicas), supervised,
                      behind the router (always: a restarted replica has a new URL)
   llamacpp           llama.cpp's OpenAI-compatible server on this machine (gepa_lab.servers.llamacpp)
-The router (gepa_lab.servers.router) runs when there is more than one replica (router.enabled: auto), always
-(router.enabled: always: e.g. to cap a single server's in-flight requests across trials), or never.
+The router (gepa_lab.servers.router) runs, with router.enabled: auto, when there is more than one replica, when the
+LM has a key (api_key_env: the router holds it and trials present the run's token instead, so the key never has to
+exist where trials run), and for a sweep (its trials share the endpoint: the router caps each replica, holds the
+excess, measures lm_utilization, and is reachable from every node); always; or never. It is supervised: restarted
+on the same socket when it dies (gepa_lab.servers.router.RouterProcess).
 An endpoint that does not answer is reported here, naming it, before anything else starts.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +45,24 @@ class Endpoint:
     replicas: tuple[str, ...] = ()  # the servers behind it
     routed: bool = False
     replica_set: Any = dataclasses.field(default=None, compare=False)  # vllm_ray: the supervised ReplicaSet behind it
+    # routed: what clients present to the router instead of the LM's key. A per-run secret of the router alone
+    # (worthless once the run ends) that travels with the pickled endpoint; gepa_lab writes it to no file.
+    token: str | None = dataclasses.field(default=None, repr=False)
 
-    def __reduce__(self):  # a trial gets the address (pickled); the ReplicaSet stays in the process that supervises it
-        return Endpoint, (self.cfg, self.api_base, self.replicas, self.routed)
+    def __reduce__(self):  # a trial gets the address and token (pickled); the ReplicaSet stays in the process that supervises it
+        return Endpoint, (self.cfg, self.api_base, self.replicas, self.routed, None, self.token)
+
+    def direct_base(self) -> str:
+        """A server behind the endpoint (the first replica now up), for the driver's own calls: it holds the key."""
+        urls = self.replica_set.urls if self.replica_set is not None else list(self.replicas)
+        return urls[0] if urls else self.api_base
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
         """The router's /router/stats when routed; else the server's /stats (the simulator has one)."""
         base = self.api_base.rstrip("/").removesuffix("/v1")
         url = f"{base}/router/stats" if self.routed else f"{base}/stats"
-        return httpx.get(url, timeout=timeout).raise_for_status().json()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.get(url, headers=headers, timeout=timeout).raise_for_status().json()
 
 
 def check_external(configs: dict[str, LMConfig]) -> None:
@@ -73,19 +86,23 @@ def _router_host(cfg: LMConfig) -> tuple[str, str | None]:
     return host, advertise
 
 
-def _start_router(cfg: LMConfig, replicas: list[str], workdir: Path, name: str):
+def _start_router(cfg: LMConfig, replicas: list[str], workdir: Path, name: str, token: str):
     from gepa_lab.servers.router import RouterConfig, RouterProcess
 
     host, advertise = _router_host(cfg)
     options = cfg.router.model_dump(include=set(RouterOptions.model_fields))
-    config = RouterConfig(**{**options, "host": host}, replicas=replicas, max_in_flight=cfg.max_in_flight)
-    return RouterProcess(config, advertise_host=advertise, log_path=workdir / f"{name}-router.log")
+    # the key stays in this process's environment, which the router inherits: only the variable's name is passed
+    config = RouterConfig(**{**options, "host": host}, replicas=replicas, max_in_flight=cfg.max_in_flight,
+                          upstream_key_env=cfg.api_key_env)
+    return RouterProcess(config, token=token, advertise_host=advertise, log_path=workdir / f"{name}-router.log")
 
 
-def _use_router(cfg: LMConfig, n_replicas: int) -> bool:
+def _use_router(cfg: LMConfig, n_replicas: int, shared: bool) -> bool:
     if cfg.kind == "vllm_ray" and not cfg.api_bases:
         return cfg.router.enabled != "never" or n_replicas > 1
-    return cfg.router.enabled == "always" or (cfg.router.enabled == "auto" and n_replicas > 1)
+    if cfg.router.enabled == "auto":
+        return n_replicas > 1 or bool(cfg.api_key_env) or shared
+    return cfg.router.enabled == "always"
 
 
 @contextlib.contextmanager
@@ -99,8 +116,11 @@ def _ray_ready(workdir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str | None = None) -> Iterator[Endpoint]:
-    """Start (or check) what `cfg` needs; yield its Endpoint; stop what was started."""
+def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str | None = None, token: str | None = None,
+          shared: bool = False) -> Iterator[Endpoint]:
+    """Start (or check) what `cfg` needs; yield its Endpoint; stop what was started. token: what clients present to
+    the router (default: a fresh random one); shared: the endpoint serves a sweep's trials (router.enabled auto
+    then routes it)."""
     name = name or cfg.model.replace("/", "_")
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -149,14 +169,14 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
         else:
             raise EndpointError(f"lm kind '{cfg.kind}' needs api_base")
 
-        if _use_router(cfg, len(replicas)):
-            router = _start_router(cfg, replicas, workdir, name)
+        if _use_router(cfg, len(replicas), shared):
+            router = _start_router(cfg, replicas, workdir, name, token or secrets.token_urlsafe(32))
             stack.callback(router.stop)
             if replica_set is not None:
                 holder["router"] = router
                 router.set_replicas(replica_set.urls)  # in case one was restarted meanwhile
-            check_endpoint(router.url, api_key=cfg.api_key())
-            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True, replica_set=replica_set)
+            check_endpoint(router.url, api_key=router.token)
+            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True, replica_set=replica_set, token=router.token)
         else:
             endpoint = Endpoint(cfg, replicas[0], tuple(replicas), routed=False, replica_set=replica_set)
         log.info("lm '%s' (%s) at %s", cfg.model, cfg.kind, endpoint.api_base)
@@ -164,10 +184,13 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
 
 
 @contextlib.contextmanager
-def serve_all(configs: dict[str, LMConfig], *, workdir: str | os.PathLike | None = None) -> Iterator[dict[str, Endpoint]]:
+def serve_all(configs: dict[str, LMConfig], *, workdir: str | os.PathLike | None = None,
+              shared: bool = False) -> Iterator[dict[str, Endpoint]]:
     """Serve each entry's LM; entries whose configs name the same server(s) (LMConfig.server_key: equal but
     for client-side settings like temperature) share one endpoint. Keys are kept as given (roles, or config
-    JSON in a sweep). Everything is up and answering when this yields; all of it stops on exit."""
+    JSON in a sweep). Every router started here accepts one token, generated here (a sweep's token); shared: as
+    for serve(). Everything is up and answering when this yields; all of it stops on exit."""
+    token = secrets.token_urlsafe(32)
     with contextlib.ExitStack() as stack:
         by_server: dict[str, Endpoint] = {}
         endpoints = {}
@@ -175,7 +198,7 @@ def serve_all(configs: dict[str, LMConfig], *, workdir: str | os.PathLike | None
             skey = cfg.server_key()
             if skey not in by_server:
                 sub = Path(workdir) / f"lm{len(by_server)}" if workdir is not None else None
-                by_server[skey] = stack.enter_context(serve(cfg, workdir=sub))
+                by_server[skey] = stack.enter_context(serve(cfg, workdir=sub, token=token, shared=shared))
             ep = by_server[skey]
             endpoints[key] = ep if ep.cfg == cfg else dataclasses.replace(ep, cfg=cfg)
         yield endpoints

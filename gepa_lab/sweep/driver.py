@@ -268,7 +268,8 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
             try:
                 summary["registered_model"] = registry.register_winner(
                     cfg.tracking.mlflow, out, parent_run, trial_summary, trial_config,
-                    load_back={"api_base": task_endpoint.api_base, "process": load_back},
+                    # a server itself, not the router: the check runs with the key, in a process with no token
+                    load_back={"api_base": task_endpoint.direct_base(), "process": load_back},
                 )
             except Exception as exc:  # the sweep's results stand; say loudly that the winner is not registered
                 Console(stderr=True).print(f"[red]the winner was not registered[/]: {type(exc).__name__}: {exc}")

@@ -7,7 +7,6 @@ import os
 import pickle
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dspy
 import pytest
@@ -21,6 +20,7 @@ from gepa_lab.servers.process import EndpointError, check_endpoint  # noqa: E402
 from gepa_lab.servers.serving import Endpoint, serve, serve_all  # noqa: E402
 from gepa_lab.servers.process import free_port  # noqa: E402
 from gepa_lab.servers.simulator import start_simulator  # noqa: E402
+from tests.support.recording_server import RecordingServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,37 +137,15 @@ def test_missing_key_variable_is_named(monkeypatch):
         build_lm(_cfg(api_key_env="GEPA_LAB_NO_SUCH_KEY"), "http://127.0.0.1:1/v1")
 
 
-class _Capture(BaseHTTPRequestHandler):
-    bodies: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append({"body": body, "auth": self.headers.get("Authorization")})
-        reply = {"id": "x", "object": "chat.completion", "model": body["model"],
-                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_wire_body_extra_body_seed_and_key(monkeypatch):
     monkeypatch.setenv("GEPA_LAB_TEST_KEY", "sekret-123")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with RecordingServer() as server:
+        url = server.url
         cfg = LMConfig(kind="openai_compatible", model="m1", api_base=url, api_key_env="GEPA_LAB_TEST_KEY",
                        temperature=0.7, max_tokens=77, extra_body={"grammar": "root ::= \"ok\"", "top_k": 5})
         lm = build_lm(cfg, url, seed=42)
         assert lm("hello") == ["ok"]
-        sent = _Capture.bodies[-1]
+        sent = server.chats()[-1]
         body = sent["body"]
         assert body["model"] == "m1" and body["max_tokens"] == 77 and body["temperature"] == 0.7
         assert body["grammar"] == 'root ::= "ok"' and body["top_k"] == 5 and body["seed"] == 42
@@ -179,8 +157,6 @@ def test_wire_body_extra_body_seed_and_key(monkeypatch):
         assert "sekret-123" not in json.dumps(lm.dump_state(), default=str)
         again = pickle.loads(blob)
         assert again("hello again") == ["ok"]
-    finally:
-        server.shutdown()
 
 
 def test_serve_all_shares_servers_between_client_side_variants():

@@ -1,12 +1,14 @@
 """vllm_ray's managed replicas on a real local Ray, with the simulator as the served command and a custom
 resource ("fake_gpu") standing in for the GPU: placement, readiness, a killed replica restarted and swapped
-into the router while traffic continues, everything stopped at the end, kept when asked."""
+into the router while traffic continues, two killed at once replaced together while the third serves, the key
+handed to each replica in memory and written nowhere, everything stopped at the end, kept when asked."""
 from __future__ import annotations
 
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +82,7 @@ def test_managed_replicas_restart_a_dead_one_while_traffic_flows(local_ray, tmp_
 
         # client-side retries on: while a replica is down, a request may land in the gap before the router
         # notices; the router's failover and the client's retries must absorb it
-        lm = build_lm(cfg.model_copy(update={"num_retries": 5, "retry_backoff_s": 0.2}), ep.api_base, role="task")
+        lm = build_lm(cfg.model_copy(update={"num_retries": 5, "retry_backoff_s": 0.2}), ep.api_base, role="task", token=ep.token)
         meter = UsageMeter({"task": lm})
         errors: list[str] = []
 
@@ -156,7 +158,7 @@ def test_keep_running_replicas_are_reused_then_stopped(local_ray, tmp_path):
     with serve(cfg, workdir=tmp_path / "b") as ep:
         rs = ep.replica_set
         assert rs.replica_info()[0]["pid"] == first["pid"]  # reused, not started again
-        assert build_lm(cfg, ep.api_base)("still there?")[0]
+        assert build_lm(cfg, ep.api_base, token=ep.token)("still there?")[0]
         rs.stop(force=True)
     assert _wait_dead(first["pid"])
 
@@ -187,3 +189,89 @@ def test_replica_set_used_directly(local_ray, tmp_path):
     finally:
         rs.stop()
     assert _wait_dead(info["pid"])
+
+
+@pytest.fixture
+def replica_key(local_ray, monkeypatch):
+    """A canary key set in this (the driver's) environment only, after the Ray node started: its workers lack it."""
+    key = f"sk-canary-{os.urandom(8).hex()}"
+    monkeypatch.setenv(KEY_ENV, key)
+    assert ray.get(_worker_env.remote(KEY_ENV)) is None  # what a node without the key looks like
+    return key
+
+
+KEY_ENV = "GEPA_LAB_REPLICA_KEY"
+
+
+@ray.remote(num_cpus=0)
+def _worker_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_two_replicas_killed_at_once_come_back_together_while_the_third_serves(replica_key, tmp_path):
+    """Replacements run concurrently and never pause the other replicas' health checks; the key reaches every
+    replica (restarted ones too) in memory, and lands in no file of the run or of Ray's temp dir."""
+    from gepa_lab.servers.process import check_endpoint
+    from tests.sweep.canary import files_containing
+
+    use_cache(tmp_path, mode="off")
+    cfg = LMConfig(kind="vllm_ray", model="sim", max_in_flight=4, api_key_env=KEY_ENV, server={
+        "command": [*SIM_COMMAND, "--api-key-env", KEY_ENV], "replicas": 3, "host": "127.0.0.1",
+        "startup_timeout_s": 120, "health_interval_s": 0.5})
+    with serve(cfg, workdir=tmp_path / "lm") as ep:
+        rs = ep.replica_set
+        pids = [i["pid"] for i in rs.replica_info()]
+        for url in rs.urls:  # every replica requires the key it got in memory
+            check_endpoint(url, api_key=replica_key)
+            with pytest.raises(EndpointError, match="refuses the API key"):
+                check_endpoint(url)
+        lm = build_lm(cfg.model_copy(update={"num_retries": 5, "retry_backoff_s": 0.2}), ep.api_base, role="task", token=ep.token)
+        meter = UsageMeter({"task": lm})
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def client(i: int) -> None:
+            with dspy.context(callbacks=[meter]):
+                j = 0
+                while not stop.is_set():
+                    try:
+                        lm(f"client {i} call {j}")
+                    except Exception as e:  # noqa: BLE001
+                        errors.append(str(e))
+                    j += 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        third_before = next(r for r in ep.stats()["replicas"] if r["url"] == rs.urls[2])["completed"]
+        os.kill(pids[0], signal.SIGKILL)
+        os.kill(pids[1], signal.SIGKILL)
+        checks_of_third: set[float] = set()  # the third replica's health checks while both others are being replaced
+        deadline = time.monotonic() + 180
+        while sum(e["event"] == "restarted" for e in rs.events) < 2 and time.monotonic() < deadline:
+            if sum(e["event"] == "restarting" for e in rs.events) == 2 and not any(e["event"] == "restarted" for e in rs.events):
+                checks_of_third.add(rs.last_check[2])
+            time.sleep(0.05)
+        third_during = next(r for r in ep.stats()["replicas"] if r["url"] == rs.urls[2])["completed"]
+        stop.set()
+        for t in threads:
+            t.join()
+        events = {(e["replica"], e["event"]): e["time"] for e in rs.events}
+        assert {(0, "restarted"), (1, "restarted")} <= events.keys(), rs.events
+        # both replacements were under way at once: each began before the other one ended
+        assert events[(0, "restarting")] < events[(1, "restarted")] and events[(1, "restarting")] < events[(0, "restarted")]
+        assert len(checks_of_third) >= 2, checks_of_third  # replica 2 kept being checked meanwhile
+        assert third_during > third_before  # ...and kept serving
+        assert not any(e["replica"] == 2 for e in rs.events)
+        new = rs.replica_info()
+        assert new[0]["pid"] not in pids and new[1]["pid"] not in pids and new[2]["pid"] == pids[2]
+        for url in rs.urls:
+            check_endpoint(url, api_key=replica_key)
+            with pytest.raises(EndpointError, match="refuses the API key"):
+                check_endpoint(url)
+        assert not errors, errors[:3]
+        assert meter.snapshot()["task"]["failed_requests"] == 0
+    ray_temp = ray._private.worker.global_worker.node.get_temp_dir_path()
+    assert not files_containing(tmp_path, replica_key)
+    assert not files_containing(Path(ray_temp), replica_key)

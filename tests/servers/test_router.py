@@ -29,12 +29,13 @@ def _body(system: str, user: str) -> dict:
     return {"model": "sim", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
 
 
-def _run_clients(n_clients: int, per_client: int, url: str, system_of=lambda i, j: f"instruction {i}-{j}") -> list[int]:
+def _run_clients(n_clients: int, per_client: int, router: RouterProcess, system_of=lambda i, j: f"instruction {i}-{j}") -> list[int]:
     statuses: list[int] = []
     lock = threading.Lock()
+    url = router.url
 
     def client(i: int) -> None:
-        with httpx.Client(timeout=120) as c:
+        with httpx.Client(timeout=120, headers=router.auth) as c:
             for j in range(per_client):
                 r = c.post(url + "/chat/completions", json=_body(system_of(i, j), f"question {i}/{j}"))
                 with lock:
@@ -52,7 +53,7 @@ def test_router_caps_in_flight_per_replica_under_load():
     # the simulators would take 64 at once; the router must never give either more than 3
     with start_simulator(max_in_flight=64, latency_ms=60) as a, start_simulator(max_in_flight=64, latency_ms=60) as b:
         with RouterProcess(RouterConfig(replicas=[a.url, b.url], max_in_flight=3, affinity_slack=1)) as router:
-            statuses = _run_clients(12, 6, router.url)
+            statuses = _run_clients(12, 6, router)
             stats = router.stats()
         assert statuses == [200] * 72
         for sim in (a, b):
@@ -70,7 +71,7 @@ def test_failover_when_a_replica_dies_mid_traffic(tmp_path):
     with start_simulator(latency_ms=80, max_in_flight=64) as a, start_simulator(latency_ms=80, max_in_flight=64) as b:
         with RouterProcess(RouterConfig(replicas=[a.url, b.url], max_in_flight=4, health_interval_s=0.5, affinity=False)) as router:
             # no client-side retries: every call must succeed through the router's failover alone
-            lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), router.url, role="task")
+            lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), router.url, role="task", token=router.token)
             meter = UsageMeter({"task": lm})
             errors: list[str] = []
             done = [0]
@@ -118,7 +119,7 @@ def test_prefix_affinity_keeps_an_instruction_on_one_replica():
             if len(by_replica[home]) < 3:
                 by_replica[home].append(system)
         instructions = [(home, s) for home, group in by_replica.items() for s in group]
-        with RouterProcess(RouterConfig(replicas=urls, max_in_flight=8)) as router, httpx.Client(timeout=60) as c:
+        with RouterProcess(RouterConfig(replicas=urls, max_in_flight=8)) as router, httpx.Client(timeout=60, headers=router.auth) as c:
             for home, system in instructions:
                 before = (a.stats()["requests_received"], b.stats()["requests_received"])
                 for j in range(4):  # sequential: no load, so affinity decides alone
@@ -140,13 +141,13 @@ def test_routed_endpoints_and_dead_replicas_reported_at_start(tmp_path):
         # an external single endpoint behind the router when asked (router.enabled: always)
         with serve(LMConfig(kind="openai_compatible", model="sim", api_base=a.url, router={"enabled": "always"})) as ep:
             assert ep.routed and ep.replicas == (a.url,)
-            lm = build_lm(ep.cfg, ep.api_base)
+            lm = build_lm(ep.cfg, ep.api_base, token=ep.token)
             assert lm("hello")[0]
             assert ep.stats()["requests"] == 2  # the start-up check (GET /models) and the call
     # several simulators started by gepa_lab itself, behind the router
     with serve(LMConfig(kind="sim", model="sim", server={"replicas": 2}), workdir=tmp_path) as ep:
         assert ep.routed and len(ep.replicas) == 2
-        assert build_lm(ep.cfg, ep.api_base)("hello there")[0]
+        assert build_lm(ep.cfg, ep.api_base, token=ep.token)("hello there")[0]
         assert {r["url"] for r in ep.stats()["replicas"]} == set(ep.replicas)
     with pytest.raises(httpx.HTTPError):
         httpx.get(ep.api_base + "/models", timeout=2)

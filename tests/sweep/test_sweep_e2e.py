@@ -3,9 +3,12 @@ and a champion that loads in a fresh process, results in Parquet that DuckDB agr
 that really is used and lands nowhere, and an LM endpoint filled but never flooded."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,10 @@ MAX_IN_FLIGHT = 8
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "demo"
     canary = f"sk-canary-{uuid.uuid4().hex}"
-    env = {"GEPA_LAB_CANARY_KEY": canary}
+    # the sweep's temp files, its local Ray's temp dir (logs, spilled objects) included, land here; short: Ray's
+    # socket paths live under it
+    tmp_root = Path(tempfile.mkdtemp(prefix="gl-", dir="/tmp"))
+    env = {"GEPA_LAB_CANARY_KEY": canary, "TMPDIR": str(tmp_root)}
     # A simulator with far more capacity than the config allows, so its peak in-flight measures
     # how hard the sweep pushes, not the server's own limit; it rejects requests without the key.
     os.environ["GEPA_LAB_CANARY_KEY"] = canary
@@ -43,9 +49,12 @@ def sweep(tmp_path_factory):
             stats = sim.stats()
     finally:
         os.environ.pop("GEPA_LAB_CANARY_KEY", None)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return {"out": out, "canary": canary, "stats": stats, "stdout": result.stdout,
-            "summary": json.loads((out / "summary.json").read_text())}
+    try:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        yield {"out": out, "canary": canary, "stats": stats, "stdout": result.stdout, "tmp": tmp_root,
+               "summary": json.loads((out / "summary.json").read_text())}
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def test_best_trial_beats_the_seed_on_val_and_test(sweep):
@@ -143,6 +152,10 @@ def test_canary_key_was_used_and_lands_in_no_byte_of_the_output(sweep):
     searched = {p.suffix for p in sweep["out"].rglob("*") if p.is_file()}
     assert {".parquet", ".db", ".json", ".yaml"} <= searched
     assert list(sweep["out"].rglob("params.json")) and list((sweep["out"] / ".hydra").glob("*.yaml"))
+    # nor in any file of the sweep's Ray temp dir: its logs, and the objects it spilled, if any
+    ray_dirs = list(sweep["tmp"].glob("gepa_lab-ray-*"))
+    assert ray_dirs and any(ray_dirs[0].rglob("*.log"))
+    assert not files_containing(sweep["tmp"], sweep["canary"])
 
 
 def test_endpoint_filled_across_trials_but_never_flooded(sweep):
