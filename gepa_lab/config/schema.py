@@ -52,7 +52,7 @@ class OptimizerConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    num_threads: int | None = Field(None, ge=1)  # None: fill the task LM's max_in_flight
+    num_threads: int | None = Field(None, ge=1)  # None: fill the task LM's capacity (a sweep: its share of it)
     test_limit: int | None = Field(None, ge=1)  # score the winner on the first N test examples only
 
 
@@ -91,7 +91,7 @@ class RunConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def eval_threads(self) -> int:
-        return self.eval.num_threads or self.lm.max_in_flight
+        return self.eval.num_threads or self.lm.capacity
 
 
 def store_defaults(name: str, model: type[BaseModel]) -> None:

@@ -111,6 +111,12 @@ class LMConfig(StrictModel):
             return []
         return [self.api_base] if isinstance(self.api_base, str) else list(self.api_base)
 
+    @property
+    def capacity(self) -> int:
+        """Requests the endpoint takes at once: the sum of its replicas' max_in_flight."""
+        replicas = len(self.api_bases) or (self.server.replicas if self.kind in ("sim", "vllm_ray") else 1)
+        return self.max_in_flight * replicas
+
     def schema_style(self) -> str:
         return self.response_format_style or ("json_object" if self.kind == "llamacpp" else "json_schema")
 

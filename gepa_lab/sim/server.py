@@ -207,12 +207,15 @@ class SimServer:
         fail = u < cfg.error_rate
 
         assert self._sem is not None
-        self.stats.queued += 1
-        self.stats.peak_queued = max(self.stats.peak_queued, self.stats.queued)
-        try:
+        if self._sem.locked():  # queued = waiting for a slot; a request that gets one at once never waited
+            self.stats.queued += 1
+            self.stats.peak_queued = max(self.stats.peak_queued, self.stats.queued)
+            try:
+                await self._sem.acquire()
+            finally:
+                self.stats.queued -= 1
+        else:
             await self._sem.acquire()
-        finally:
-            self.stats.queued -= 1
         self.stats.enter()
         try:
             try:

@@ -13,6 +13,7 @@ from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import with_interval
 from gepa_lab.results.query import connect, leaderboard_table
 from gepa_lab.sweep.config import SweepConfig
+from gepa_lab.sweep.lm_load import utilization_line
 
 register_resolvers()
 
@@ -49,6 +50,7 @@ def main(cfg: DictConfig) -> None:
         console.print(escape(confirmation_line(summary)))
     if cache := summary.get("lm_cache"):
         console.print(f"rollout cache: {cache.get('requests_saved', 0)} LM requests saved ({cache.get('entries', 0)} answers stored)")
+    console.print(utilization_line(summary))
     out = summary["output_dir"]
     model = summary.get("registered_model") or {}
     wandb, uri = sweep_cfg.tracking.wandb, summary.get("tracking_uri")

@@ -29,7 +29,7 @@ from gepa_lab.results import query
 from gepa_lab.results.compact import compact
 from gepa_lab.results.report import publish_report
 from gepa_lab.results.writer import utc, write_table
-from gepa_lab.sweep import space
+from gepa_lab.sweep import lm_load, space
 from gepa_lab.servers.ray_cluster import check_endpoints_from_trial_nodes, code_to_ship, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
@@ -66,16 +66,16 @@ def planned_trials(cfg: SweepConfig, leaves: dict) -> int:
     return grid * cfg.sweep.num_samples
 
 
-def lm_configs(cfg: SweepConfig, leaves: dict) -> dict[str, LMConfig]:
-    """Every LM server a trial may talk to, keyed by LMConfig.server_key() (trials look their endpoint up by it;
-    client-side settings such as temperature, even sampled from a range, share one server)."""
+def lm_configs(cfg: SweepConfig, leaves: dict, roles: tuple[str, ...] = ("lm", "reflection_lm")) -> dict[str, LMConfig]:
+    """Every LM server a trial may talk to in `roles`, keyed by LMConfig.server_key() (trials look their endpoint up by
+    it; client-side settings such as temperature, even sampled from a range, share one server)."""
     base = cfg.base_run()
-    configs = {c.server_key(): c for c in (cfg.lm, cfg.reflection_lm)}
+    configs = {c.server_key(): c for c in (getattr(cfg, role) for role in roles)}
     for path, (kind, arg) in leaves.items():
-        if path.split(".")[0] in ("lm", "reflection_lm") and kind in ("grid", "choice"):
+        if path.split(".")[0] in roles and kind in ("grid", "choice"):
             for value in arg:
                 trial = RunConfig.model_validate(space.apply(base, {path: value}))
-                for c in (trial.lm, trial.reflection_lm):
+                for c in (getattr(trial, role) for role in roles):
                     configs[c.server_key()] = c
     return configs
 
@@ -102,9 +102,9 @@ def scheduler(cfg: SweepConfig, sweep_id: str):
     )
 
 
-def eval_threads(cfg: SweepConfig, concurrent: int) -> int:
-    """Fill the task LM's capacity across concurrent trials without exceeding it."""
-    return cfg.eval.num_threads or max(1, cfg.lm.max_in_flight // max(1, concurrent))
+def eval_threads(task_lms: dict[str, LMConfig], concurrent: int) -> dict[str, int]:
+    """Evaluation threads per trial, per task LM server: a share of its total capacity (gepa_lab.sweep.lm_load)."""
+    return {key: lm_load.eval_threads(lm.capacity, concurrent) for key, lm in task_lms.items()}
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:
@@ -115,6 +115,7 @@ def trial_resources(cfg: SweepConfig) -> dict[str, float]:
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     started = time.time()
     leaves, lms = preflight(cfg)
+    task_lms = lm_configs(cfg, leaves, roles=("lm",))
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sweep_id = out.name
@@ -129,7 +130,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     try:
         with ray_session(cfg.ray, out, py_modules=code_to_ship([cfg.task.program, cfg.task.metric], cfg.ray.py_modules),
                          trial_resources=trial_resources(cfg)), cache_service(cfg.cache, out) as cache, \
-                serve_all(lms, workdir=out / "lm") as endpoints:
+                serve_all(lms, workdir=out / "lm", shared=True) as endpoints:
             check_endpoints_from_trial_nodes([e.api_base for e in endpoints.values()], trial_resources(cfg))
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
@@ -141,7 +142,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 output_dir=str(out),
                 base_config=cfg.base_run(),
                 endpoints=endpoints,
-                eval_threads=eval_threads(cfg, concurrent),
+                eval_threads=eval_threads(task_lms, concurrent),
                 ledger=SweepLedger.options(name=ledger_name(sweep_id)).remote(budget)
                 if any(budget.values()) or cfg.sweep.scheduler == "asha" else None,
                 mlflow_parent_run_id=parent_run,
@@ -149,8 +150,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             )
             planned = planned_trials(cfg, leaves)
             console.print(f"[bold]sweep {cfg.sweep.name}[/]: {planned} trials, {concurrent} at a time -> {out}")
-            fit(cfg, ctx, out, concurrent, LiveProgress(planned, cfg.optimizer.max_metric_calls, console))
-            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache, load_back)
+            with lm_load.LoadProbe([endpoints[key] for key in task_lms]) as probe:
+                fit(cfg, ctx, out, concurrent, LiveProgress(planned, cfg.optimizer.max_metric_calls, console))
+            load = lm_load.lm_load(probe, query.connect([out]), capacity=sum(lm.capacity for lm in task_lms.values()),
+                                   threads=ctx.eval_threads if cfg.eval.num_threads is None else {"": cfg.eval.num_threads})
+            summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache, load_back, load)
         if parent_run:
             mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
     except BaseException as exc:
@@ -238,7 +242,7 @@ def gain_confirmation(winner: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict,
-              load_back: registry.LoadBackProcess | None = None) -> dict:
+              load_back: registry.LoadBackProcess | None = None, load: dict | None = None) -> dict:
     con = query.connect([out])
     counts = dict(con.sql("SELECT status, count(*) FROM trials GROUP BY status").fetchall())
     best = query.best_trial(con)
@@ -275,6 +279,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
                 Console(stderr=True).print(f"[red]the winner was not registered[/]: {type(exc).__name__}: {exc}")
                 summary["registration_error"] = f"{type(exc).__name__}: {exc}"
     summary["lm_cache"] = shared_cache_stats(out, **cache)  # requests the sweep's trials did not have to send
+    summary.update(load or {})  # lm_utilization and what it was computed from
     summary["wall_seconds"] = round(time.time() - started, 3)
     write_table(out / "results" / "sweeps" / f"{sweep_id}.parquet", "sweeps", [{
         "sweep_id": sweep_id, "name": cfg.sweep.name, "started_at": utc(started), "ended_at": utc(time.time()),

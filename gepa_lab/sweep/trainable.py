@@ -11,6 +11,7 @@ from ray import tune
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.events import Event
 from gepa_lab.harness import harnessed_trial
+from gepa_lab.lm.config import LMConfig
 from gepa_lab.results.writer import write_table
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.sweep import space
@@ -24,8 +25,8 @@ class SweepContext:
     sweep_id: str
     output_dir: str
     base_config: dict[str, Any]
-    endpoints: dict[str, Endpoint]  # LMConfig.server_key() -> live endpoint, started once by the driver
-    eval_threads: int
+    endpoints: dict[str, Endpoint]  # LMConfig.server_key() -> live endpoint (with the router's token), started once by the driver
+    eval_threads: dict[str, int]  # task LM's server_key() -> evaluation threads per trial (gepa_lab.sweep.lm_load)
     ledger: Any = None  # SweepLedger actor handle, when the sweep has a budget or ASHA
     mlflow_parent_run_id: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # kwargs for gepa_lab.lm.cache.use_cache
@@ -58,7 +59,7 @@ def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Ru
     data = space.apply(ctx.base_config, params)
     data["output_dir"] = str(Path(ctx.output_dir) / "trials" / trial_id)
     if data["eval"]["num_threads"] is None:
-        data["eval"]["num_threads"] = ctx.eval_threads
+        data["eval"]["num_threads"] = ctx.eval_threads[LMConfig.model_validate(data["lm"]).server_key()]
     return RunConfig.model_validate(data)
 
 
