@@ -157,7 +157,6 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
         yield f"{LOCAL_NODE_IP}:{ports['port']}"
     finally:
         head.kill()
-        shutil.rmtree(temp_dir, ignore_errors=True)  # the head's sessions and logs (its log_path is kept)
 
 
 def alive_nodes() -> list[dict]:
