@@ -2,20 +2,26 @@
 (the simulator, the router, vLLM / llama.cpp replicas, Redis, a local Ray head). `stop()` ends the whole group, so a
 server's own children (vLLM's workers) go with it.
 
+Every child dies with the process that started it (Linux: PR_SET_PDEATHSIG), also when that process is killed
+without a chance to stop it (SIGKILL, out of memory): a killed run, sweep or Ray actor leaves no orphaned simulator,
+router, Redis or GPU server behind.
+
 `ServerProcess` / `start_server` run an LM server's command (gepa_lab.servers.commands) on a free port and wait until
-GET <url>/models answers; on Linux the child also dies with its parent (PR_SET_PDEATHSIG), so a killed Ray actor
-leaves no orphaned GPU server behind. `check_endpoint` is the one "does this LM endpoint answer" check."""
+GET <url>/models answers. `check_endpoint` is the one "does this LM endpoint answer" check."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,22 +43,67 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _signal_when_parent_dies(sig: int):
+    parent = os.getpid()
+
     def set_death_signal() -> None:  # pragma: no cover - runs in the child between fork and exec
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
         except Exception:
-            pass
+            return
+        if os.getppid() != parent:  # the parent died before the prctl: nobody will send the signal
+            os.kill(os.getpid(), sig)
     return set_death_signal
+
+
+_spawn_requests: "queue.SimpleQueue[tuple[Callable[[], Any], Future]]" = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawn_forever() -> None:
+    while True:
+        start, result = _spawn_requests.get()
+        try:
+            result.set_result(start())
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that asked
+            result.set_exception(e)
+
+
+def on_lasting_thread(start: Callable[[], Any]) -> Any:
+    """start() on a thread that lasts as long as this process; its result (or exception).
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a child started from a
+    short-lived thread (a Ray Tune trial's, the router's supervisor, a pool's) would be killed with that thread. So
+    such children are forked from the main thread, or else from one daemon thread kept for that."""
+    global _spawner
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawn_forever, name="gepa_lab-child-spawner", daemon=True)
+            _spawner.start()
+    result: Future = Future()
+    _spawn_requests.put((start, result))
+    return result.result()
+
+
+def popen_dying_with_parent(argv: list[str], *, death_signal: int = signal.SIGKILL, **popen_kwargs: Any) -> subprocess.Popen:
+    """subprocess.Popen(argv, **popen_kwargs), for a child that must not outlive this process: on Linux it gets
+    death_signal when this process dies (SIGKILL by default; SIGTERM for a child that then stops its own children)."""
+    if sys.platform.startswith("linux"):
+        popen_kwargs["preexec_fn"] = _signal_when_parent_dies(death_signal)
+    return on_lasting_thread(lambda: subprocess.Popen(argv, **popen_kwargs))
 
 
 class ChildProcess:
     """`argv` started with its output appended to `log_path`, in `env` (default: this process's environment),
-    with this checkout importable (PYTHONPATH) so a `python -m gepa_lab...` child runs the same code. die_with_parent (Linux): killed when its parent dies,
-    so a killed Ray actor leaves no orphaned GPU server behind (with SIGKILL, or death_signal for a child that then
-    stops its own children). pass_fds: file descriptors the child inherits (a listening socket its parent keeps)."""
+    with this checkout importable (PYTHONPATH) so a `python -m gepa_lab...` child runs the same code. die_with_parent
+    (Linux; the default): killed when this process dies (popen_dying_with_parent; with SIGKILL, or death_signal for a
+    child that then stops its own children). pass_fds: file descriptors the child inherits (a listening socket its
+    parent keeps)."""
 
     def __init__(self, argv: list[str], *, log_path: str | os.PathLike, env: dict[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None, die_with_parent: bool = False, death_signal: int = signal.SIGKILL,
+                 cwd: str | os.PathLike | None = None, die_with_parent: bool = True, death_signal: int = signal.SIGKILL,
                  pass_fds: tuple[int, ...] = ()):
         self.argv = list(argv)
         self.log_path = Path(log_path)
@@ -61,11 +112,10 @@ class ChildProcess:
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
-                start_new_session=True, pass_fds=pass_fds,
-                preexec_fn=_signal_when_parent_dies(death_signal) if die_with_parent and sys.platform.startswith("linux") else None,
-            )
+            options = dict(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+                           start_new_session=True, pass_fds=pass_fds)
+            self.proc = (popen_dying_with_parent(self.argv, death_signal=death_signal, **options) if die_with_parent
+                         else subprocess.Popen(self.argv, **options))
 
     @property
     def pid(self) -> int:
@@ -168,7 +218,7 @@ def check_endpoint(api_base: str, timeout_s: float = 10.0, api_key: str | None =
 
 
 class ServerProcess(ChildProcess):
-    """One server command as a child process (own process group, dies with its parent), with a log file."""
+    """One server command as a child process (own process group, dies with this process), with a log file."""
 
     def __init__(self, argv: list[str], *, url: str, log_path: str | os.PathLike, env: dict[str, str] | None = None,
                  cwd: str | os.PathLike | None = None):
@@ -177,7 +227,7 @@ class ServerProcess(ChildProcess):
         with open(log_path, "ab") as log:
             log.write(f"$ {' '.join(argv)}\n".encode())
         try:
-            super().__init__(argv, log_path=log_path, env={**os.environ, **(env or {})}, cwd=cwd, die_with_parent=True)
+            super().__init__(argv, log_path=log_path, env={**os.environ, **(env or {})}, cwd=cwd)
         except OSError as e:
             raise ServerStartError(f"cannot run {argv[0]!r} for {url}: {e}") from None
 

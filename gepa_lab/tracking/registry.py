@@ -30,6 +30,7 @@ from typing import Any
 
 from gepa_lab.config.schema import MlflowConfig, RunConfig
 from gepa_lab.paths import PROJECT_ROOT
+from gepa_lab.servers.process import popen_dying_with_parent
 from gepa_lab.tracking.mlflow_sink import (
     METADATA_KEY,
     SecretInArtifact,
@@ -139,14 +140,15 @@ class LoadBackProcess:
     """A fresh `python -m gepa_lab.serve check` process, started before it is needed: it imports MLflow, dspy and
     the corpus readers (~12 s on 2 cores) and then waits for its arguments on stdin. A sweep starts one when it
     starts, so the winner's check does not wait for those imports. It shares nothing else with the sweep: it loads
-    the winner from the registry as any other process would. Its environment is this process's at start."""
+    the winner from the registry as any other process would. Its environment is this process's at start. It dies
+    with this process (a sweep killed before it hands it the winner leaves no process waiting on stdin)."""
 
     def __init__(self, extra_env: dict[str, str] | None = None):
         env = {**os.environ, **(extra_env or {}), "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
         env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         # files, not pipes: nobody reads its output until it ends, and a full pipe would stall it
         self._stdout, self._stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(
+        self.proc = popen_dying_with_parent(
             [sys.executable, "-m", "gepa_lab.serve", "--args-from-stdin"], stdin=subprocess.PIPE,
             stdout=self._stdout, stderr=self._stderr, text=True, env=env, cwd=str(PROJECT_ROOT),
         )
