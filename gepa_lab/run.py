@@ -6,6 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.compose import register_resolvers
@@ -52,6 +53,10 @@ def main(cfg: DictConfig) -> None:
     console = Console()
     console.print(scores_table(summary))
     console.print(f"metric calls {summary['metric_calls']}, LM calls {summary['lm_calls']}, {summary['wall_seconds']:.0f}s")
+    if summary["user_code_errors"]:
+        console.print(escape(f"your program or metric raised {summary['user_code_errors']} times, the first: "
+                             f"{summary['first_user_code_error']}; those examples scored optimizer.failure_score "
+                             f"(tracebacks in {Path(summary['program_path']).parent / 'compile.log'})"), style="yellow")
     console.print(f"winner: {summary['program_path']}\nsummary: {Path(summary['program_path']).parent / 'summary.json'}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import dspy
+from dspy.utils.parallelizer import ParallelExecutor
 
 from gepa_lab import atomic
 from gepa_lab.config.schema import RunConfig
@@ -24,7 +25,8 @@ from gepa_lab.lm.accounting import UsageMeter
 from gepa_lab.lm.endpoint import build_lm
 from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.servers.serving import Endpoint
-from gepa_lab.tasks.outcomes import RecordingMetric, example_id, program_instructions, with_ids
+from gepa_lab.tasks.outcomes import (Raised, RecordingMetric, UserCodeError, describe, example_id, is_user_code_error,
+                                     program_instructions, with_ids)
 from gepa_lab.tasks.task import Task, build_program, resolve_metric, to_examples
 
 
@@ -109,19 +111,43 @@ class GEPAEvents:
         self.metric.clear()  # this iteration's accepted candidates were taken at their val evaluation
 
 
-def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: int) -> tuple[float, list[float]]:
+def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: int,
+             failure_score: float) -> tuple[float, list[float], list[Raised]]:
+    """The mean score, each example's, and where the user's code raised, in example order: such an example scores
+    failure_score, as GEPA scores it. An LM that fails for good is dspy's, as in dspy.Evaluate (up to max_errors)."""
     if not examples:
-        return 0.0, []
-    evaluator = dspy.Evaluate(
-        devset=examples,
-        metric=lambda gold, pred, trace=None: _score(metric(gold, pred, trace)),
-        num_threads=threads,
-        display_progress=False,
-        display_table=False,
-    )
-    result = evaluator(program)
-    scores = [float(score or 0.0) for _, _, score in result.results]
-    return sum(scores) / len(scores), scores
+        return 0.0, [], []
+
+    def score_one(example: dspy.Example) -> tuple[float, Raised | None]:
+        where = "program"
+        try:
+            pred = program(**example.inputs())
+            where = "metric"
+            return _score(metric(example, pred)), None
+        except Exception as e:
+            if not is_user_code_error(e):
+                raise
+            return failure_score, Raised(where, example_id(example), describe(e))
+
+    outcomes = ParallelExecutor(num_threads=threads, disable_progress_bar=True).execute(score_one, examples)
+    outcomes = [(failure_score, None) if o is None else o for o in outcomes]  # None: the LM failed for good
+    scores = [float(score) for score, _ in outcomes]
+    return sum(scores) / len(scores), scores, [raised for _, raised in outcomes if raised]
+
+
+def _raised_text(raised: Raised | None, cfg: RunConfig) -> str | None:
+    if raised is None:
+        return None
+    on = f" on example {raised.example_id}" if raised.example_id is not None else ""
+    return f"task.{raised.where} {getattr(cfg.task, raised.where)}{on}: {raised.error}"
+
+
+def stop_if_nothing_scores(raised: list[Raised], examples: list, cfg: RunConfig) -> None:
+    """Before GEPA: a program or metric that raised on every example of the seed's evaluation would leave GEPA only
+    failure scores to learn from; one line names it, the example and the exception."""
+    if examples and len(raised) == len(examples):
+        raise UserCodeError(f"the user's code raised on all {len(examples)} test examples of the seed program's "
+                            f"evaluation, so GEPA was not started; the first: {_raised_text(raised[0], cfg)}")
 
 
 def score_intervals(seed_scores: list[float], best_scores: list[float]) -> dict[str, list[float] | None]:
@@ -223,7 +249,8 @@ def run_trial(
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
         with library_output_to(out / "compile.log"), dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
-            seed_test, seed_scores = evaluate(task.program, test, task.metric, threads)
+            seed_test, seed_scores, raised = evaluate(task.program, test, task.metric, threads, cfg.optimizer.failure_score)
+            stop_if_nothing_scores(raised, test, cfg)
             events.emit("evaluation", split="test", candidate_idx=0,
                         **scored_examples(test, seed_scores, task.metric, program_instructions(task.program)))
             winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)
@@ -231,7 +258,7 @@ def run_trial(
             best_idx = results.best_idx
             best_test, best_scores = seed_test, seed_scores
             if best_idx != 0:
-                best_test, best_scores = evaluate(winner, test, task.metric, threads)
+                best_test, best_scores, _ = evaluate(winner, test, task.metric, threads, cfg.optimizer.failure_score)
                 events.emit("evaluation", split="test", candidate_idx=best_idx,
                             **scored_examples(test, best_scores, task.metric, program_instructions(winner)))
         save_program(winner, out / "program.json")
@@ -251,6 +278,9 @@ def run_trial(
             "metric_calls": results.total_metric_calls,
             "lm_calls": sum(role["requests"] for role in usage.values()),
             "lm_usage": usage,
+            # calls of the program or metric that raised (each example scored optimizer.failure_score), and the first
+            "user_code_errors": task.metric.errors.count,
+            "first_user_code_error": _raised_text(task.metric.errors.first, cfg),
             "best_instructions": {name: p.signature.instructions for name, p in winner.named_predictors()},
             "task_lm": {"model": cfg.lm.model, "api_base": endpoints["task"].api_base,
                         "temperature": cfg.lm.temperature, "max_tokens": cfg.lm.max_tokens},

@@ -25,6 +25,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("test_gain_ci95_low", pa.float64()), ("test_gain_ci95_high", pa.float64()),
         ("best_candidate_idx", pa.int64()), ("num_candidates", pa.int64()), ("metric_calls", pa.int64()),
         ("lm_calls", pa.int64()), ("wall_seconds", pa.float64()), ("program_path", pa.string()),
+        ("user_code_errors", pa.int64()),  # calls of the task's program or metric that raised (scored failure_score)
     ]),
     "candidates": pa.schema([
         *_key, ("candidate_idx", pa.int64()), ("iteration", pa.int64()), ("parents", pa.list_(pa.int64())),

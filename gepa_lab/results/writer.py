@@ -101,6 +101,7 @@ class ResultsWriter:
                   "num_candidates", "metric_calls", "lm_calls", "wall_seconds", "program_path")
         self.trial_row.update({k: summary[k] for k in fields})
         self.trial_row.update(interval_bounds(summary))
+        self.trial_row["user_code_errors"] = summary.get("user_code_errors")  # absent where written before it was counted
         stop_reason = summary.get("stop_reason")  # ended early by the sweep (budget, ASHA), keeping what it found
         self._write_trial("stopped" if stop_reason else "completed", event, error=stop_reason)
 

@@ -5,7 +5,11 @@ Which candidate is being scored: dspy calls a program and then the metric on the
 another (dspy.Evaluate's workers, GEPA's trace capture), and GEPA builds one program per candidate with that
 candidate's instructions. So a dspy callback notes, per thread, the outermost module call (the program), and the
 metric wrapper keys what it records by that program's instructions and the example's corpus id. GEPA's
-valset-evaluated event names a candidate by its instructions: the trial takes that candidate's records then."""
+valset-evaluated event names a candidate by its instructions: the trial takes that candidate's records then.
+
+The same two hooks count the user's code that raised (UserCodeErrors): the program (its outermost call ended with an
+exception) and the metric. dspy scores such an example optimizer.failure_score and goes on; an LM that failed for
+good (dspy's DSPyError: transport, rate limit, unparsable reply) is not the user's code and is not counted here."""
 from __future__ import annotations
 
 import json
@@ -15,6 +19,9 @@ from typing import Any, Callable, Iterable
 
 import dspy
 from dspy.utils.callback import BaseCallback
+from dspy.utils.exceptions import DSPyError
+
+from gepa_lab.errors import GepaLabError
 
 # Stored text is capped at this many characters: each feedback, and each field of a prediction (so the JSON of
 # the prediction stays valid); a capped text ends with "…".
@@ -64,6 +71,45 @@ def program_instructions(program: dspy.Module) -> dict[str, str]:
     return {name: predictor.signature.instructions for name, predictor in program.named_predictors()}
 
 
+class UserCodeError(GepaLabError):
+    """The task's program or metric raised on every example of the seed program's evaluation."""
+
+
+def is_user_code_error(exc: BaseException) -> bool:
+    """An exception of the user's program or metric, not of the LM behind it (dspy raises DSPyError for those)."""
+    return isinstance(exc, Exception) and not isinstance(exc, DSPyError)
+
+
+def describe(exc: BaseException) -> str:
+    """'Type: message' on one line, capped (an exception's message may span a page)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+@dataclass(frozen=True)
+class Raised:
+    """The user's code raised on an example: where ("program" or "metric"), on which (None: not known where the
+    program was called by GEPA), and what."""
+    where: str
+    example_id: str | None
+    error: str
+
+
+class UserCodeErrors:
+    """How many calls of the program and of the metric raised, and the first that did."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.count = 0
+        self.first: Raised | None = None
+
+    def record(self, raised: Raised) -> None:
+        with self._lock:
+            self.count += 1
+            self.first = self.first or raised
+
+
 @dataclass(frozen=True)
 class Outcome:
     prediction: str | None  # JSON of the output fields
@@ -72,14 +118,20 @@ class Outcome:
 
 class RunningProgram(BaseCallback):
     """dspy callback: the program each thread is running (its outermost module call), read by the metric that
-    dspy calls next on the same thread."""
+    dspy calls next on the same thread; a program call that raised is counted in `errors`."""
 
-    def __init__(self):
+    def __init__(self, errors: UserCodeErrors):
         self.local = threading.local()
+        self.errors = errors
 
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         if not dspy.settings.caller_modules:  # empty outside any module: this call is the program itself
             self.local.program = instance
+            self.local.call_id = call_id
+
+    def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        if exception is not None and call_id == getattr(self.local, "call_id", None) and is_user_code_error(exception):
+            self.errors.record(Raised("program", None, describe(exception)))
 
     def current(self) -> dspy.Module | None:
         return getattr(self.local, "program", None)
@@ -88,16 +140,23 @@ class RunningProgram(BaseCallback):
 class RecordingMetric:
     """The task metric, recording each whole-program score's outcome keyed by (candidate instructions, example id).
     GEPA's per-predictor feedback calls (pred_name set) are not recorded: they score the same rollouts again.
-    `running` must be among dspy's callbacks while programs are scored."""
+    `running` must be among dspy's callbacks while programs are scored. `errors` counts the calls of the program and
+    of the metric that raised (feedback calls included)."""
 
     def __init__(self, metric: Callable):
         self.metric = metric
-        self.running = RunningProgram()
+        self.errors = UserCodeErrors()
+        self.running = RunningProgram(self.errors)
         self._lock = threading.Lock()
         self._outcomes: dict[tuple[str, str], Outcome] = {}
 
     def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None):
-        result = self.metric(gold, pred, trace, pred_name, pred_trace)
+        try:
+            result = self.metric(gold, pred, trace, pred_name, pred_trace)
+        except Exception as e:
+            if is_user_code_error(e):
+                self.errors.record(Raised("metric", example_id(gold), describe(e)))
+            raise  # dspy scores the example optimizer.failure_score
         program, example = self.running.current(), example_id(gold)
         if pred_name is None and program is not None and example is not None:
             outcome = Outcome(prediction_json(pred), feedback_text(result))
