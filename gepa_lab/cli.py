@@ -1,11 +1,14 @@
-"""Shared by the entry points: user errors as one line + exit code 2, quiet libraries, and command lines
-generated from a pydantic model (the server programs gepa_lab starts: the simulator, the router)."""
+"""Shared by the entry points: user errors as one line + exit code 2, Ctrl-C and stop signals as a clean stop
+(exit 128 + the signal's number), quiet libraries, and command lines generated from a pydantic model (the server
+programs gepa_lab starts: the simulator, the router)."""
 from __future__ import annotations
 
 import argparse
 import functools
 import logging
+import signal
 import sys
+import threading
 from typing import Callable, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
@@ -16,17 +19,68 @@ from gepa_lab.strict import StrictModel
 M = TypeVar("M", bound=BaseModel)
 
 
+# What `timeout`, Kubernetes, Slurm and `ray job stop` (SIGTERM) or a closed terminal (SIGHUP) send: stopped like Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_honoured = False  # an entry point's one_line_errors installed the stop-signal handlers in this process
+_received: int | None = None  # the stop signal that interrupted this process; None: Ctrl-C (SIGINT)
+
+
+def _stop_like_ctrl_c(signum: int, frame) -> None:
+    """A stop signal does what Ctrl-C does: the SIGINT handler in force runs (dspy's parallel evaluation's first
+    cancels the work it has queued), and KeyboardInterrupt rises in the main thread, so every `finally` and context
+    manager stops what it started. Later stop signals are ignored: they would cut that cleanup short (SIGKILL does
+    not wait for it; the servers then die with the process, gepa_lab.servers.process)."""
+    global _received
+    _received = signum
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    raise KeyboardInterrupt  # Ctrl-C ignored here (a background job's SIGINT): the stop signal still stops
+
+
+def honour_stop_signals() -> None:
+    """Install the stop-signal handlers (from the main thread only, as Python requires). Called again by whatever
+    replaces them after an entry point installed them: ray.init makes SIGTERM exit at once (sys.exit), skipping
+    what the sweep must stop and mark."""
+    global _honoured
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _honoured = True
+    if _received is None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _stop_like_ctrl_c)
+
+
+def stop_signal() -> int | None:
+    """The stop signal (SIGTERM, SIGHUP) that is stopping this process, if one is: a scheduler's preemption, not
+    a Ctrl-C."""
+    return _received
+
+
+def reclaim_stop_signals() -> None:
+    """Put the entry point's stop-signal handlers back (after a library replaced them); nothing outside an entry."""
+    if _honoured:
+        honour_stop_signals()
+
+
 def one_line_errors(fn: Callable) -> Callable:
+    """An entry point's main: a GepaLabError is one line and exit 2; Ctrl-C (exit 130), SIGTERM (143) and SIGHUP
+    (129) stop it cleanly, with a line that says how to resume."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        honour_stop_signals()
         try:
             return fn(*args, **kwargs)
         except GepaLabError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print("interrupted: stopped; rerun with the same output_dir to resume", file=sys.stderr)
-            sys.exit(130)
+            signum = _received or signal.SIGINT
+            print(f"interrupted ({signal.Signals(signum).name}): stopped; rerun with the same output_dir to resume",
+                  file=sys.stderr)
+            sys.exit(128 + signum)
 
     return wrapper
 

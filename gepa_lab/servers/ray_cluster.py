@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 
 from pydantic import Field
 
+from gepa_lab.cli import reclaim_stop_signals
 from gepa_lab.strict import StrictModel
 from gepa_lab.errors import ConfigError, GepaLabError
 from gepa_lab.servers.process import ChildProcess, EndpointError, check_endpoint, free_port
@@ -84,6 +85,7 @@ def ray_session(cfg: RayConfig, workdir: Path, *, py_modules: list[str] | None =
         ray.init(address=address, _node_ip_address=driver_node_ip(address),
                  runtime_env=_runtime_env(py_modules or []))
         stack.callback(ray.shutdown)
+        reclaim_stop_signals()  # ray.init made SIGTERM exit at once (sys.exit): stop like Ctrl-C instead
         if trial_resources is not None:
             check_shared_storage(workdir, trial_resources)
         yield

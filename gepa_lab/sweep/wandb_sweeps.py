@@ -183,6 +183,21 @@ class FinalMetrics:
         self.run.summary.update(final)
 
 
+class Preempted:
+    """Sink: a trial stopped by SIGTERM or SIGHUP (a scheduler's preemption, not Ctrl-C) marks its W&B run
+    preempting, so W&B requeues it under the same run id and the agent that gets it resumes this trial's folder
+    (trials/<run id>/gepa). Goes before the WandbSink, which finishes the run on trial_failed."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def handle(self, event) -> None:
+        from gepa_lab.cli import stop_signal
+
+        if event.kind == "trial_failed" and stop_signal():
+            self.run.mark_preempting()
+
+
 def _get(data: dict, path: str) -> Any:
     node: Any = data
     for part in path.split("."):
@@ -264,8 +279,9 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
         summary = harnessed_trial(
             trial_cfg, root=out, trial_id=trial_id, params=params, wandb_run=run,
             sweep_id=f"wandb-{wandb_sweep_id}" if wandb_sweep_id else f"wandb-{swept.sweep.name}",
-            sinks=[ConsoleProgress(trial_cfg.optimizer.max_metric_calls, console), FinalMetrics(run)],
+            sinks=[ConsoleProgress(trial_cfg.optimizer.max_metric_calls, console), FinalMetrics(run), Preempted(run)],
             extra_summary={"wandb_run_id": run.id, "wandb_sweep_id": wandb_sweep_id},
+            on_resume=lambda folder: console.print(f"resuming the trial in {folder}"),  # a requeued (preempted) run
         )
         exit_code = 0
         return summary
