@@ -284,7 +284,6 @@ def leaderboard_table(con: duckdb.DuckDBPyConnection, limit: int | None = 20, ti
     return rich_table(board, title=title, headers=short_headers(board.columns), caption=INTERVAL_CAPTION)
 
 
-
 def best_trial(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
     """The trial with the best val score (ties: fewer metric calls), as a dict of its trials row
     with `config` parsed; None when no trial has a score yet."""
@@ -496,7 +495,6 @@ def fold_intervals(result: Result) -> Result:
         return with_interval(row[i], (row[low], row[high]), signed=not column.endswith("_score"))
 
     return Result([result.columns[i] for i in keep], [tuple(shown(row, i) for i in keep) for row in result.rows])
-
 
 
 _HEADERS = {

@@ -9,7 +9,6 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -162,6 +161,7 @@ def test_endpoint_filled_across_trials_but_never_flooded(sweep):
     stats = sweep["stats"]
     per_trial_threads = MAX_IN_FLIGHT // 2
     assert per_trial_threads < stats["peak_in_flight"] <= MAX_IN_FLIGHT, stats
+
 
 def test_report_of_the_sweep_equals_its_tables_and_is_logged_to_mlflow_and_wandb(sweep, tmp_path):
     out, s = sweep["out"], sweep["summary"]
