@@ -180,6 +180,12 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()  # a subclass's stop() (a log or temp dir to remove) runs too
+
 
 class ServerStartError(RuntimeError):
     pass

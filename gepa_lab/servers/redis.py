@@ -63,12 +63,6 @@ class RedisServer(ChildProcess):
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "RedisServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
 
 @contextlib.contextmanager
 def cache_service(cfg: LMCacheConfig | dict | None, output_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:

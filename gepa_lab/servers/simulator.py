@@ -77,12 +77,6 @@ class Simulator(ChildProcess):
             with contextlib.suppress(OSError):
                 self.log_path.unlink()
 
-    def __enter__(self) -> "Simulator":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"Simulator(url={self.url!r}, pid={self.proc.pid}, alive={self.alive()})"
 
