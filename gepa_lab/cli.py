@@ -66,8 +66,8 @@ def reclaim_stop_signals() -> None:
 
 
 def one_line_errors(fn: Callable) -> Callable:
-    """An entry point's main: a GepaLabError is one line and exit 2; Ctrl-C (exit 130), SIGTERM (143) and SIGHUP
-    (129) stop it cleanly, with a line that says how to resume."""
+    """An entry point's main: a GepaLabError is one line and its exit_code (2: refused; 4: a run's trial failed);
+    Ctrl-C (exit 130), SIGTERM (143) and SIGHUP (129) stop it cleanly, with a line that says how to resume."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         honour_stop_signals()
@@ -75,7 +75,7 @@ def one_line_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except GepaLabError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             signum = _received or signal.SIGINT
             print(f"interrupted ({signal.Signals(signum).name}): stopped; rerun with the same output_dir to resume",

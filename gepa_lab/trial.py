@@ -22,7 +22,7 @@ from gepa_lab.config.identity import run_identity
 from gepa_lab.corpus import ensure_prepared, read_manifest, read_split
 from gepa_lab.events import INTERVALS, EventStream
 from gepa_lab.lm.accounting import UsageMeter
-from gepa_lab.lm.endpoint import build_lm
+from gepa_lab.lm.endpoint import build_lm, lost_endpoint, raise_if_unavailable
 from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.tasks.outcomes import (Raised, RecordingMetric, UserCodeError, describe, example_id, is_user_code_error,
@@ -202,6 +202,18 @@ def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks
 
 
 @contextlib.contextmanager
+def ending_on_lm_outage(lms: dict[str, dspy.LM]):
+    """An LM endpoint lost mid-trial (gepa_lab.lm.endpoint.LMUnavailable) is the trial's error, in one line naming
+    it, whatever it broke on its way out (dspy's evaluation cancelled, GEPA's iteration raising)."""
+    try:
+        yield
+    except Exception:
+        raise_if_unavailable(lms)
+        raise
+    raise_if_unavailable(lms)
+
+
+@contextlib.contextmanager
 def library_output_to(path: Path):
     """dspy and GEPA print progress bars and log every iteration: into the trial's compile.log, not the console
     (our own events drive the progress users see)."""
@@ -242,14 +254,19 @@ def run_trial(
     task_lm = build_lm(cfg.lm, endpoints["task"].api_base, role="task", seed=cfg.optimizer.seed, token=endpoints["task"].token)
     reflection_lm = build_lm(cfg.reflection_lm, endpoints["reflection"].api_base, role="reflection", seed=cfg.optimizer.seed,
                              token=endpoints["reflection"].token)
-    meter = UsageMeter({"task": task_lm, "reflection": reflection_lm}, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
+    lms = {"task": task_lm, "reflection": reflection_lm}
+    meter = UsageMeter(lms, prices={"task": cfg.lm, "reflection": cfg.reflection_lm})
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
-    optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter, task.metric, task.val)], stop_callbacks)
+    lm_lost = [lambda state: lost_endpoint(lms) is not None]  # GEPA stops at its next iteration; the trial then fails
+    optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter, task.metric, task.val)],
+                               [*(stop_callbacks or []), *lm_lost])
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
-        with library_output_to(out / "compile.log"), dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
+        with library_output_to(out / "compile.log"), ending_on_lm_outage(lms), \
+                dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
             seed_test, seed_scores, raised = evaluate(task.program, test, task.metric, threads, cfg.optimizer.failure_score)
+            raise_if_unavailable(lms)  # before its failure scores are recorded as the seed's
             stop_if_nothing_scores(raised, test, cfg)
             events.emit("evaluation", split="test", candidate_idx=0,
                         **scored_examples(test, seed_scores, task.metric, program_instructions(task.program)))

@@ -10,6 +10,8 @@ answered by dspy's cache (memory or the sweep's shared rollout cache): a cache h
 So, per role:  requests = LM calls made by the program (cache hits included)
                cache_hits + (calls that reached the server) = requests
                attempts = HTTP requests sent (= what the server received), retries = attempts - first tries
+               failovers = attempts the router moved to another replica after that replica's error, so every
+               error a server returned is either one of `errors` (the client saw it) or one of `failovers`
 """
 from __future__ import annotations
 
@@ -34,13 +36,15 @@ class CallRecord:
     reached_server: bool = False
     attempts: int = 0
     errors: int = 0
+    failovers: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     endpoint: str | None = None
 
 
 def report_attempts(
-    *, attempts: int, errors: int, prompt_tokens: int = 0, completion_tokens: int = 0, endpoint: str | None = None
+    *, attempts: int, errors: int, failovers: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0,
+    endpoint: str | None = None,
 ) -> None:
     """Called by the engine once per LM call that reached it (after its last attempt, success or not)."""
     call_id = ACTIVE_CALL_ID.get()
@@ -52,6 +56,7 @@ def report_attempts(
         rec.reached_server = True
         rec.attempts += attempts
         rec.errors += errors
+        rec.failovers += failovers
         rec.prompt_tokens += prompt_tokens
         rec.completion_tokens += completion_tokens
         rec.endpoint = endpoint
@@ -75,6 +80,7 @@ class _RoleStats:
     attempts: int = 0
     errors: int = 0
     retries: int = 0
+    failovers: int = 0
     failed_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -167,6 +173,7 @@ class UsageMeter(BaseCallback):
                 s.attempts += rec.attempts
                 s.errors += rec.errors
                 s.retries += max(0, rec.attempts - 1)
+                s.failovers += rec.failovers
                 s.prompt_tokens += rec.prompt_tokens
                 s.completion_tokens += rec.completion_tokens
                 s.latencies.append(elapsed)
@@ -187,6 +194,7 @@ class UsageMeter(BaseCallback):
                     "attempts": s.attempts,
                     "errors": s.errors,
                     "retries": s.retries,
+                    "failovers": s.failovers,  # the router's, behind this role's calls
                     "failed_requests": s.failed_requests,
                     "prompt_tokens": s.prompt_tokens,
                     "completion_tokens": s.completion_tokens,
@@ -206,7 +214,7 @@ class UsageMeter(BaseCallback):
 
 
 _SUMMED = (
-    "requests", "cache_hits", "server_requests", "attempts", "errors", "retries", "failed_requests",
+    "requests", "cache_hits", "server_requests", "attempts", "errors", "retries", "failovers", "failed_requests",
     "prompt_tokens", "completion_tokens", "total_tokens", "latency_sum_s", "cost_usd",
 )
 

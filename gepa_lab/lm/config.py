@@ -45,6 +45,9 @@ class ServerOptions(StrictModel):
     n_threads: int | None = Field(None, ge=1)
 
 
+FAILOVERS_HEADER = "X-Gepa-Lab-Failovers"  # on the router's replies: how often it moved that request to another replica
+
+
 class RouterOptions(StrictModel):
     """The options of the router in front of an LM's replicas (gepa_lab.servers.router); its command-line flags
     are generated from these fields."""

@@ -5,8 +5,13 @@ Response`): one OpenAI-compatible endpoint (a server, or the sweep's router) ove
 
 - a timeout per attempt, and retries with exponential backoff (jittered) that honour `Retry-After`
   (429/503), for timeouts, connection errors, 429, 408 and 5xx; never for other 4xx;
-- errors that name the endpoint URL and the model, and say how many attempts were made;
-- one report per LM call to gepa_lab.lm.accounting (attempts, failed attempts, billed tokens).
+- errors that name the endpoint URL and the model, and say how many attempts were made (behind the router: the
+  replicas it could not reach);
+- one report per LM call to gepa_lab.lm.accounting (attempts, failed attempts, the router's failovers, billed tokens);
+- an outage ends the trial: a call that still fails after its last retry on an availability error (no answer,
+  a timeout, 429, 5xx) marks the endpoint lost; later calls of that LM (and its copies) fail at once without
+  being sent, and the trial raises `LMUnavailable`, one line naming the endpoint (`raise_if_unavailable`), instead
+  of scoring the rest of its examples `failure_score` against an endpoint that is gone.
 
 dspy keeps what it owns: its cache (the sweep's rollout cache plugs in there, gepa_lab.lm.cache),
 callbacks, history. dspy's own retry loop is switched off (num_retries=0) so that retries happen
@@ -33,9 +38,10 @@ from dspy.clients._http import retry_after_seconds
 from dspy.clients.lm15_boundary import request_kwargs, response_value
 
 from gepa_lab.api_keys import MissingKeyError, key_from_env
+from gepa_lab.errors import TrialFailed
 from gepa_lab.lm import accounting
 from gepa_lab.lm.cache import release_failed_call
-from gepa_lab.lm.config import LMConfig
+from gepa_lab.lm.config import FAILOVERS_HEADER, LMConfig
 
 _EXTRA_KEY = "gepa_lab"  # metadata key that carries extra_body (so it is part of dspy's cache key)
 _RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -47,6 +53,7 @@ class _Call:
 
     attempts: int = 0
     errors: int = 0
+    failovers: int = 0  # the router moved an attempt to another replica after that replica's error
     waited: float = 0.0
     raw: dict[str, Any] | None = None
     failed: bool = True
@@ -76,6 +83,17 @@ def _merge_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             m["content"] = "\n\n".join([*texts, m["content"]])
             return rest
     return [{"role": "user", "content": "\n\n".join(texts)}, *rest]
+
+
+class LMUnavailable(TrialFailed):
+    """An LM endpoint stopped answering: a call failed on an availability error after all its retries."""
+
+
+class Outage:
+    """Shared by an engine and its copies: the first call that gave up on an availability error, as its message."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
 
 
 class OpenAIEngine:
@@ -118,6 +136,7 @@ class OpenAIEngine:
 
     def _init_runtime(self, token: str | None = None) -> None:
         self._token = token
+        self.outage = Outage()
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self.stats = {"calls": 0, "attempts": 0, "errors": 0, "failed_calls": 0, "waited_s": 0.0}
@@ -144,7 +163,9 @@ class OpenAIEngine:
         self._init_runtime()
 
     def __deepcopy__(self, memo: dict) -> "OpenAIEngine":
-        return type(self)(**self.dump_state(), token=self._token)  # a copy in this process still reaches the router
+        copy = type(self)(**self.dump_state(), token=self._token)  # a copy in this process still reaches the router
+        copy.outage = self.outage  # and knows the endpoint is lost
+        return copy
 
     def dump_state(self) -> dict[str, Any]:
         return {
@@ -196,14 +217,16 @@ class OpenAIEngine:
             return min(retry_after, self.max_wait_s)
         return min(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0), self.max_wait_s)
 
-    def _where(self) -> str:
+    def _where(self, replicas: list[str] | None = None) -> str:
+        if replicas:  # the router could reach none of them: name them, not the router
+            return f"LM endpoint {', '.join(replicas)} (model {self.model}, through the router {self.api_base})"
         return f"LM endpoint {self.api_base} (model {self.model})"
 
     def _classify(self, resp: httpx.Response) -> lm15.LM15Error:
         status = resp.status_code
         text = _error_text(resp)
         retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
-        msg = f"{self._where()}: HTTP {status}: {text}"
+        msg = f"{self._where(_unreachable_replicas(resp))}: HTTP {status}: {text}"
         kw = {"status": status, "retry_after": retry_after, "provider": "openai-compatible"}
         if status == 429:
             return lm15.RateLimitError(msg, **kw)
@@ -244,8 +267,9 @@ class OpenAIEngine:
             self.stats["errors"] += call.errors
             self.stats["failed_calls"] += int(call.failed)
             self.stats["waited_s"] += call.waited
-        accounting.report_attempts(attempts=call.attempts, errors=call.errors, prompt_tokens=prompt,
-                                   completion_tokens=completion, endpoint=self.api_base)
+        if call.attempts:  # a call refused because the endpoint is lost sent nothing: no server saw it
+            accounting.report_attempts(attempts=call.attempts, errors=call.errors, failovers=call.failovers,
+                                       prompt_tokens=prompt, completion_tokens=completion, endpoint=self.api_base)
         if call.failed:
             release_failed_call()
 
@@ -263,6 +287,8 @@ class OpenAIEngine:
         """One attempt's outcome: the response, or the seconds to wait before the next attempt; raises when
         giving up. complete() and acomplete() differ only in how they post and sleep."""
         call.attempts += 1
+        if resp is not None:
+            call.failovers += int(resp.headers.get(FAILOVERS_HEADER) or 0)
         if exc is not None:
             err: lm15.LM15Error = (
                 lm15.TimeoutError(f"{self._where()}: no answer within {self.timeout_s:g}s (timeout_s)")
@@ -283,15 +309,23 @@ class OpenAIEngine:
                 raise self._gave_up(err, call.attempts)
         call.errors += 1
         if call.attempts > self.num_retries:
-            raise self._gave_up(err, call.attempts)
+            err = self._gave_up(err, call.attempts)
+            with self._lock:
+                self.outage.error = self.outage.error or err.message
+            raise err
         pause = float(self._wait_s(call.attempts - 1, err.retry_after))
         call.waited += pause
         return pause
+
+    def _refuse_if_lost(self) -> None:
+        if self.outage.error:
+            raise lm15.TransportError(f"{self.outage.error} (earlier; not sent again)")
 
     def complete(self, request: lm15.Request) -> lm15.Response:
         payload, headers, client = json.dumps(self.body(request)).encode(), self._headers(), self._client_sync()
         call = _Call()
         try:
+            self._refuse_if_lost()
             while True:
                 try:
                     outcome = self._judge(call, request, client.post(self.url, content=payload, headers=headers), None)
@@ -309,6 +343,7 @@ class OpenAIEngine:
         payload, headers = json.dumps(self.body(request)).encode(), self._headers()
         call = _Call()
         try:
+            self._refuse_if_lost()
             async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))) as client:
                 while True:
                     try:
@@ -369,6 +404,31 @@ class AsyncOpenAIEngine:
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> "AsyncOpenAIEngine":
         return cls(OpenAIEngine.load_state(state))
+
+
+def _unreachable_replicas(resp: httpx.Response) -> list[str] | None:
+    """The replicas a router says it could not reach (its 503 replicas_unavailable), else None."""
+    try:
+        err = resp.json().get("error") or {}
+        replicas = err.get("replicas") if err.get("type") == "replicas_unavailable" else None
+    except (ValueError, AttributeError):
+        return None
+    return [str(r) for r in replicas] if isinstance(replicas, list) and replicas else None
+
+
+def lost_endpoint(lms: dict[str, dspy.LM]) -> str | None:
+    """Why the trial cannot go on, naming the role and the endpoint, if the endpoint of any of these LMs
+    ({role: lm}) is lost (a call gave up on an availability error); else None."""
+    for role, lm in lms.items():
+        engine = getattr(lm, "_engine_spec", None)
+        if isinstance(engine, OpenAIEngine) and engine.outage.error:
+            return f"the {role} LM stopped answering, so the trial ended: {engine.outage.error}"
+    return None
+
+
+def raise_if_unavailable(lms: dict[str, dspy.LM]) -> None:
+    if reason := lost_endpoint(lms):
+        raise LMUnavailable(reason)
 
 
 def build_lm(cfg: LMConfig, api_base: str, *, role: str | None = None, seed: int | None = None,

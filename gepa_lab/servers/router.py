@@ -10,7 +10,8 @@ Trials of a sweep cannot see each other, so they all talk to this one process, w
   `affinity_slack` requests busier than the least busy;
 - health-checks every replica (GET <replica>/models; any answer below 500 counts as alive) and takes
   dead ones out of rotation; a request that fails on a replica for a connection error, a timeout,
-  502/503/504 or 429 is retried on another one (failover, at most `max_attempts` replicas);
+  502/503/504 or 429 is retried on another one (failover, at most `max_attempts` replicas; each reply says in
+  its X-Gepa-Lab-Failovers header how often its request moved, for the client's accounting);
 - never cancels an upstream request when its client goes away: the slot is held until the replica
   answers, so a replica never sees more than `max_in_flight` requests at once;
 - serves GET /router/stats (per replica: in_flight, peak_in_flight, requests, errors, failovers, ...; and
@@ -50,7 +51,7 @@ from pydantic import Field
 
 from gepa_lab.api_keys import MissingKeyError, key_from_env
 from gepa_lab.cli import LoggingOptions, add_model_options, model_argv, parse_model
-from gepa_lab.lm.config import RouterOptions
+from gepa_lab.lm.config import FAILOVERS_HEADER, RouterOptions
 from gepa_lab.servers.process import ChildProcess
 
 log = logging.getLogger("gepa_lab.servers.router")
@@ -403,6 +404,7 @@ class Router:
         tried: set[str] = set()
         last: tuple[int, bytes, dict[str, str]] | None = None
         last_error = "no replica"
+        failed_on: Replica | None = None  # the replica the previous attempt failed on
         for attempt in range(state.config.max_attempts):
             try:
                 r = await state.acquire(key, tried)
@@ -413,13 +415,17 @@ class Router:
                 return web.json_response(
                     {"error": {"message": f"router: no replica slot free within {state.config.queue_timeout_s:g}s "
                                           f"(max_in_flight {state.config.max_in_flight} per replica)", "type": "overloaded"}},
-                    status=503, headers={"Retry-After": "5"})
+                    status=503, headers={"Retry-After": "5", **_failovers_header(len(tried) - 1)})
+            if failed_on is not None:  # counted only once another replica really takes the request
+                failed_on.failovers += 1
+                state.failovers += 1
             tried.add(r.url)
             task = asyncio.ensure_future(self._send(r, request.method, tail, body, headers))
             status, data, out_headers, failure = await asyncio.shield(task)
             if failure is None and status not in _FAILOVER_STATUSES:
-                return web.Response(status=status, body=data, headers=out_headers)
+                return web.Response(status=status, body=data, headers={**out_headers, **_failovers_header(len(tried) - 1)})
             r.errors += 1
+            failed_on = r
             if failure is not None:
                 kind, detail = failure
                 last_error = f"{r.url}: {detail}"
@@ -429,17 +435,21 @@ class Router:
             else:
                 last_error = f"{r.url}: HTTP {status}"
                 last = (status, data, out_headers)
-            if attempt + 1 < state.config.max_attempts:
-                r.failovers += 1
-                state.failovers += 1
+        failovers = _failovers_header(len(tried) - 1)
         if last is not None:
             status, data, out_headers = last
-            return web.Response(status=status, body=data, headers=out_headers)
+            return web.Response(status=status, body=data, headers={**out_headers, **failovers})
         live = [u for u, r in state.replicas.items() if not r.retired]
         return web.json_response(
             {"error": {"message": f"router: no replica could answer (tried {sorted(tried) or 'none'} of {live}); last error: {last_error}",
-                       "type": "replicas_unavailable"}},
-            status=503, headers={"Retry-After": "2"})
+                       "type": "replicas_unavailable", "replicas": sorted(tried) or live}},
+            status=503, headers={"Retry-After": "2", **failovers})
+
+
+def _failovers_header(failovers: int) -> dict[str, str]:
+    """How many times this request moved to another replica after an error: the client's accounting adds it up, so
+    every error a replica returned is seen either by the client or as a failover (gepa_lab.lm.accounting)."""
+    return {FAILOVERS_HEADER: str(failovers)} if failovers > 0 else {}
 
 
 def listening_socket(host: str, port: int | None) -> socket.socket:

@@ -15,7 +15,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from gepa_lab.lm.accounting import UsageMeter  # noqa: E402
 from gepa_lab.lm.config import LMConfig  # noqa: E402
-from gepa_lab.lm.endpoint import build_lm  # noqa: E402
+from gepa_lab.lm.endpoint import LMUnavailable, build_lm, lost_endpoint, raise_if_unavailable  # noqa: E402
 from gepa_lab.servers.process import EndpointError, check_endpoint  # noqa: E402
 from gepa_lab.servers.serving import Endpoint, serve, serve_all  # noqa: E402
 from gepa_lab.servers.process import free_port  # noqa: E402
@@ -58,6 +58,35 @@ def test_dead_url_error_names_the_endpoint():
         with serve(cfg):
             pass
     assert dead in str(err.value)
+
+
+def test_an_endpoint_gone_for_good_ends_the_trial_in_one_line_naming_it():
+    """A call that still fails after its retries marks the endpoint lost: later calls, of copies too, fail at once
+    without being sent (nothing is counted as sent), and the trial's check names the role and the endpoint."""
+    with start_simulator() as sim, start_simulator() as other:
+        lm = build_lm(_cfg(num_retries=2, retry_backoff_s=0.01, timeout_s=5), sim.url, role="task")
+        healthy = build_lm(_cfg(), other.url, role="reflection")
+        copy = lm.copy(temperature=0.5)
+        meter = UsageMeter({"task": lm})
+        with dspy.context(callbacks=[meter]):
+            assert lm("before")[0]
+            assert lost_endpoint({"task": lm}) is None
+            sim.stop()
+            with pytest.raises(Exception, match="gave up after 3 attempts"):
+                lm("after")
+            started = time.monotonic()
+            with pytest.raises(Exception, match="not sent again"):
+                copy("one more")
+            assert time.monotonic() - started < 1
+        assert healthy("still fine")[0] and lost_endpoint({"reflection": healthy}) is None
+        with pytest.raises(LMUnavailable) as err:
+            raise_if_unavailable({"reflection": healthy, "task": lm})
+        line = str(err.value)
+        assert line.startswith("the task LM stopped answering") and sim.url in line and "\n" not in line, line
+        assert err.value.exit_code == 4
+        usage = meter.snapshot()["task"]
+        assert usage["requests"] == usage["failed_requests"] + 1 == 3
+        assert usage["server_requests"] == 2 and usage["attempts"] == 1 + 3
 
 
 def test_retries_honour_retry_after():
@@ -122,6 +151,7 @@ def test_client_errors_are_not_retried_and_name_the_endpoint(monkeypatch):
             lm("hi")
         assert sim.url in str(err.value) and "401" in str(err.value) and "after 1 attempt" in str(err.value)
         assert sim.stats()["requests_received"] == 1
+        assert lost_endpoint({"task": lm}) is None  # a refusal is not an outage: the LM stays usable
         monkeypatch.setenv("GEPA_LAB_TEST_KEY", "right-key")
         assert lm("hi")[0]
         # serve() checks the key up front too

@@ -151,3 +151,49 @@ def test_routed_endpoints_and_dead_replicas_reported_at_start(tmp_path):
         assert {r["url"] for r in ep.stats()["replicas"]} == set(ep.replicas)
     with pytest.raises(httpx.HTTPError):
         httpx.get(ep.api_base + "/models", timeout=2)
+
+
+def _faulty(seed: int) -> dict:
+    return dict(error_rate=0.1, rate_limit_rate=0.15, retry_after_s=0.01, hang_rate=0.05, hang_s=0.3, seed=seed)
+
+
+def test_every_error_a_replica_returns_reaches_the_client_or_is_a_failover(tmp_path):
+    """Accounting holds exactly behind the router: the replicas' errors (500, 429, hangs) = the errors the client saw
+    + the router's failovers, which the client's lm_usage counts from each reply. With a single replica there is
+    nothing to fail over to: no failover is counted."""
+    use_cache(tmp_path, mode="off")
+    with start_simulator(max_in_flight=16, **_faulty(1)) as a, start_simulator(max_in_flight=16, **_faulty(2)) as b:
+        with RouterProcess(RouterConfig(replicas=[a.url, b.url], max_in_flight=4, affinity=False)) as router:
+            lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=12, retry_backoff_s=0.01), router.url,
+                          role="task", token=router.token)
+            meter = UsageMeter({"task": lm})
+
+            def client(i: int) -> None:
+                with dspy.context(callbacks=[meter]):
+                    for j in range(15):
+                        lm(f"client {i} request {j}")
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            routed = router.stats()
+        usage = meter.snapshot()["task"]
+        errors = {kind: a.stats()["errors"][kind] + b.stats()["errors"][kind] for kind in ("500", "429", "hang")}
+        assert usage["requests"] == 60 and usage["failed_requests"] == 0, usage
+        assert all(errors.values()) and usage["failovers"] > 0 and usage["errors"] > 0, (errors, usage)
+        assert sum(errors.values()) == usage["errors"] + usage["failovers"], (errors, usage)
+        assert usage["failovers"] == routed["failovers"]
+        assert usage["attempts"] + usage["failovers"] == a.stats()["requests_received"] + b.stats()["requests_received"]
+
+    with start_simulator(rate_limit_rate=1.0) as alone:
+        with RouterProcess(RouterConfig(replicas=[alone.url], max_in_flight=4, max_attempts=3)) as router:
+            lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=1, retry_backoff_s=0.01), router.url,
+                          role="task", token=router.token)
+            meter = UsageMeter({"task": lm})
+            with dspy.context(callbacks=[meter]), pytest.raises(Exception, match="HTTP 429"):
+                lm("always rate limited")
+            assert router.stats()["failovers"] == 0
+        usage = meter.snapshot()["task"]
+        assert alone.stats()["errors"]["429"] == usage["errors"] == 2 and usage["failovers"] == 0
