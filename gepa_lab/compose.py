@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from gepa_lab.errors import ConfigError
@@ -31,6 +32,17 @@ def hydra_message(exc: BaseException) -> str:
         if extra not in msg:
             msg += f" ({extra})"
     return msg
+
+
+def _file_being_read(exc: BaseException) -> str:
+    """' in FILE' for the config file Hydra was reading when `exc` rose (its loader's local `full_path`), else ''."""
+    tb = exc.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_locals.get("full_path")
+        if isinstance(path, str):
+            return f" in {path}"
+        tb = tb.tb_next
+    return ""
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,6 +83,10 @@ def compose(config_name: str | None, overrides: Sequence[str] = (), *, config_di
             return hydra_compose(primary, overrides=list(overrides), return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(hydra_message(exc)) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # Hydra lets a config file it cannot parse through as it is
+        message = hydra_message(exc)
+        where = _file_being_read(exc)
+        raise ConfigError(f"malformed YAML{'' if where[4:] in message else where}: {message}") from None
     finally:
         if running is not None:
             GlobalHydra.instance().initialize(running)

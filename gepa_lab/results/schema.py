@@ -43,5 +43,6 @@ SCHEMAS: dict[str, pa.Schema] = {
         *_key, ("role", pa.string()), ("requests", pa.int64()), ("cache_hits", pa.int64()), ("errors", pa.int64()),
         ("retries", pa.int64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
         ("latency_p50_s", pa.float64()), ("latency_p95_s", pa.float64()), ("cost_usd", pa.float64()),
+        ("failovers", pa.int64()),  # the router moved a request to another replica after an error (gepa_lab.lm.accounting)
     ]),
 }
