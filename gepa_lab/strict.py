@@ -1,4 +1,5 @@
-"""The base of every config model: unknown keys are errors (a typo in a config is refused, not ignored); and a
+"""The base of every config model: unknown keys are errors (a typo in a config is refused, not ignored), so are nan
+and infinite numbers (no setting means them: a nan score or temperature breaks comparisons far from the config); and a
 model's defaults as plain data (what conf/ YAML is composed over)."""
 from typing import Any
 
@@ -7,7 +8,7 @@ from pydantic_core import to_jsonable_python
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def defaults_of(model: type[BaseModel]) -> dict[str, Any]:
