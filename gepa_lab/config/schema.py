@@ -23,7 +23,7 @@ class OptimizerConfig(StrictModel):
     candidate_selection_strategy: Literal["pareto", "current_best"] = "pareto"
     skip_perfect_score: bool = True
     add_format_failure_as_feedback: bool = False
-    component_selector: str = "round_robin"  # "round_robin" | "all"
+    component_selector: Literal["round_robin", "all"] = "round_robin"  # gepa raises on any other name, mid-run
     use_merge: bool = True
     max_merge_invocations: int | None = Field(5, ge=0)
     failure_score: float = 0.0
