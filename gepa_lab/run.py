@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.compose import register_resolvers
-from gepa_lab.config.load import check_task_imports, to_plain, validate
+from gepa_lab.config.load import check_before_start, check_task_imports, load_config, refuse_bad_command
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.harness import harnessed_trial
 from gepa_lab.paths import CONF_DIR
@@ -21,7 +21,7 @@ from gepa_lab.tracking.wandb_sink import check_wandb_key
 
 
 def load_run_config(cfg: DictConfig) -> RunConfig:
-    config = validate(RunConfig, to_plain(cfg))
+    config = load_config(cfg, RunConfig)
     check_task_imports(config.task.program, config.task.metric)
     check_wandb_key(config.tracking.wandb)
     return config
@@ -61,4 +61,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_bad_command("run", lambda cfg: check_before_start(load_run_config(cfg)))  # before Hydra's run directory
     main()

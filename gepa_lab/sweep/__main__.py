@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.compose import register_resolvers
-from gepa_lab.config.load import to_plain, validate
+from gepa_lab.config.load import check_before_start, load_config, refuse_bad_command
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import with_interval
 from gepa_lab.results.query import connect, leaderboard_table
@@ -29,13 +29,23 @@ def confirmation_line(summary: dict) -> str:
     return f"test gain {gain} ({verdict}); val gain {summary['val_gain']:+.3f}: {rest}"
 
 
+def check_sweep(cfg: DictConfig) -> None:
+    """What main would refuse, and an output_dir and corpus it cannot use: checked before Hydra creates the run
+    directory (gepa_lab.config.load.refuse_bad_command), so a refused sweep writes nothing."""
+    from gepa_lab.sweep.driver import check
+
+    sweep_cfg = load_config(cfg, SweepConfig)
+    check(sweep_cfg)
+    check_before_start(sweep_cfg)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     from gepa_lab.sweep.driver import run_sweep  # Ray, Tune, MLflow: not imported for --cfg/--help
 
     quiet_libraries()
-    sweep_cfg = validate(SweepConfig, to_plain(cfg))
+    sweep_cfg = load_config(cfg, SweepConfig)
     summary = run_sweep(sweep_cfg)
     console = Console(width=None if sys.stdout.isatty() else 200)  # logs: no 80-column wrapping of the leaderboard
     console.print(leaderboard_table(connect([summary["output_dir"]])))
@@ -70,4 +80,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_bad_command("sweep", check_sweep)
     main()
