@@ -2,7 +2,9 @@
 
 harnessed_trial claims the output folder, installs the rollout cache the config asks for, starts the LM servers
 no sweep driver started, builds the standard sinks (Parquet results; W&B and MLflow as `tracking` says), runs
-gepa_lab.trial.run_trial and finishes every sink, also when the trial fails. An entry adds only its own sinks."""
+gepa_lab.trial.run_trial and finishes every sink, also when the trial fails. An entry adds only its own sinks.
+A resumed trial (its output folder holds its config already) writes on into the W&B and MLflow runs it started
+before: their ids are kept in the folder (wandb_run_id, mlflow_run_id)."""
 from __future__ import annotations
 
 import contextlib
@@ -57,9 +59,10 @@ def harnessed_trial(
     trackers: list[Any] = []
     if wandb_run is not None or cfg.tracking.wandb.enabled:
         trackers.append(WandbSink(cfg.tracking.wandb, root, group=sweep_id or None, run_name=run_name or trial_id,
-                                  config=tracked_config, run=wandb_run))
+                                  config=tracked_config, run=wandb_run, run_id_file=out / "wandb_run_id"))
     if cfg.tracking.mlflow.enabled:
-        trackers.append(MlflowSink(cfg.tracking.mlflow, root, mlflow_parent_run_id, run_name=run_name or trial_id))
+        trackers.append(MlflowSink(cfg.tracking.mlflow, root, mlflow_parent_run_id, run_name=run_name or trial_id,
+                                   run_id_file=out / "mlflow_run_id"))
     try:
         with contextlib.ExitStack() as started:
             if cache is None:

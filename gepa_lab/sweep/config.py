@@ -39,6 +39,8 @@ class SweepSpec(StrictModel):
     asha: Asha = Field(default_factory=Asha)
     searcher_seed: int = 0
     budget: Budget = Field(default_factory=Budget)
+    # retries of a trial whose worker died (killed, out of memory): it resumes from its GEPA state
+    max_failures: int = Field(2, ge=0)
     resources: Resources = Field(default_factory=Resources)
     space: dict[str, Any] = Field(default_factory=dict)
 

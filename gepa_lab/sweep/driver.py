@@ -205,7 +205,8 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
                 storage_path=str(out),
                 verbose=0,
                 callbacks=[progress],
-                failure_config=tune.FailureConfig(max_failures=0),
+                # a trial whose worker died (killed, out of memory) runs again and resumes from its GEPA state
+                failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             ),
         )
     # Ctrl-C raises KeyboardInterrupt out of fit() (TUNE_DISABLE_SIGINT_HANDLER, gepa_lab/__init__.py): the sweep

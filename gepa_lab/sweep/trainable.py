@@ -1,14 +1,23 @@
-"""One Ray Tune trial = one GEPA compile through gepa_lab.harness, plus Tune's own sink and the ledger's stop."""
+"""One Ray Tune trial = one GEPA compile through gepa_lab.harness, plus Tune's own sink and the ledger's stop.
+
+Tune may run a trial's function more than once: it retries a trial whose worker died (sweep.max_failures), and a
+rerun of a killed sweep restarts the trials Tune last saw unfinished (it saves its state only now and then). So the
+function first reads the trial's own row in the results: a trial that finished reports what it recorded and runs
+nothing, one that failed in this run of the sweep fails again at once (retries are for lost workers), and any other
+resumes from its GEPA state."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import ray
 from ray import tune
 
 from gepa_lab.config.schema import RunConfig
+from gepa_lab.errors import GepaLabError
 from gepa_lab.events import Event
 from gepa_lab.harness import harnessed_trial
 from gepa_lab.lm.config import LMConfig
@@ -30,6 +39,7 @@ class SweepContext:
     ledger: Any = None  # SweepLedger actor handle, when the sweep has a budget or ASHA
     mlflow_parent_run_id: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # kwargs for gepa_lab.lm.cache.use_cache
+    started_at: float = field(default_factory=time.time)  # when this run of the sweep's driver began
 
 
 class TuneReporter:
@@ -63,8 +73,34 @@ def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> Ru
     return RunConfig.model_validate(data)
 
 
+FINAL_REPORT = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
+
+
+def recorded_row(ctx: SweepContext, trial_id: str) -> dict[str, Any] | None:
+    path = Path(ctx.output_dir) / "results" / "trials" / f"{trial_id}.parquet"
+    return pq.read_table(path).to_pylist()[0] if path.exists() else None
+
+
+def report_recorded(ctx: SweepContext, trial_id: str) -> bool:
+    """Report the trial's own recorded outcome to Tune instead of running it again, where it has one (see the module's
+    docstring); False: run (or resume) it."""
+    row = recorded_row(ctx, trial_id)
+    status = row and row["status"]
+    if status in ("completed", "stopped"):
+        tune.report({k: row[k] for k in FINAL_REPORT})
+        return True
+    if status == "skipped":
+        tune.report({"skipped": row["error"], "best_val_score": float("nan"), "metric_calls": 0})
+        return True
+    if status == "failed" and row["ended_at"] is not None and row["ended_at"].timestamp() >= ctx.started_at:
+        raise GepaLabError(f"{row['error']} (failed in this run of the sweep: not retried)")
+    return False
+
+
 def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     trial_id = tune.get_context().get_trial_id()
+    if report_recorded(ctx, trial_id):
+        return
     cfg = trial_config(ctx, params, trial_id)
     if ctx.ledger is not None and (reason := ray.get(ctx.ledger.exhausted.remote())):
         write_table(Path(ctx.output_dir) / "results" / "trials" / f"{trial_id}.parquet", "trials",

@@ -20,6 +20,9 @@ A trial run holds
   ``test_gain_ci95_low``/``_high`` (the sweep's parent run holds the winner's);
 - artifacts: ``summary.json`` (secrets masked), ``candidates.json``, ``program.json`` (the winner's dspy state);
 - status FINISHED, or FAILED (trial_failed, or finish() before trial_finished).
+
+A trial or sweep that resumes (its worker or driver was killed, or it was stopped) writes on into the run it started:
+the run's id is kept in a file of its folder (``run_id_file``), and the run is reopened (status RUNNING again).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from gepa_lab import atomic
 from gepa_lab.compose import flatten
 from gepa_lab.config.identity import git_commit, versions
 from gepa_lab.config.schema import MlflowConfig
@@ -287,15 +291,43 @@ def own_trial_run_id(cfg: MlflowConfig, output_dir: str | os.PathLike, trial_out
     return runs[0].info.run_id if runs else None
 
 
+def reopen_run(c, run_id_file: Path | None) -> str | None:
+    """The run whose id run_id_file holds, set RUNNING again (an error tag of its last end removed); None when there
+    is no such file or the store no longer holds that run (a new one is started then)."""
+    from mlflow.exceptions import MlflowException
+
+    if run_id_file is None or not run_id_file.is_file():
+        return None
+    run_id = run_id_file.read_text().strip()
+    try:
+        run = retry(c.get_run, run_id)
+    except MlflowException:
+        return None
+    if "error" in run.data.tags:
+        retry(c.delete_tag, run_id, "error")
+    retry(c.update_run, run_id, status="RUNNING")
+    return run_id
+
+
+def record_run_id(run_id_file: Path | None, run_id: str) -> None:
+    if run_id_file is not None:
+        atomic.write_text(run_id_file, run_id + "\n")
+
+
 # ---- the sweep's parent run ---------------------------------------------------------------------------------
-def start_parent_run(cfg: MlflowConfig, output_dir: str | os.PathLike, sweep_name: str, params: dict[str, Any]) -> str:
-    """Create the sweep's parent run (left RUNNING: trials nest under it); return its run id."""
+def start_parent_run(cfg: MlflowConfig, output_dir: str | os.PathLike, sweep_name: str, params: dict[str, Any],
+                     run_id_file: Path | None = None) -> str:
+    """Create the sweep's parent run (left RUNNING: trials nest under it), or reopen the one run_id_file names (a rerun
+    of the sweep); return its run id."""
     c = client(cfg, output_dir)
+    if run_id := reopen_run(c, run_id_file):
+        return run_id
     exp = experiment_id(cfg, output_dir, c)
     run = retry(c.create_run, exp, run_name=sweep_name, tags={"gepa_lab.kind": "sweep", "gepa_lab.output_dir": str(Path(output_dir).resolve())})
     run_id = run.info.run_id
     set_tags(c, run_id, identity_tags(git_commit(), None, versions()))
     log_params(c, run_id, params)
+    record_run_id(run_id_file, run_id)
     return run_id
 
 
@@ -327,10 +359,13 @@ def end_parent_run(
 # ---- one trial ------------------------------------------------------------------------------------------
 class MlflowSink:
     """Sink (gepa_lab.events): the MLflow run of one trial, nested under parent_run_id (the sweep's run) when given,
-    else in cfg.experiment. Call finish() when the trial ends."""
+    else in cfg.experiment; the run run_id_file names when there is one (a resumed trial). Call finish() when the
+    trial ends."""
 
-    def __init__(self, cfg: MlflowConfig, output_dir: str | os.PathLike, parent_run_id: str | None, run_name: str):
+    def __init__(self, cfg: MlflowConfig, output_dir: str | os.PathLike, parent_run_id: str | None, run_name: str,
+                 run_id_file: Path | None = None):
         self.cfg = cfg
+        self.run_id_file = run_id_file
         self.output_dir = Path(output_dir)
         self.parent_run_id = parent_run_id
         self.run_name = run_name
@@ -351,6 +386,10 @@ class MlflowSink:
 
     def _start(self, event: Event, data: dict[str, Any]) -> None:
         self.client = client(self.cfg, self.output_dir)
+        self.run_id = reopen_run(self.client, self.run_id_file)
+        if self.run_id is not None:
+            set_tags(self.client, self.run_id, {"gepa_lab.status": "running"})
+            return
         if self.parent_run_id:
             experiment = retry(self.client.get_run, self.parent_run_id).info.experiment_id
             nesting = {"mlflow.parentRunId": self.parent_run_id}
@@ -371,6 +410,7 @@ class MlflowSink:
             },
         )
         self.run_id = run.info.run_id
+        record_run_id(self.run_id_file, self.run_id)
 
     def _on_trial_started(self, event: Event) -> None:
         d = event.data

@@ -11,6 +11,9 @@ What a run holds:
   ``test_score/candidate_<idx>`` per test evaluation, ``error`` when the trial failed;
 - a table ``candidates``: candidate_idx, iteration, parent, parents, val_score, metric_calls, instruction.
 
+A resumed trial writes on into its run: the run's id is kept in a file of the trial's folder (``run_id_file``)
+and W&B resumes the run under that id (offline: a new offline-run folder with the same run id, merged on sync).
+
 Offline by default: runs land in ``<output_dir>/wandb/offline-run-*`` for a later ``wandb sync``. Online
 needs a key (WANDB_API_KEY or ``wandb login``) and ``tracking.wandb.mode=online``. With Ray, the driver
 must apply ``wandb_env(...)`` to os.environ before ``ray.init`` so every worker inherits it.
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from gepa_lab import atomic
 from gepa_lab.config.schema import WandbConfig
 from gepa_lab.errors import ConfigError
 from gepa_lab.events import Event, interval_bounds
@@ -107,11 +111,13 @@ class WandbSink:
     """Sink (gepa_lab.events) writing one W&B run per trial. Call finish() when the trial ends, also on failure.
 
     run: an already-started run to write into instead of starting one at trial_started (a W&B Sweeps agent's,
-    which W&B started with the sweep's parameters); the trial's config then goes under its config's "config" key."""
+    which W&B started with the sweep's parameters); the trial's config then goes under its config's "config" key.
+    run_id_file: where the id of the run this sink starts is kept; when it holds one, that run is resumed."""
 
     def __init__(self, cfg: WandbConfig, output_dir: str | os.PathLike, group: str | None, run_name: str,
-                 config: dict[str, Any], run: Any = None):
+                 config: dict[str, Any], run: Any = None, run_id_file: Path | None = None):
         self.cfg = cfg
+        self.run_id_file = run_id_file
         self.output_dir = Path(output_dir).resolve()
         self.group = group
         self.run_name = run_name
@@ -218,8 +224,11 @@ class WandbSink:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # else every run prints W&B's three-line suggestion to trace dspy with Weave (not used here) on the console
         os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
+        recorded = self.run_id_file.read_text().strip() if self.run_id_file and self.run_id_file.is_file() else None
         try:
             self.run = wandb.init(
+                id=recorded,
+                resume="allow" if recorded else None,
                 project=self.cfg.project,
                 entity=self.cfg.entity,
                 group=self.group,
@@ -234,6 +243,8 @@ class WandbSink:
         except Exception as exc:
             self.init_error = f"{type(exc).__name__}: {exc}"
             raise
+        if self.run_id_file is not None and not recorded:
+            atomic.write_text(self.run_id_file, self.run.id + "\n")
         self._define_metrics()
 
     def _define_metrics(self) -> None:
