@@ -33,7 +33,7 @@ from gepa_lab.sweep import lm_load, space
 from gepa_lab.servers.ray_cluster import check_endpoints_from_trial_nodes, code_to_ship, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
-from gepa_lab.sweep.stopping import GracefulASHA, SweepLedger, ledger_name
+from gepa_lab.sweep.stopping import LEDGER_FILE, GracefulASHA, SweepLedger, ledger_name
 from gepa_lab.sweep.trainable import SweepContext, gepa_trial
 from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 
@@ -135,7 +135,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
             if tracking.mlflow.enabled:
-                parent_run = mlflow_sink.start_parent_run(tracking.mlflow, out, cfg.sweep.name, {"sweep": cfg.sweep.model_dump(mode="json")})
+                parent_run = mlflow_sink.start_parent_run(tracking.mlflow, out, cfg.sweep.name, {"sweep": cfg.sweep.model_dump(mode="json")},
+                                                          run_id_file=out / "mlflow_run_id")  # a rerun reopens it
             budget = cfg.sweep.budget.model_dump()
             ctx = SweepContext(
                 sweep_id=sweep_id,
@@ -143,7 +144,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 base_config=cfg.base_run(),
                 endpoints=endpoints,
                 eval_threads=eval_threads(task_lms, concurrent),
-                ledger=SweepLedger.options(name=ledger_name(sweep_id)).remote(budget)
+                # restored from the sweep's folder on a rerun: the budget covers the sweep before and after a crash
+                ledger=SweepLedger.options(name=ledger_name(sweep_id)).remote(budget, str(out / LEDGER_FILE))
                 if any(budget.values()) or cfg.sweep.scheduler == "asha" else None,
                 mlflow_parent_run_id=parent_run,
                 cache=cache,
@@ -158,7 +160,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         if parent_run:
             mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, summary)
     except BaseException as exc:
-        if parent_run:  # a later resume starts a new parent run; this one must not look like it is still going
+        if parent_run:  # it must not look like it is still going (a rerun reopens it)
             mlflow_sink.end_parent_run(tracking.mlflow, out, parent_run, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:

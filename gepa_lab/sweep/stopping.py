@@ -4,38 +4,65 @@ One small Ray actor, the ledger, is shared by all trials: they record what they 
 iteration and ask it whether to stop. A trial that starts after the budget is spent exits at once;
 running ones stop at their next iteration through a GEPA stop callback, then finish as usual (test
 evaluation, W&B and MLflow runs closed, results written) with status `stopped`. ASHA's decisions go
-through the same ledger instead of Tune killing the trial's actor mid-write."""
+through the same ledger instead of Tune killing the trial's actor mid-write.
+
+The ledger writes what it holds to a file in the sweep's folder at every change, and a rerun of a killed sweep
+starts from it: the budget covers the sweep before and after the crash, not each run of the driver."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import ray
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from gepa_lab import atomic
 from gepa_lab.sweep.config import Budget
+
+LEDGER_FILE = "ledger.json"
 
 
 def ledger_name(sweep_id: str) -> str:
     return f"gepa_lab-ledger-{sweep_id}"
 
 
-@ray.remote(num_cpus=0)
-class SweepLedger:
-    def __init__(self, budget: dict):
-        self.budget = Budget.model_validate(budget)
-        self.started = time.time()
-        self.metric_calls: dict[str, int] = {}
-        self.tokens: dict[str, int] = {}
-        self.stop_requests: dict[str, str] = {}
+class Ledger:
+    """What the sweep's trials spent, against its budget (SweepLedger: this class as the sweep's Ray actor).
+    metric_calls: GEPA's count per trial, which goes on across a resume of the trial. lm_tokens and cost_usd: per trial
+    and attempt (a run of the trial's function; a resumed one counts from zero again), summed. wall_seconds: the time
+    the sweep's drivers ran, summed over reruns (up to each one's last recorded change). state_file: where it is kept,
+    and restored from."""
 
-    def record(self, trial_id: str, metric_calls: int, tokens: int) -> None:
+    def __init__(self, budget: dict, state_file: str | None = None):
+        self.budget = Budget.model_validate(budget)
+        self.path = Path(state_file) if state_file else None
+        saved = json.loads(self.path.read_text()) if self.path and self.path.exists() else {}
+        self.metric_calls: dict[str, int] = saved.get("metric_calls", {})
+        self.lm_tokens: dict[str, dict[str, int]] = saved.get("lm_tokens", {})
+        self.cost_usd: dict[str, dict[str, float]] = saved.get("cost_usd", {})
+        self.stop_requests: dict[str, str] = saved.get("stop_requests", {})
+        self.started = time.time() - saved.get("wall_seconds", 0.0)
+
+    def _save(self) -> None:
+        if self.path is not None:
+            atomic.write_json(self.path, {
+                "budget": self.budget.model_dump(), "metric_calls": self.metric_calls, "lm_tokens": self.lm_tokens,
+                "cost_usd": self.cost_usd, "stop_requests": self.stop_requests,
+                "wall_seconds": time.time() - self.started,
+            })
+
+    def record(self, trial_id: str, attempt: str, metric_calls: int, tokens: int, cost_usd: float) -> None:
         self.metric_calls[trial_id] = metric_calls
-        self.tokens[trial_id] = tokens
+        self.lm_tokens.setdefault(trial_id, {})[attempt] = tokens
+        self.cost_usd.setdefault(trial_id, {})[attempt] = cost_usd
+        self._save()
 
     def spent(self) -> dict:
         return {
             "metric_calls": sum(self.metric_calls.values()),
-            "lm_tokens": sum(self.tokens.values()),
+            "lm_tokens": sum(n for attempts in self.lm_tokens.values() for n in attempts.values()),
+            "cost_usd": sum(c for attempts in self.cost_usd.values() for c in attempts.values()),
             "wall_seconds": time.time() - self.started,
         }
 
@@ -43,14 +70,18 @@ class SweepLedger:
         spent, limits = self.spent(), self.budget.model_dump()
         for name, limit in limits.items():
             if limit is not None and spent[name] >= limit:
-                return f"sweep budget {name}={limit} spent ({spent[name]:.0f})"
+                return f"sweep budget {name}={limit:g} spent ({spent[name]:.6g})"
         return None
 
     def request_stop(self, trial_id: str, reason: str) -> None:
         self.stop_requests.setdefault(trial_id, reason)
+        self._save()
 
     def stop_reason(self, trial_id: str) -> str | None:
         return self.stop_requests.get(trial_id) or self.exhausted()
+
+
+SweepLedger = ray.remote(num_cpus=0)(Ledger)
 
 
 class LedgerStop:

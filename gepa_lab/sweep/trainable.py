@@ -8,6 +8,7 @@ resumes from its GEPA state."""
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,17 +44,20 @@ class SweepContext:
 
 
 class TuneReporter:
-    """Sink: per-iteration metrics to Tune (and the budget ledger)."""
+    """Sink: per-iteration metrics to Tune (and the budget ledger). attempt: this run of the trial's function (its LM
+    usage counts from zero; GEPA's metric calls go on from its saved state)."""
 
-    def __init__(self, ledger=None):
+    def __init__(self, ledger=None, attempt: str = ""):
         self.ledger = ledger
+        self.attempt = attempt
 
     def handle(self, event: Event) -> None:
         d = event.data
         if event.kind == "iteration":
             tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in d["usage"].values())
             if self.ledger is not None:
-                self.ledger.record.remote(event.trial_id, d["metric_calls"], tokens)
+                cost = sum(r.get("cost_usd") or 0.0 for r in d["usage"].values())
+                self.ledger.record.remote(event.trial_id, self.attempt, d["metric_calls"], tokens, cost)
             tune.report(
                 {
                     "iteration": d["iteration"],
@@ -110,7 +114,7 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         return
     summary = harnessed_trial(
         cfg, root=Path(ctx.output_dir), trial_id=trial_id, sweep_id=ctx.sweep_id, params=params,
-        sinks=[TuneReporter(ctx.ledger)],
+        sinks=[TuneReporter(ctx.ledger, attempt=uuid.uuid4().hex[:8])],
         endpoints={"task": ctx.endpoints[cfg.lm.server_key()], "reflection": ctx.endpoints[cfg.reflection_lm.server_key()]},
         cache=ctx.cache, mlflow_parent_run_id=ctx.mlflow_parent_run_id,
         stop_callbacks=[LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else None,

@@ -1,5 +1,8 @@
 """A sweep survives SIGKILL. The worker of a running trial killed: Tune retries the trial, which resumes from its GEPA
-state (at most one iteration of metric calls lost) and writes on into its MLflow and W&B runs; the sweep completes."""
+state (at most one iteration of metric calls lost) and writes on into its MLflow and W&B runs; the sweep completes.
+The driver killed: rerunning the same command finishes the sweep; a trial that finished is not rerun, a running one
+resumes, the budget ledger is restored from disk so the whole sweep stays within its budget, there is one MLflow parent
+run and one run per trial, and one final row per trial in the results."""
 import json
 import os
 import signal
@@ -13,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gepa_lab.results import query
-from tests.conftest import ROOT
-from tests.support.processes import TAG, tagged_env
+from tests.conftest import ROOT, run_cli
+from tests.support.processes import TAG, tagged_env, tagged_processes
 from tests.support.wandb_offline import wandb_run
 
 TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
@@ -154,3 +157,88 @@ def test_the_retried_trial_writes_on_into_its_mlflow_and_wandb_runs(killed_trial
     assert last["exit_code"] == 0 and last["run"].display_name == trial_id
     assert max(row["metric_calls"] for row in last["history"] if "metric_calls" in row) > \
         max(r["metric_calls"] for r in killed_trial["before"])
+
+
+# ---- the driver killed ------------------------------------------------------------------------------------------------
+BUDGET = 240  # three trials of up to 120 metric calls: a ledger reset at the rerun would let them spend 360
+
+
+@pytest.fixture(scope="module")
+def killed_driver(tmp_path_factory):
+    out = tmp_path_factory.mktemp("crashes") / "driver_killed"
+    tag, env = tagged_env()
+    # Tune saves its experiment state once at the start and not again before the kill: the worst case, where the
+    # rerun's Tune restarts every trial, the finished one included
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "3600"
+    args = [*SWEEP, f"output_dir={out}", "sweep.space.optimizer.seed={grid:[0,1,2]}", "sweep.max_concurrent=1",
+            "optimizer.max_metric_calls=120", f"sweep.budget.metric_calls={BUDGET}"]
+    proc = start_sweep(args, env)
+    try:
+        def one_finished_one_running():
+            trials = trial_rows(out)
+            finished = [t for t, r in trials.items() if r["status"] == "completed"]
+            running = [t for t, r in trials.items() if r["status"] == "running"
+                       and any(c["trial_id"] == t for c in rows(out, "candidates"))
+                       and (out / "trials" / t / "gepa" / "gepa_state.bin").exists()]
+            return (finished[0], running[0]) if finished and running else None
+
+        finished, running = wait_for(one_finished_one_running, proc, "a finished trial and a running one")
+        finished_row = trial_rows(out)[finished]
+        running_before = [r for r in rows(out, "candidates") if r["trial_id"] == running]
+        proc.kill()  # the driver alone, as the OOM killer or a scheduler's SIGKILL would
+        proc.wait(timeout=60)
+        deadline = time.time() + 20
+        while tagged_processes(tag, "raylet") and time.time() < deadline:
+            time.sleep(0.5)
+        assert not (out / "summary.json").exists()
+        spent_before = json.loads((out / "ledger.json").read_text())["metric_calls"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    rerun = run_cli("gepa_lab.sweep", *args, env=env, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    assert "resuming" in rerun.stderr
+    return {"out": out, "finished": finished, "finished_row": finished_row, "running": running,
+            "running_before": running_before, "spent_before": spent_before,
+            "summary": json.loads((out / "summary.json").read_text())}
+
+
+def test_a_rerun_finishes_the_sweep_without_rerunning_a_finished_trial(killed_driver):
+    out, finished = killed_driver["out"], killed_driver["finished"]
+    trials = trial_rows(out)
+    assert len(trials) == 3 and killed_driver["summary"]["trials"]["total"] == 3  # exactly one final row per trial
+    assert all(r["status"] in ("completed", "stopped", "skipped") for r in trials.values()), trials
+    assert trials[finished] == killed_driver["finished_row"]  # reported from its own record, not run again
+    assert len([r for r in rows(out, "candidates") if r["trial_id"] == finished and r["candidate_idx"] == 0]) == 1
+    for table in ("trials", "candidates", "evaluations", "lm_usage", "sweeps"):  # nothing torn: every file reads
+        for path in query.parquet_files(out / "results", table):
+            pq.read_table(path)
+
+
+def test_the_running_trial_resumes_and_the_whole_sweep_stays_within_its_budget(killed_driver):
+    out, running = killed_driver["out"], killed_driver["running"]
+    assert_candidates_kept_their_numbers(out)
+    kept = {(r["candidate_idx"], r["instructions_json"]) for r in killed_driver["running_before"]}
+    assert kept <= {(r["candidate_idx"], r["instructions_json"]) for r in rows(out, "candidates") if r["trial_id"] == running}
+    trials = trial_rows(out)
+    assert trials[running]["metric_calls"] >= max(r["metric_calls"] for r in killed_driver["running_before"])
+    spent = sum(r["metric_calls"] or 0 for r in trials.values())
+    # one trial at a time: the budget is passed by at most the iteration in flight when it was reached
+    assert spent <= BUDGET + ITERATION, (spent, {t: (r["status"], r["metric_calls"]) for t, r in trials.items()})
+    ended_early = [r for r in trials.values() if r["status"] in ("stopped", "skipped")]
+    assert ended_early and all(f"sweep budget metric_calls={BUDGET} spent" in r["error"] for r in ended_early)
+    assert sum(killed_driver["spent_before"].values()) > 0  # the ledger the rerun started from was on disk
+
+
+def test_one_mlflow_parent_run_and_one_run_per_trial_across_the_rerun(killed_driver):
+    out = killed_driver["out"]
+    runs = mlflow_runs(killed_driver["summary"])
+    [parent] = [r for r in runs if r.data.tags.get("gepa_lab.kind") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    trial_runs = [r for r in runs if r.data.tags.get("gepa_lab.kind") == "trial"]
+    ran = sorted(t for t, r in trial_rows(out).items() if r["status"] != "skipped")
+    assert sorted(r.data.tags["gepa_lab.trial_id"] for r in trial_runs) == ran
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
+    assert {r.info.status for r in trial_runs} == {"FINISHED"}
+    wandb = wandb_trial_runs(out)
+    assert sorted(wandb) == ran and all(wandb.values())  # one W&B run per trial, resumed under its id
