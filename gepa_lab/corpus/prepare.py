@@ -218,7 +218,14 @@ def build(cfg: CorpusConfig, files: list[RawFile], fp: list[dict[str, Any]], des
             continue
         df = pl.concat([d for _, d in groups[group]], how="vertical")
         n = df.height
-        df = df.unique(subset=["id"], keep="first", maintain_order=True)
+        # an input whose rows disagree on an answer: which one is right is unknown, and keeping the first would make
+        # the corpus depend on the raw row order
+        disagree = pl.any_horizontal([pl.col(a).n_unique().over("id") > 1 for a in cfg.answer])
+        df = df.filter(~disagree)
+        conflicting = n - df.height
+        n = df.height
+        # the same input and answers again: one row kept, the same whatever the row order (extras may differ)
+        df = df.sort(df.columns).unique(subset=["id"], keep="first", maintain_order=True)
         dup = n - df.height
         n = df.height
         df = df.filter(~pl.col("id").is_in(list(seen)))
@@ -229,6 +236,7 @@ def build(cfg: CorpusConfig, files: list[RawFile], fp: list[dict[str, Any]], des
             "sources": [s for s, _ in groups[group]],
             "rows": df.height,
             "dropped_duplicate": dup,
+            "dropped_conflicting": conflicting,
             "dropped_overlap": overlap,
         }
 

@@ -127,16 +127,19 @@ def precheck(f: RawFile, encoding: str, wanted: Sequence[tuple[str, str]]) -> No
     if f.format == "csv":
         enc = text_encoding(f, encoding)
         with open(f.path, newline="", encoding=enc) as fh:
-            columns = next(csv.reader(fh), [])
-        if not columns:
-            raise CorpusError(f"{f.shown}: CSV file has no header row")
+            rows = csv.reader(fh)
+            columns = next(rows, [])
+            if not columns:
+                raise CorpusError(f"{f.shown}: CSV file has no header row")
+            if next(rows, None) is None:
+                raise CorpusError(f"{f.shown}: no rows (the CSV file holds its header only)")
     elif f.format == "parquet":
         try:
             columns = list(pl.read_parquet_schema(f.path))
         except Exception as exc:
             raise CorpusError(f"{f.shown}: cannot read as PARQUET ({first_line(exc)})") from None
-    else:
-        text_encoding(f, encoding)
+    elif not f.path.read_text(encoding=text_encoding(f, encoding)).lstrip("\ufeff").strip():
+        raise CorpusError(f"{f.shown}: file is empty (nothing but white space)")
     if columns is not None:
         for field, src in wanted:
             if src not in columns:
@@ -178,7 +181,7 @@ def hf_session(offline: bool) -> Iterator[tuple[Any, str]]:
                 hub_constants.HF_HUB_OFFLINE = True
         bars_were_off = datasets.are_progress_bars_disabled()
         datasets.disable_progress_bars()
-        dlogging.set_verbosity_error()
+        dlogging.set_verbosity(dlogging.CRITICAL)  # not "Failed to load JSON ...": the error is raised and shown in one line
         try:
             with tempfile.TemporaryDirectory(prefix="gepa_lab_hf_cache_") as cache:
                 yield datasets, cache
