@@ -6,6 +6,7 @@
     python -m gepa_lab.results examples [DIR] [--trial ID] [--limit N] [--format ...]   # what the winner fixed, broke, still gets wrong
     python -m gepa_lab.results report DIR [DIR ...] [--out FILE]   # one self-contained HTML page (DIR/report.html)
     python -m gepa_lab.results queries         # the named queries (--sql NAME)
+    python -m gepa_lab.results diff DIR_A DIR_B   # "identical" (exit 0) or the first trial, candidate, example that differ (exit 1)
 
 DIR defaults to the newest folder under outputs/. With no --sql the leaderboard is printed.
 Errors (a folder without results, SQL DuckDB rejects) are one line on stderr, exit status 2."""
@@ -22,6 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from gepa_lab.cli import one_line_errors
+from gepa_lab.results import diff as diffing
 from gepa_lab.results.query import example_changes
 from gepa_lab.results.query import (
     EFFECTS_METHOD, INTERVAL_CAPTION, QUERIES, Result, effects, fold_intervals, leaderboard, newest_output_dir,
@@ -71,7 +73,8 @@ def _query_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gepa_lab.results",
         description="Query results folders with DuckDB (views: sweeps, trials, candidates, evaluations, lm_usage). "
-        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `examples [DIR]`, `report DIR ...`, `queries`.",
+        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `examples [DIR]`, `report DIR ...`, `diff DIR_A DIR_B`, "
+        "`queries`.",
     )
     parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
     parser.add_argument("--sql", help="SQL to run over the views, or the name of a named query (see `queries`)")
@@ -153,6 +156,17 @@ def _report_main(argv: list[str]) -> None:
     print(write_report(*args.dirs, out=args.out))
 
 
+def _diff_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gepa_lab.results diff", description=diffing.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir_a", metavar="DIR_A", help="output folder")
+    parser.add_argument("dir_b", metavar="DIR_B", help="output folder")
+    args = parser.parse_args(argv)
+    result = diffing.diff(args.dir_a, args.dir_b)
+    print("\n".join(result.lines()))
+    sys.exit(0 if result.identical else 1)
+
+
 def _queries_main(argv: list[str]) -> None:
     for name, (description, _) in QUERIES.items():
         print(f"{name:<12} {description}")
@@ -170,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         _examples_main(argv[1:])
     elif argv and argv[0] == "report":
         _report_main(argv[1:])
+    elif argv and argv[0] == "diff":
+        _diff_main(argv[1:])
     elif argv and argv[0] == "queries":
         _queries_main(argv[1:])
     else:
