@@ -23,8 +23,10 @@ def register_resolvers() -> None:
 
 
 def hydra_message(exc: BaseException) -> str:
-    """Hydra's message (all lines, joined) plus the first line of its cause when that adds something."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("See https://")]
+    """Hydra's message (all lines, joined) plus the first line of its cause when that adds something. The config
+    search path Hydra lists after a missing option is left out: the options it lists say what to choose."""
+    text = str(exc).split("\nConfig search path:")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("See https://")]
     msg = " ".join(lines) or type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     if cause is not None and str(cause).strip():

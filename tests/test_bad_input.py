@@ -173,6 +173,12 @@ def test_mistakes_once_accepted_or_raised_are_refused(override, message):
     assert message in refusal("run", [override])
 
 
+def test_an_unknown_group_option_lists_the_options_not_hydras_search_path():
+    message = refusal("run", ["task=nope"])
+    assert "Could not find 'task/nope' Available options in 'task': banking77 classify gsm8k" in message
+    assert "search path" not in message and "provider=" not in message, message
+
+
 # ------------------------------------------------------------------ sweep files that are not what they should be
 
 VALID_SWEEP = (SWEEPS_DIR / "demo.yaml").read_bytes()
