@@ -12,6 +12,7 @@ from gepa_lab.paths import CONF_DIR, SWEEPS_DIR
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.errors import GepaLabError
 from gepa_lab.sweep.driver import check, planned_trials, preflight
+from gepa_lab.sweep.groups import compose_variants
 from tests.conftest import run_cli
 
 TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
@@ -38,9 +39,10 @@ def test_each_lm_composes_for_both_roles(lm):
 
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_each_sweep_definition_validates_before_ray(sweep):
-    cfg = validate(SweepConfig, to_plain(compose("sweep", [f"sweep={sweep}", "output_dir=/tmp/x"])))
-    leaves = check(cfg)
-    assert leaves and planned_trials(cfg, leaves) >= 1
+    overrides = [f"sweep={sweep}", "output_dir=/tmp/x"]
+    cfg = validate(SweepConfig, to_plain(compose("sweep", overrides)))
+    variants = compose_variants(cfg, overrides)  # each config-group combination (sweep.groups), as the CLI composes them
+    assert planned_trials(cfg, check(cfg, variants), variants) >= 2  # it searches or compares something
     assert cfg.sweep.name == sweep
 
 

@@ -172,7 +172,7 @@ _ORDER = "best_val_score DESC NULLS LAST, metric_calls ASC NULLS LAST, trial_id 
 
 LEADERBOARD_SQL = f"""
 SELECT row_number() OVER (ORDER BY {_ORDER}) AS rank,
-       trial_id, status, best_val_score, best_test_score, best_test_ci95_low, best_test_ci95_high,
+       trial_id, task, status, best_val_score, best_test_score, best_test_ci95_low, best_test_ci95_high,
        best_val_score - best_test_score AS val_test_gap,
        seed_val_score, seed_test_score, seed_test_ci95_low, seed_test_ci95_high,
        best_val_score - seed_val_score AS val_gain,
@@ -255,15 +255,34 @@ def varying_params(configs: Iterable[str | None]) -> dict[int, dict[str, Any]]:
     }
 
 
+def by_task(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows (in their order) split per task, tasks in name order; rows without a task (skipped trials) last."""
+    tasks = sorted({r["task"] for r in rows if r["task"] is not None})
+    return [[r for r in rows if r["task"] == t] for t in tasks] + [[r for r in rows if r["task"] is None]]
+
+
 def leaderboard(con: duckdb.DuckDBPyConnection, limit: int | None = 20) -> Result:
     """Trials ranked by best val score (ties: fewer metric calls), with the config keys that vary
-    across them as extra columns; `output_dir` only when several output dirs are open."""
-    full = sql(con, LEADERBOARD_SQL)
-    rows = full.dicts()
-    params = varying_params(r["config_json"] for r in rows)
+    across them as extra columns; `output_dir` only when several output dirs are open. Trials of several tasks are
+    ranked within their task (scores of different tasks say nothing of each other): a `task` column, the tasks one
+    after another, each with its own ranks, and `limit` rows per task."""
+    rows = sql(con, LEADERBOARD_SQL).dicts()
+    several_tasks = len({r["task"] for r in rows if r["task"] is not None}) > 1
+    if several_tasks:
+        groups = [group for group in by_task(rows) if group]
+        rows = [{**r, "rank": i} for group in groups for i, r in enumerate(group[:limit] if limit else group, 1)]
+        # the keys that vary within a task: the task's own keys (corpus, instruction, ...) go with the task column
+        params, offset = {}, 0
+        for group in groups:
+            shown = group[:limit] if limit else group
+            params.update({offset + i: p for i, p in varying_params(r["config_json"] for r in shown).items()})
+            offset += len(shown)
+        limit = None
+    else:
+        params = varying_params(r["config_json"] for r in rows)
     param_cols = sorted({k for p in params.values() for k in p})
     several_dirs = len({r["output_dir"] for r in rows}) > 1
-    base = ["rank", "trial_id", "status", *param_cols, "best_val_score", "best_test_score", "best_test_ci95_low",
+    base = ["rank", *(["task"] if several_tasks else []), "trial_id", "status", *param_cols, "best_val_score", "best_test_score", "best_test_ci95_low",
             "best_test_ci95_high", "val_test_gap", "seed_val_score", "seed_test_score", "seed_test_ci95_low",
             "seed_test_ci95_high", "val_gain", "test_gain", "test_gain_ci95_low", "test_gain_ci95_high",
             "metric_calls", "num_candidates", "lm_calls", "wall_seconds"]
@@ -296,6 +315,17 @@ def best_trial(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
     row = found[0]
     row["config"] = json.loads(row["config_json"]) if row.get("config_json") else None
     return row
+
+
+def best_trials(con: duckdb.DuckDBPyConnection) -> dict[str | None, dict[str, Any]]:
+    """task -> its best trial (best_trial's order within the task), tasks in name order: scores of different tasks
+    are never compared, so a sweep over several tasks has a winner per task."""
+    found = sql(con, f"""SELECT * FROM trials WHERE best_val_score IS NOT NULL
+                         QUALIFY row_number() OVER (PARTITION BY task ORDER BY {_ORDER}) = 1
+                         ORDER BY task NULLS LAST""").dicts()
+    for row in found:
+        row["config"] = json.loads(row["config_json"]) if row.get("config_json") else None
+    return {row["task"]: row for row in found}
 
 
 def trial_progress(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
@@ -382,6 +412,65 @@ def effects(con: duckdb.DuckDBPyConnection) -> Result:
             tests = [t["test_score"] for t in group]
             out.append((key, json.loads(value), len(group), mean_score[value], low, high, vs_best, vs_low, vs_high,
                         min(tests), max(tests), sum(t["val_score"] for t in group) / len(group)))
+    return Result(columns, out)
+
+
+# ---------------------------------------------------------------------------------------- LMs per task
+
+LMS_METHOD = (
+    "Per task, each task LM (the trials' `lm` config; named by the keys that differ between them) is represented by its "
+    "best trial on val, and scored by that trial's winner on test with its 95% interval. vs_winner: its test score minus "
+    "that of the task's winner (the best trial on val of any LM), with a paired bootstrap interval over the test "
+    "examples both were scored on: an interval that includes 0 does not tell the two LMs apart on this test set."
+)
+
+_TEST_SCORES_SQL = """
+SELECT example_id, avg(score) AS score FROM evaluations
+WHERE output_dir = ? AND sweep_id IS NOT DISTINCT FROM ? AND trial_id = ? AND split = 'test' AND candidate_idx = ?
+  AND score IS NOT NULL
+GROUP BY example_id
+"""
+
+
+def _test_scores(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> dict[str, float]:
+    key = [row["output_dir"], row["sweep_id"], row["trial_id"], row["best_candidate_idx"]]
+    return dict(con.execute(_TEST_SCORES_SQL, key).fetchall())
+
+
+def lm_comparison(con: duckdb.DuckDBPyConnection) -> Result:
+    """For each task run with more than one task LM: one row per LM (its best trial on val), its test score with its
+    interval, and its paired test-score difference to the task's winner (LMS_METHOD)."""
+    rows = sql(con, f"SELECT * FROM trials WHERE best_val_score IS NOT NULL ORDER BY task, {_ORDER}").dicts()
+    columns = ["task", "lm", "trials", "trial_id", "best_val_score", "best_test_score", "best_test_ci95_low",
+               "best_test_ci95_high", "vs_winner", "vs_winner_ci95_low", "vs_winner_ci95_high"]
+    out: list[tuple] = []
+    for group in by_task(rows):
+        per_lm: dict[str, list[dict[str, Any]]] = {}
+        lms: dict[str, dict[str, Any]] = {}
+        for r in group:  # best val first: each LM's first row is its best trial
+            lm = (json.loads(r["config_json"] or "{}")).get("lm") or {}
+            key = json.dumps(lm, sort_keys=True)
+            per_lm.setdefault(key, []).append(r)
+            lms[key] = _leaves(lm)
+        if len(per_lm) < 2:
+            continue
+        differ = sorted(k for k in set().union(*lms.values()) if len({json.dumps(v.get(k)) for v in lms.values()}) > 1)
+        winner = next(iter(per_lm.values()))[0]
+        theirs = _test_scores(con, winner)
+        for key, trials in per_lm.items():
+            best = trials[0]
+            name = ", ".join(f"lm.{k}={lms[key].get(k)}" for k in differ)
+            vs = vs_low = vs_high = None
+            if best is not winner:
+                ours = _test_scores(con, best)
+                # sorted by example id: the bootstrap resamples positions of aligned pairs
+                pairs = [(theirs[e], ours[e]) for e in sorted(ours) if e in theirs]
+                if pairs:
+                    a, b = zip(*pairs)
+                    vs = (sum(b) - sum(a)) / len(pairs)
+                    vs_low, vs_high = paired_bootstrap_ci(a, b)
+            out.append((best["task"], name, len(trials), best["trial_id"], best["best_val_score"], best["best_test_score"],
+                        best["best_test_ci95_low"], best["best_test_ci95_high"], vs, vs_low, vs_high))
     return Result(columns, out)
 
 
@@ -502,7 +591,7 @@ _HEADERS = {
     "seed_test_score": "seed test", "val_gain": "val gain", "metric_calls": "metric calls",
     "num_candidates": "candidates", "lm_calls": "LM calls", "wall_seconds": "wall s", "output_dir": "output dir",
     "trial_id": "trial", "val_test_gap": "val-test gap", "test_gain": "test gain", "test_score": "test",
-    "vs_best": "vs best", "trial_test_min": "trial min", "trial_test_max": "trial max", "val_score": "val",
+    "vs_best": "vs best", "vs_winner": "vs winner", "trial_test_min": "trial min", "trial_test_max": "trial max", "val_score": "val",
 }
 
 

@@ -39,8 +39,8 @@ from gepa_lab import atomic
 from gepa_lab.config.schema import TrackingConfig
 from gepa_lab.progress import with_interval
 from gepa_lab.results.query import (
-    EFFECTS_METHOD, INTERVAL_CAPTION, QUERIES, Result, ResultsError, best_trial, cell, effects, fold_intervals,
-    leaderboard, open_results, short_headers, sql, trial_progress,
+    EFFECTS_METHOD, INTERVAL_CAPTION, LMS_METHOD, QUERIES, Result, ResultsError, best_trial, best_trials, cell, effects,
+    fold_intervals, leaderboard, lm_comparison, open_results, short_headers, sql, trial_progress,
 )
 from gepa_lab.tracking import mlflow_sink, wandb_sink
 from gepa_lab.tracking.secrets import find_secrets, redact_text, secret_values
@@ -145,8 +145,13 @@ def sweep_summaries(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 def report_data(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """Every figure of the report, as the queries return them."""
     best = best_trial(con)
+    per_task = best_trials(con)
     return {
         "best_trial": {k: v for k, v in best.items() if k != "config"} if best else None,
+        # several tasks: each task's winner and its lineage (scores of different tasks are not compared)
+        "winners": [{"task": task, "trial": {k: v for k, v in row.items() if k != "config"}, "lineage": lineage(con, row)}
+                    for task, row in per_task.items()] if len(per_task) > 1 else [],
+        "lm_comparison": table(lm_comparison(con)),
         "sweeps": [{k: s.get(k) for k in ("sweep", "sweep_id", "val_gain", "test_gain", "val_gain_unconfirmed",
                                           "test_gain_ci95", "test_gain_ci95_above_zero")} for s in sweep_summaries(con)],
         "leaderboard": table(leaderboard(con, limit=None)),
@@ -221,18 +226,12 @@ def html_table(table_id: str, data: dict[str, Any], headers: Callable[[list[str]
 
 
 def _headline(data: dict[str, Any]) -> str:
+    if data["winners"]:
+        return "\n".join(_trial_line(w["trial"], f"headline-{w['task']}", f"{w['task']}: best trial") for w in data["winners"])
     best = data["best_trial"]
     if best is None:
         return '<p id="headline">No trial has finished yet.</p>'
-    gain = None if best["best_test_score"] is None or best["seed_test_score"] is None else (
-        best["best_test_score"] - best["seed_test_score"])
-    line = (f"Best trial <b>{html.escape(best['trial_id'])}</b>: val {with_interval(best['seed_val_score'])} &rarr; "
-            f"{with_interval(best['best_val_score'])}, test "
-            f"{with_interval(best['seed_test_score'], (best['seed_test_ci95_low'], best['seed_test_ci95_high']))} &rarr; "
-            f"{with_interval(best['best_test_score'], (best['best_test_ci95_low'], best['best_test_ci95_high']))}, "
-            f"test gain {with_interval(gain, (best['test_gain_ci95_low'], best['test_gain_ci95_high']), signed=True)} "
-            f"({best['metric_calls']} metric calls, candidate {best['best_candidate_idx']} of {best['num_candidates']}).")
-    out = [f'<p id="headline">{line}</p>']
+    out = [_trial_line(best, "headline", "Best trial")]
     for s in data["sweeps"]:
         if s.get("val_gain_unconfirmed") is not None:
             out.append(f'<p class="note">Sweep {html.escape(str(s["sweep_id"]))}: the winner was picked for its val '
@@ -241,10 +240,22 @@ def _headline(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _lineage_html(steps: list[dict[str, Any]]) -> str:
+def _trial_line(best: dict[str, Any], element_id: str, what: str) -> str:
+    gain = None if best["best_test_score"] is None or best["seed_test_score"] is None else (
+        best["best_test_score"] - best["seed_test_score"])
+    line = (f"{html.escape(what)} <b>{html.escape(best['trial_id'])}</b>: val {with_interval(best['seed_val_score'])} &rarr; "
+            f"{with_interval(best['best_val_score'])}, test "
+            f"{with_interval(best['seed_test_score'], (best['seed_test_ci95_low'], best['seed_test_ci95_high']))} &rarr; "
+            f"{with_interval(best['best_test_score'], (best['best_test_ci95_low'], best['best_test_ci95_high']))}, "
+            f"test gain {with_interval(gain, (best['test_gain_ci95_low'], best['test_gain_ci95_high']), signed=True)} "
+            f"({best['metric_calls']} metric calls, candidate {best['best_candidate_idx']} of {best['num_candidates']}).")
+    return f'<p id="{html.escape(element_id)}">{line}</p>'
+
+
+def _lineage_html(steps: list[dict[str, Any]], element_id: str = "lineage") -> str:
     if not steps:
-        return '<p class="note" id="lineage">(no winner yet)</p>'
-    out = ['<table id="lineage"><thead><tr><th>candidate_idx</th><th>parents</th><th>iteration</th><th>val_score</th>'
+        return f'<p class="note" id="{html.escape(element_id)}">(no winner yet)</p>'
+    out = [f'<table id="{html.escape(element_id)}"><thead><tr><th>candidate_idx</th><th>parents</th><th>iteration</th><th>val_score</th>'
            '<th>metric_calls</th></tr></thead><tbody>']
     out += [f"<tr><td>{_text(s['candidate_idx'])}</td><td>{_text(', '.join(map(str, s['parents'])))}</td>"
             f"<td>{_text(s['iteration'])}</td><td>{_text(s['val_score'])}</td><td>{_text(s['metric_calls'])}</td></tr>"
@@ -285,7 +296,11 @@ def render(data: dict[str, Any], images: list[tuple[str, bytes]], title: str, ge
         "<h2>The winner's lineage</h2>",
         '<p class="note">From the seed program to the best trial\'s winner, following each candidate\'s first parent; '
         'at each step the words its instructions lost (<del>struck</del>) and gained (<ins>marked</ins>).</p>',
-        _lineage_html(data["lineage"]),
+        *([f"<h3>{html.escape(w['task'])}</h3>\n" + _lineage_html(w["lineage"], f"lineage-{w['task']}")
+           for w in data["winners"]] or [_lineage_html(data["lineage"])]),
+        "<h2>Task LMs compared</h2>",
+        f'<p class="note">{html.escape(LMS_METHOD)}</p>',
+        html_table("lm_comparison", data["lm_comparison"], short_headers, INTERVAL_CAPTION, intervals=True),
         "<h2>Which knob mattered</h2>",
         f'<p class="note">{html.escape(EFFECTS_METHOD)}</p>',
         html_table("effects", data["effects"], short_headers, INTERVAL_CAPTION, intervals=True),

@@ -2,6 +2,7 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +14,7 @@ from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import with_interval
 from gepa_lab.results.query import connect, leaderboard_table
 from gepa_lab.sweep.config import SweepConfig
+from gepa_lab.sweep.groups import compose_variants
 from gepa_lab.sweep.lm_load import utilization_line
 
 register_resolvers()
@@ -35,7 +37,7 @@ def check_sweep(cfg: DictConfig) -> None:
     from gepa_lab.sweep.driver import check
 
     sweep_cfg = load_config(cfg, SweepConfig)
-    check(sweep_cfg)
+    check(sweep_cfg, compose_variants(sweep_cfg, sys.argv[1:]))  # the overrides refuse_bad_command composed cfg with
     check_before_start(sweep_cfg)
 
 
@@ -46,23 +48,25 @@ def main(cfg: DictConfig) -> None:
 
     quiet_libraries()
     sweep_cfg = load_config(cfg, SweepConfig)
-    summary = run_sweep(sweep_cfg)
+    # each config-group combination composed as this command line composed cfg, before Ray starts
+    variants = compose_variants(sweep_cfg, HydraConfig.get().overrides.task)
+    summary = run_sweep(sweep_cfg, variants)
     console = Console(width=None if sys.stdout.isatty() else 200)  # logs: no 80-column wrapping of the leaderboard
     console.print(leaderboard_table(connect([summary["output_dir"]])))
     trials = summary["trials"]
     console.print(f"trials: {trials['total']}: " + ", ".join(f"{n} {status}" for status, n in trials.items() if status != "total" and n))
-    if summary.get("best_trial_id"):
+    several = len(summary["winners"]) > 1
+    for task, winner in summary["winners"].items():
         console.print(escape(
-            f"best trial {summary['best_trial_id']}: val {summary['seed_val_score']:.3f} -> {summary['best_val_score']:.3f}, "
-            f"test {with_interval(summary['seed_test_score'], summary.get('seed_test_ci95'))} -> "
-            f"{with_interval(summary['best_test_score'], summary.get('best_test_ci95'))}"
+            f"{f'{task}: ' if several else ''}best trial {winner['best_trial_id']}: val {winner['seed_val_score']:.3f} -> "
+            f"{winner['best_val_score']:.3f}, test {with_interval(winner['seed_test_score'], winner.get('seed_test_ci95'))}"
+            f" -> {with_interval(winner['best_test_score'], winner.get('best_test_ci95'))}"
         ))
-        console.print(escape(confirmation_line(summary)))
+        console.print(escape(confirmation_line(winner)))
     if cache := summary.get("lm_cache"):
         console.print(f"rollout cache: {cache.get('requests_saved', 0)} LM requests saved ({cache.get('entries', 0)} answers stored)")
     console.print(utilization_line(summary))
     out = summary["output_dir"]
-    model = summary.get("registered_model") or {}
     wandb, uri = sweep_cfg.tracking.wandb, summary.get("tracking_uri")
     lines = [
         f"  summary      {out}/summary.json",
@@ -75,7 +79,9 @@ def main(cfg: DictConfig) -> None:
         lines.append(f"  W&B          project {wandb.project}, group {summary['sweep_id']}")
     if uri:
         lines.append(f"  MLflow       {uri}  (mlflow ui --backend-store-uri {uri})")
-        lines.append(f"  winner       {model.get('model_uri', 'not registered')}")
+        for task, winner in summary["winners"].items():
+            model = winner.get("registered_model") or {}
+            lines.append(f"  winner       {model.get('model_uri', 'not registered')}" + (f"  ({task})" if several else ""))
     console.print("\n[bold]where everything went[/]\n" + "\n".join(lines))
 
 

@@ -43,6 +43,8 @@ class SweepSpec(StrictModel):
     max_failures: int = Field(2, ge=0)
     resources: Resources = Field(default_factory=Resources)
     space: dict[str, Any] = Field(default_factory=dict)
+    groups: dict[str, list[str]] = Field(default_factory=dict)  # config-group options by name (gepa_lab/sweep/groups.py)
+    tied: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # axis -> label -> keys it sets (space.py)
 
 
 class SweepConfig(RunConfig):

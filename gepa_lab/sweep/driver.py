@@ -1,6 +1,7 @@
 """The sweep: validate everything, start what it needs, run the trials on Ray Tune, crown a winner."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from gepa_lab.config.identity import git_state
 from gepa_lab.config.load import check_task_imports, validate
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.corpus import ensure_prepared
+from gepa_lab.corpus.config import CorpusConfig
 from gepa_lab.errors import GepaLabError
 from gepa_lab.events import INTERVALS
 from gepa_lab.lm.cache import shared_cache_stats, use_cache
@@ -29,7 +31,7 @@ from gepa_lab.results import query
 from gepa_lab.results.compact import compact
 from gepa_lab.results.report import publish_report
 from gepa_lab.results.writer import utc, write_table
-from gepa_lab.sweep import lm_load, space
+from gepa_lab.sweep import groups, lm_load, space
 from gepa_lab.servers.ray_cluster import check_endpoints_from_trial_nodes, code_to_ship, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.progress import LiveProgress
@@ -40,43 +42,70 @@ from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 METRIC = "best_val_score"
 
 
-def check(cfg: SweepConfig) -> dict[str, tuple[str, Any]]:
-    """Everything that can be wrong before Ray starts: the space, and every trial config it can produce."""
+Variants = dict[str, dict[str, Any]]  # combination label -> its plain run config (gepa_lab/sweep/groups.py)
+
+
+def check(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, tuple[str, Any]]:
+    """Everything that can be wrong before Ray starts: the space, the tied axes, the group combinations, and every
+    trial config they can produce, for each combination (variants; default: the base config alone)."""
+    variants = variants or groups.single(cfg)
     leaves = space.leaves(cfg.sweep.space)
-    base = cfg.base_run()
-    space.check(leaves, cfg.sweep.search, base)
-    check_task_imports(cfg.task.program, cfg.task.metric)
-    for path, (kind, arg) in leaves.items():
-        for value in arg:  # every option of a grid/choice; both bounds of a range
-            validate(RunConfig, space.apply(base, {path: value}), prefix="")
+    tied = space.tied_axes(cfg.sweep.tied)
+    groups.check_task_axis(cfg.sweep, variants)
+    groups.check_corpora(variants)
+    for base in variants.values():
+        space.check(leaves, cfg.sweep.search, base)
+        space.check_tied(tied, leaves, base, list(cfg.sweep.groups))
+    for program, metric in dict.fromkeys((v["task"]["program"], v["task"]["metric"]) for v in variants.values()):
+        check_task_imports(program, metric)
+    for base in variants.values():
+        validate(RunConfig, base)
+        for path, (kind, arg) in leaves.items():
+            for value in arg:  # every option of a grid/choice; both bounds of a range
+                validate(RunConfig, space.apply(base, {path: value}), prefix="")
+        for options in tied.values():
+            for values in options.values():
+                validate(RunConfig, space.apply(base, values), prefix="")
     return leaves
 
 
-def preflight(cfg: SweepConfig) -> tuple[dict[str, tuple[str, Any]], dict[str, LMConfig]]:
+def preflight(cfg: SweepConfig, variants: Variants | None = None) -> tuple[dict[str, tuple[str, Any]], dict[str, LMConfig]]:
     """check(), then every external LM endpoint must answer: all of it before Ray starts. Managed servers are
     checked once started, before any trial."""
-    leaves = check(cfg)
-    lms = lm_configs(cfg, leaves)
+    variants = variants or groups.single(cfg)
+    leaves = check(cfg, variants)
+    lms = lm_configs(cfg, leaves, variants)
     check_external(lms)
     return leaves, lms
 
 
-def planned_trials(cfg: SweepConfig, leaves: dict) -> int:
+def planned_trials(cfg: SweepConfig, leaves: dict, variants: Variants | None = None) -> int:
     grid = math.prod(len(arg) for kind, arg in leaves.values() if kind == "grid")
+    if cfg.sweep.search == "grid":  # tied axes are grids there (choices under random and Optuna)
+        grid *= math.prod(len(options) for options in cfg.sweep.tied.values())
+    if cfg.sweep.search != "optuna":  # every group combination runs (Optuna picks among them)
+        grid *= len(variants or groups.single(cfg))
     return grid * cfg.sweep.num_samples
 
 
-def lm_configs(cfg: SweepConfig, leaves: dict, roles: tuple[str, ...] = ("lm", "reflection_lm")) -> dict[str, LMConfig]:
-    """Every LM server a trial may talk to in `roles`, keyed by LMConfig.server_key() (trials look their endpoint up by
-    it; client-side settings such as temperature, even sampled from a range, share one server)."""
-    base = cfg.base_run()
-    configs = {c.server_key(): c for c in (getattr(cfg, role) for role in roles)}
-    for path, (kind, arg) in leaves.items():
-        if path.split(".")[0] in roles and kind in ("grid", "choice"):
-            for value in arg:
-                trial = RunConfig.model_validate(space.apply(base, {path: value}))
-                for c in (getattr(trial, role) for role in roles):
-                    configs[c.server_key()] = c
+def lm_configs(cfg: SweepConfig, leaves: dict, variants: Variants | None = None,
+               roles: tuple[str, ...] = ("lm", "reflection_lm")) -> dict[str, LMConfig]:
+    """Every LM server a trial may talk to in `roles`, in every group combination, keyed by LMConfig.server_key()
+    (trials look their endpoint up by it; client-side settings such as temperature, even sampled from a range, share
+    one server). Each combination of the discrete axes that set keys of those roles is looked at."""
+    def touches(key: str) -> bool:
+        return key.split(".")[0] in roles
+
+    axes = [[{path: value} for value in arg] for path, (kind, arg) in leaves.items()
+            if touches(path) and kind in ("grid", "choice")]
+    axes += [list(options.values()) for options in space.tied_axes(cfg.sweep.tied).values()
+             if any(touches(key) for key in next(iter(options.values())))]
+    configs: dict[str, LMConfig] = {}
+    for base in (variants or groups.single(cfg)).values():
+        for chosen in itertools.product(*axes):
+            trial = RunConfig.model_validate(space.apply(base, {k: v for values in chosen for k, v in values.items()}))
+            for c in (getattr(trial, role) for role in roles):
+                configs[c.server_key()] = c
     return configs
 
 
@@ -88,15 +117,22 @@ def searcher(cfg: SweepConfig):
     return OptunaSearch(metric=METRIC, mode="max", seed=cfg.sweep.searcher_seed)
 
 
-def scheduler(cfg: SweepConfig, sweep_id: str):
+def calls_per_trial(variants: Variants) -> int | None:
+    """The most metric calls a trial may spend, over every group combination (None: a budget set otherwise)."""
+    budgets = [v["optimizer"]["max_metric_calls"] for v in variants.values()]
+    return None if None in budgets else max(budgets)
+
+
+def scheduler(cfg: SweepConfig, sweep_id: str, variants: Variants | None = None):
     if cfg.sweep.scheduler == "fifo":
         return None
+    variants = variants or groups.single(cfg)
     return GracefulASHA(
         sweep_id,
         time_attr="metric_calls",  # compare trials at equal metric calls, not wall time
         metric=METRIC,
         mode="max",
-        max_t=cfg.optimizer.max_metric_calls or 10**9,
+        max_t=calls_per_trial(variants) or 10**9,
         grace_period=cfg.sweep.asha.grace_metric_calls,
         reduction_factor=cfg.sweep.asha.reduction_factor,
     )
@@ -112,23 +148,35 @@ def trial_resources(cfg: SweepConfig) -> dict[str, float]:
     return {"CPU": cfg.sweep.resources.cpu, **cfg.sweep.resources.custom}
 
 
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+def run_sweep(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, Any]:
+    """variants: each config-group combination's composed config (groups.compose_variants); default: no groups."""
     started = time.time()
-    leaves, lms = preflight(cfg)
-    task_lms = lm_configs(cfg, leaves, roles=("lm",))
     out = Path(cfg.output_dir).resolve()
+    variants = variants or groups.single(cfg)
+    if cfg.sweep.groups and (kept := groups.saved(out)) is not None:  # a resume runs the set it started with
+        if kept != variants:
+            Console(stderr=True).print(f"the config-group combinations composed now differ from those this sweep "
+                                       f"started with: resuming with those saved in {out / groups.VARIANTS_FILE}")
+        variants = kept
+    leaves, lms = preflight(cfg, variants)
+    task_lms = lm_configs(cfg, leaves, variants, roles=("lm",))
     out.mkdir(parents=True, exist_ok=True)
     sweep_id = out.name
     console = Console(stderr=True)
     tracking = cfg.tracking
-    ensure_prepared(cfg.corpus)  # once, here: trials starting together must not all prepare it
+    if cfg.sweep.groups:
+        groups.save(out, variants)
+    corpora = {v["corpus"]["name"]: v["corpus"] for v in variants.values()}  # one config per name (check_corpora)
+    for corpus in corpora.values():  # once, here: trials starting together must not all prepare one
+        ensure_prepared(CorpusConfig.model_validate(corpus))
+    user_code = list(dict.fromkeys(path for v in variants.values() for path in (v["task"]["program"], v["task"]["metric"])))
     if tracking.wandb.enabled:
         os.environ.update(wandb_sink.wandb_env(tracking.wandb, out))  # before ray.init: workers inherit it
     # the winner's load-back check, in a process that imports what it needs while Ray starts (a core is idle then)
     load_back = registry.LoadBackProcess() if tracking.mlflow.enabled else None
     parent_run = None
     try:
-        with ray_session(cfg.ray, out, py_modules=code_to_ship([cfg.task.program, cfg.task.metric], cfg.ray.py_modules),
+        with ray_session(cfg.ray, out, py_modules=code_to_ship(user_code, cfg.ray.py_modules),
                          trial_resources=trial_resources(cfg)), cache_service(cfg.cache, out) as cache, \
                 serve_all(lms, workdir=out / "lm", shared=True) as endpoints:
             check_endpoints_from_trial_nodes([e.api_base for e in endpoints.values()], trial_resources(cfg))
@@ -142,6 +190,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 sweep_id=sweep_id,
                 output_dir=str(out),
                 base_config=cfg.base_run(),
+                variants=variants,
+                tied=space.tied_axes(cfg.sweep.tied),
                 endpoints=endpoints,
                 eval_threads=eval_threads(task_lms, concurrent),
                 # restored from the sweep's folder on a rerun: the budget covers the sweep before and after a crash
@@ -150,10 +200,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 mlflow_parent_run_id=parent_run,
                 cache=cache,
             )
-            planned = planned_trials(cfg, leaves)
+            planned = planned_trials(cfg, leaves, variants)
             console.print(f"[bold]sweep {cfg.sweep.name}[/]: {planned} trials, {concurrent} at a time -> {out}")
             with lm_load.LoadProbe([endpoints[key] for key in task_lms]) as probe:
-                fit(cfg, ctx, out, concurrent, LiveProgress(planned, cfg.optimizer.max_metric_calls, console))
+                fit(cfg, ctx, out, concurrent, LiveProgress(planned, calls_per_trial(variants), console))
             load = lm_load.lm_load(probe, query.connect([out]), capacity=sum(lm.capacity for lm in task_lms.values()),
                                    threads=ctx.eval_threads if cfg.eval.num_threads is None else {"": cfg.eval.num_threads})
             summary = summarize(cfg, out, sweep_id, started, parent_run, endpoints, cache, load_back, load)
@@ -194,12 +244,13 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=space.to_tune(space.leaves(cfg.sweep.space)),
+            param_space=space.to_tune(space.leaves(cfg.sweep.space), ctx.tied,
+                                      list(ctx.variants) if cfg.sweep.groups else None, cfg.sweep.search),
             tune_config=tune.TuneConfig(
                 num_samples=cfg.sweep.num_samples,
                 max_concurrent_trials=concurrent,
                 search_alg=searcher(cfg),
-                scheduler=scheduler(cfg, ctx.sweep_id),
+                scheduler=scheduler(cfg, ctx.sweep_id, ctx.variants),
                 reuse_actors=True,  # a trial after another reuses its worker: no second start and imports
             ),
             run_config=tune.RunConfig(
@@ -244,11 +295,50 @@ def gain_confirmation(winner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def crown(cfg: SweepConfig, out: Path, trial_id: str, parent_run: str | None, endpoints,
+          load_back: registry.LoadBackProcess | None, own_name: bool) -> dict[str, Any]:
+    """One task's winner: its scores and gain, and (MLflow on) its registration. own_name: the sweep has several
+    tasks, so a user-set registered_model_name gets the task's name appended (the default name holds it already)."""
+    trial_dir = out / "trials" / trial_id
+    trial_summary = json.loads((trial_dir / "summary.json").read_text())
+    trial_config = json.loads((trial_dir / "config.json").read_text())["config"]
+    winner: dict[str, Any] = {
+        "best_trial_id": trial_id,
+        "best_config": trial_config,
+        "best_params": trial_summary.get("params", {}),
+        **{k: trial_summary[k] for k in ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score")},
+        **gain_confirmation(trial_summary),
+        "registered_model": None,
+    }
+    if parent_run:
+        run_cfg = RunConfig.model_validate(trial_config)
+        mlflow_cfg = cfg.tracking.mlflow
+        if own_name and mlflow_cfg.registered_model_name:
+            mlflow_cfg = mlflow_cfg.model_copy(
+                update={"registered_model_name": f"{mlflow_cfg.registered_model_name}-{run_cfg.task.name}"})
+        task_endpoint = endpoints[run_cfg.lm.server_key()]
+        try:
+            winner["registered_model"] = registry.register_winner(
+                mlflow_cfg, out, parent_run, trial_summary, trial_config,
+                # a server itself, not the router: the check runs with the key, in a process with no token
+                load_back={"api_base": task_endpoint.direct_base(), "process": load_back},
+            )
+        except Exception as exc:  # the sweep's results stand; say loudly that the winner is not registered
+            Console(stderr=True).print(f"[red]the winner of {run_cfg.task.name} was not registered[/]: {type(exc).__name__}: {exc}")
+            winner["registration_error"] = f"{type(exc).__name__}: {exc}"
+    return winner
+
+
 def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict,
               load_back: registry.LoadBackProcess | None = None, load: dict | None = None) -> dict:
+    """summary.json: `winners` holds each task's winner (best val within the task; scores are never compared across
+    tasks); with one task its fields are also the summary's own (best_trial_id, ...), as before tasks were swept."""
     con = query.connect([out])
     counts = dict(con.sql("SELECT status, count(*) FROM trials GROUP BY status").fetchall())
-    best = query.best_trial(con)
+    best = query.best_trials(con)
+    # the load-back process started with the sweep serves the first winner; each other one starts its own
+    winners = {task: crown(cfg, out, row["trial_id"], parent_run, endpoints, load_back if i == 0 else None, len(best) > 1)
+               for i, (task, row) in enumerate(best.items())}
     summary: dict[str, Any] = {
         "sweep": cfg.sweep.name,
         "sweep_id": sweep_id,
@@ -257,30 +347,11 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
         "best_trial_id": None,
         "tracking_uri": mlflow_sink.tracking_uri(cfg.tracking.mlflow, out) if cfg.tracking.mlflow.enabled else None,
         "registered_model": None,
+        "winners": winners,
         **git_state(),  # the driver's code (each trial records its own)
     }
-    if best is not None:
-        trial_dir = out / "trials" / best["trial_id"]
-        trial_summary = json.loads((trial_dir / "summary.json").read_text())
-        trial_config = json.loads((trial_dir / "config.json").read_text())["config"]
-        summary.update(
-            best_trial_id=best["trial_id"],
-            best_config=trial_config,
-            best_params=trial_summary.get("params", {}),
-            **{k: trial_summary[k] for k in ("best_val_score", "best_test_score", "seed_val_score", "seed_test_score")},
-            **gain_confirmation(trial_summary),
-        )
-        if parent_run:
-            task_endpoint = endpoints[RunConfig.model_validate(trial_config).lm.server_key()]
-            try:
-                summary["registered_model"] = registry.register_winner(
-                    cfg.tracking.mlflow, out, parent_run, trial_summary, trial_config,
-                    # a server itself, not the router: the check runs with the key, in a process with no token
-                    load_back={"api_base": task_endpoint.direct_base(), "process": load_back},
-                )
-            except Exception as exc:  # the sweep's results stand; say loudly that the winner is not registered
-                Console(stderr=True).print(f"[red]the winner was not registered[/]: {type(exc).__name__}: {exc}")
-                summary["registration_error"] = f"{type(exc).__name__}: {exc}"
+    if len(winners) == 1:
+        summary.update(next(iter(winners.values())))
     summary["lm_cache"] = shared_cache_stats(out, **cache)  # requests the sweep's trials did not have to send
     summary.update(load or {})  # lm_utilization and what it was computed from
     summary["wall_seconds"] = round(time.time() - started, 3)

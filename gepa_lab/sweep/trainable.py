@@ -25,6 +25,7 @@ from gepa_lab.lm.config import LMConfig
 from gepa_lab.results.writer import write_table
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.sweep import space
+from gepa_lab.sweep.groups import GROUPS_AXIS
 from gepa_lab.sweep.stopping import LedgerStop
 
 
@@ -40,6 +41,8 @@ class SweepContext:
     ledger: Any = None  # SweepLedger actor handle, when the sweep has a budget or ASHA
     mlflow_parent_run_id: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # kwargs for gepa_lab.lm.cache.use_cache
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # group combination label -> its config (groups.py)
+    tied: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # space.tied_axes of sweep.tied
     started_at: float = field(default_factory=time.time)  # when this run of the sweep's driver began
 
 
@@ -70,7 +73,8 @@ class TuneReporter:
 
 
 def trial_config(ctx: SweepContext, params: dict[str, Any], trial_id: str) -> RunConfig:
-    data = space.apply(ctx.base_config, params)
+    base = ctx.variants[params[GROUPS_AXIS]] if GROUPS_AXIS in params else ctx.base_config
+    data = space.apply(base, space.expand(params, ctx.tied))
     data["output_dir"] = str(Path(ctx.output_dir) / "trials" / trial_id)
     if data["eval"]["num_threads"] is None:
         data["eval"]["num_threads"] = ctx.eval_threads[LMConfig.model_validate(data["lm"]).server_key()]
@@ -113,7 +117,9 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         tune.report({"skipped": reason, "best_val_score": float("nan"), "metric_calls": 0})
         return
     summary = harnessed_trial(
-        cfg, root=Path(ctx.output_dir), trial_id=trial_id, sweep_id=ctx.sweep_id, params=params,
+        # recorded: the labels of tied axes and the group combination, and the keys a tied label set
+        cfg, root=Path(ctx.output_dir), trial_id=trial_id, sweep_id=ctx.sweep_id,
+        params={**params, **space.expand(params, ctx.tied)},
         sinks=[TuneReporter(ctx.ledger, attempt=uuid.uuid4().hex[:8])],
         endpoints={"task": ctx.endpoints[cfg.lm.server_key()], "reflection": ctx.endpoints[cfg.reflection_lm.server_key()]},
         cache=ctx.cache, mlflow_parent_run_id=ctx.mlflow_parent_run_id,

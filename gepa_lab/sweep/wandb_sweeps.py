@@ -13,6 +13,9 @@ export maps the `sweep:` block of sweeps/NAME.yaml (composed with Hydra exactly 
       uniform [lo, hi]     -> distribution: uniform, min, max
       loguniform [lo, hi]  -> distribution: log_uniform_values, min, max
       randint [lo, hi]     -> distribution: int_uniform, min, max   (both inclusive, as in the Ray sweep)
+    a tied axis (sweep.tied.NAME) -> parameter tied.NAME, values: its labels (the agent sets the keys a label names)
+    sweep.groups -> parameter groups, values: the combinations' labels (task=banking77,lm=sim: the agent composes
+      the trial's config with those group options)
     metric: best_val_score, maximize
     command: [${env}, python, -m, gepa_lab.sweep.wandb_sweeps, agent, sweep=NAME, <export overrides>, ${args_no_hyphens}]
 
@@ -88,9 +91,13 @@ def to_wandb(spec: dict[str, Any], command_overrides: list[str], project: str | 
     """A validated sweep block (SweepSpec as a dict) -> (W&B sweep config, notes on what was dropped or changed)."""
     from gepa_lab.sweep import space
 
+    from gepa_lab.sweep.groups import GROUPS_AXIS, combinations, label
+
     leaves = space.leaves(spec["space"])
-    if not leaves:
-        raise ConfigError(f"sweep {spec['name']}: sweep.space is empty: nothing to search")
+    tied = space.tied_axes(spec.get("tied") or {})
+    labels = [label(c) for c in combinations(spec.get("groups") or {})] if spec.get("groups") else []
+    if not leaves and not tied and not labels:
+        raise ConfigError(f"sweep {spec['name']}: sweep.space, sweep.tied and sweep.groups are empty: nothing to search")
     method = METHODS[spec["search"]]
     doc: dict[str, Any] = {"name": spec["name"], "program": PROGRAM}
     if project:
@@ -100,6 +107,9 @@ def to_wandb(spec: dict[str, Any], command_overrides: list[str], project: str | 
     doc["method"] = method
     doc["metric"] = dict(METRIC)
     doc["parameters"] = {path: wandb_parameter(path, kind, arg, method) for path, (kind, arg) in leaves.items()}
+    doc["parameters"].update({space.TIED + name: {"values": list(options)} for name, options in tied.items()})
+    if labels:
+        doc["parameters"][GROUPS_AXIS] = {"values": labels}
     notes: list[str] = []
     n = spec["num_samples"]
     if method == "grid":
@@ -145,7 +155,16 @@ def export(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     cfg = compose("sweep", overrides, return_hydra_config=True)
     choice = cfg.hydra.runtime.choices.get("sweep")  # the agent recomposes with the same option
     spec = _sweep_block(cfg)
-    space.check(space.leaves(spec["space"]), spec["search"], OmegaConf.to_container(cfg, resolve=False))
+    base = OmegaConf.to_container(cfg, resolve=False)
+    space.check(space.leaves(spec["space"]), spec["search"], base)
+    space.check_tied(space.tied_axes(spec["tied"]), space.leaves(spec["space"]), base, list(spec["groups"]))
+    if spec["groups"]:  # each combination composes and validates, and a task axis is no search (as in a Ray sweep)
+        from gepa_lab.config.load import to_plain, validate
+        from gepa_lab.sweep.config import SweepConfig
+        from gepa_lab.sweep.groups import check_task_axis, compose_variants
+
+        swept = validate(SweepConfig, to_plain(compose("sweep", overrides)))  # without Hydra's own node
+        check_task_axis(swept.sweep, compose_variants(swept, overrides))
     # The agent recomposes the same config: the sweep option first, then the export's own overrides.
     # An output_dir given here is kept, so that every W&B run of the sweep writes under it.
     rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "sweep"]
@@ -205,6 +224,14 @@ def _get(data: dict, path: str) -> Any:
     return node
 
 
+def is_label(key: str) -> bool:
+    """A tied axis's label or the group combination: a parameter of the sweep, not a config key."""
+    from gepa_lab.sweep.groups import GROUPS_AXIS
+    from gepa_lab.sweep.space import TIED
+
+    return key == GROUPS_AXIS or key.startswith(TIED)
+
+
 def _explicit_output_dir(overrides: list[str]) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in overrides)
 
@@ -224,12 +251,21 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
     from gepa_lab.progress import ConsoleProgress
     from gepa_lab.sweep import space
     from gepa_lab.sweep.config import SweepConfig
+    from gepa_lab.sweep.groups import GROUPS_AXIS, override_key
 
-    cfg = compose("sweep", overrides)
+    # W&B hands a tied axis's label (tied.NAME=LABEL) and the group combination (groups=task=x,lm=y) as overrides:
+    # no config key has those names; the combination's group options are composed like the Ray sweep composes them
+    labels = {override_key(o): o.split("=", 1)[1] for o in overrides if is_label(override_key(o))}
+    overrides = [o for o in overrides if not is_label(override_key(o))]
+    groups_label = (config or {}).get(GROUPS_AXIS, labels.get(GROUPS_AXIS))
+    group_overrides = groups_label.split(",") if groups_label else []
+    cfg = compose("sweep", [*overrides, *group_overrides])
     swept: SweepConfig = validate(SweepConfig, to_plain(cfg))
     leaves = space.leaves(swept.sweep.space)
+    tied = space.tied_axes(swept.sweep.tied)
     base = swept.base_run()
     space.check(leaves, swept.sweep.search, base)
+    space.check_tied(tied, leaves, base, list(swept.sweep.groups))
     check_task_imports(swept.task.program, swept.task.metric)
 
     wandb_sweep_id = os.environ.get("WANDB_SWEEP_ID")
@@ -261,7 +297,10 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
         # Parameters given only on the command line (or left at the sweep's base) join wandb.config,
         # so wandb.config always holds every parameter of this trial; W&B's values win.
         run.config.setdefaults({path: _get(base, path) for path in leaves})
+        run.config.setdefaults(labels)
         params = {path: run.config[path] for path in leaves}
+        params.update({key: run.config[key] for key in [*(space.TIED + n for n in tied), GROUPS_AXIS]
+                       if key in run.config})
         extra = {
             k: v for k, v in dict(run.config).items()
             if k not in leaves and "." in k and not isinstance(v, dict) and space._has_path(base, k)
@@ -269,7 +308,7 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
         params.update(extra)  # a parameter added to the W&B sweep by hand, if it names a config key
         trial_id = run.id
         trial_dir = out / "trials" / trial_id
-        data = space.apply(base, params)
+        data = space.apply(base, space.expand(params, tied))
         data["output_dir"] = str(trial_dir)
         trial_cfg: RunConfig = validate(RunConfig, data)
         console = Console(stderr=True)
@@ -277,7 +316,7 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
         # no sweep driver here: the harness starts this trial's cache service and LM servers itself; the run
         # W&B started (with the sweep's parameters) is the trial's W&B run
         summary = harnessed_trial(
-            trial_cfg, root=out, trial_id=trial_id, params=params, wandb_run=run,
+            trial_cfg, root=out, trial_id=trial_id, params={**params, **space.expand(params, tied)}, wandb_run=run,
             sweep_id=f"wandb-{wandb_sweep_id}" if wandb_sweep_id else f"wandb-{swept.sweep.name}",
             sinks=[ConsoleProgress(trial_cfg.optimizer.max_metric_calls, console), FinalMetrics(run), Preempted(run)],
             extra_summary={"wandb_run_id": run.id, "wandb_sweep_id": wandb_sweep_id},
