@@ -224,6 +224,18 @@ def _get(data: dict, path: str) -> Any:
     return node
 
 
+def split_labels(overrides: list[str], config: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
+    """W&B hands a tied axis's label (tied.NAME=LABEL) and the group combination (groups=task=x,lm=y) as overrides, but
+    no config key has those names: (the overrides to compose the trial's config with, the labels given). The
+    combination's group options join the overrides, as the Ray sweep composes them (wandb.config's label first)."""
+    from gepa_lab.sweep.groups import GROUPS_AXIS, override_key
+
+    labels = {override_key(o): o.split("=", 1)[1] for o in overrides if is_label(override_key(o))}
+    rest = [o for o in overrides if not is_label(override_key(o))]
+    combination = (config or {}).get(GROUPS_AXIS, labels.get(GROUPS_AXIS))
+    return [*rest, *(combination.split(",") if combination else [])], labels
+
+
 def is_label(key: str) -> bool:
     """A tied axis's label or the group combination: a parameter of the sweep, not a config key."""
     from gepa_lab.sweep.groups import GROUPS_AXIS
@@ -251,15 +263,10 @@ def agent(overrides: list[str], config: dict[str, Any] | None = None) -> dict[st
     from gepa_lab.progress import ConsoleProgress
     from gepa_lab.sweep import space
     from gepa_lab.sweep.config import SweepConfig
-    from gepa_lab.sweep.groups import GROUPS_AXIS, override_key
+    from gepa_lab.sweep.groups import GROUPS_AXIS
 
-    # W&B hands a tied axis's label (tied.NAME=LABEL) and the group combination (groups=task=x,lm=y) as overrides:
-    # no config key has those names; the combination's group options are composed like the Ray sweep composes them
-    labels = {override_key(o): o.split("=", 1)[1] for o in overrides if is_label(override_key(o))}
-    overrides = [o for o in overrides if not is_label(override_key(o))]
-    groups_label = (config or {}).get(GROUPS_AXIS, labels.get(GROUPS_AXIS))
-    group_overrides = groups_label.split(",") if groups_label else []
-    cfg = compose("sweep", [*overrides, *group_overrides])
+    overrides, labels = split_labels(overrides, config)
+    cfg = compose("sweep", overrides)
     swept: SweepConfig = validate(SweepConfig, to_plain(cfg))
     leaves = space.leaves(swept.sweep.space)
     tied = space.tied_axes(swept.sweep.tied)

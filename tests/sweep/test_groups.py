@@ -11,7 +11,7 @@ from gepa_lab.sweep import space
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.driver import check, lm_configs, planned_trials
 from gepa_lab.sweep.groups import compose_variants
-from gepa_lab.sweep.wandb_sweeps import export
+from gepa_lab.sweep.wandb_sweeps import export, split_labels
 from tests.conftest import run_cli
 
 SWEEP = ["sweep=tasks_x_sims", "output_dir=/tmp/x"]
@@ -107,3 +107,14 @@ def test_wandb_export_maps_the_tied_axis_and_the_group_combinations():
     assert doc["parameters"] == {"tied.simulator": {"values": ["steady", "slower"]}, "groups": {"values": [BANKING, CSV]}}
     with pytest.raises(ConfigError, match=re.escape("compares tasks")):
         export(["sweep=tasks_x_sims", "sweep.search=optuna"])
+
+
+def test_the_wandb_agent_composes_the_combination_it_is_handed():
+    given = ["sweep=tasks_x_sims", f"groups={CSV}", "tied.simulator=slower", "optimizer.seed=1"]
+    overrides, labels = split_labels(given, None)
+    assert labels == {"groups": CSV, "tied.simulator": "slower"}
+    cfg = validate(SweepConfig, to_plain(compose("sweep", [*overrides, "output_dir=/tmp/x"])))
+    assert (cfg.task.name, cfg.optimizer.seed) == ("example_csv", 1)
+    # wandb.config (where W&B's agent puts the parameters) wins over the command line
+    overrides, _ = split_labels(given, {"groups": BANKING})
+    assert validate(SweepConfig, to_plain(compose("sweep", [*overrides, "output_dir=/tmp/x"]))).task.name == "banking77"
