@@ -1,4 +1,7 @@
-"""python -m gepa_lab.sweep sweep=NAME [key=value ...] [output_dir=PATH]"""
+"""python -m gepa_lab.sweep sweep=NAME [key=value ...] [output_dir=PATH]
+
+Exit status: 0 no trial failed; 3 some trials failed (the others' results and winner stand); 4 no trial completed;
+2 refused (bad config, one line); 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (docs/runs.md#stop-signals-and-exit-codes)."""
 import sys
 
 import hydra
@@ -10,6 +13,7 @@ from rich.markup import escape
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.compose import register_resolvers
 from gepa_lab.config.load import check_before_start, load_config, refuse_bad_command
+from gepa_lab.errors import TrialFailed
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import with_interval
 from gepa_lab.results.query import connect, leaderboard_table
@@ -29,6 +33,22 @@ def confirmation_line(summary: dict) -> str:
     rest = (f"test did not confirm {unconfirmed:.3f} of it (the winner was picked for its val score, which flatters it)"
             if unconfirmed > 0 else f"test confirmed all of it (and {-unconfirmed:.3f} more)")
     return f"test gain {gain} ({verdict}); val gain {summary['val_gain']:+.3f}: {rest}"
+
+
+SOME_TRIALS_FAILED = 3
+
+
+def exit_status(trials: dict[str, int]) -> int:
+    """0: no trial failed (stopped and skipped ones are the sweep's own doing); 3: some failed, others completed or
+    were stopped with a result; 4 (a failed run's status): none did."""
+    if not trials.get("failed"):
+        return 0
+    return SOME_TRIALS_FAILED if trials.get("completed", 0) + trials.get("stopped", 0) else TrialFailed.exit_code
+
+
+def failed_trials(output_dir: str) -> list[tuple[str, str]]:
+    """(trial_id, the one line saying why) of each failed trial, from the results' trials table."""
+    return connect([output_dir]).sql("SELECT trial_id, error FROM trials WHERE status = 'failed' ORDER BY trial_id").fetchall()
 
 
 def check_sweep(cfg: DictConfig) -> None:
@@ -55,6 +75,8 @@ def main(cfg: DictConfig) -> None:
     console.print(leaderboard_table(connect([summary["output_dir"]])))
     trials = summary["trials"]
     console.print(f"trials: {trials['total']}: " + ", ".join(f"{n} {status}" for status, n in trials.items() if status != "total" and n))
+    for trial_id, error in failed_trials(summary["output_dir"]):
+        console.print(escape(f"trial {trial_id} failed: {error}"), style="red", soft_wrap=True)
     several = len(summary["winners"]) > 1
     for task, winner in summary["winners"].items():
         console.print(escape(
@@ -83,6 +105,7 @@ def main(cfg: DictConfig) -> None:
             model = winner.get("registered_model") or {}
             lines.append(f"  winner       {model.get('model_uri', 'not registered')}" + (f"  ({task})" if several else ""))
     console.print("\n[bold]where everything went[/]\n" + "\n".join(lines))
+    sys.exit(exit_status(trials))
 
 
 if __name__ == "__main__":
