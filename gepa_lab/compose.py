@@ -85,10 +85,12 @@ def compose(config_name: str | None, overrides: Sequence[str] = (), *, config_di
             return hydra_compose(primary, overrides=list(overrides), return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(hydra_message(exc)) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # Hydra lets a config file it cannot parse through as it is
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:  # Hydra lets these through as they are: a config
+        # file it cannot parse, or whose `# @package` header line it cannot read
         message = hydra_message(exc)
         where = _file_being_read(exc)
-        raise ConfigError(f"malformed YAML{'' if where[4:] in message else where}: {message}") from None
+        what = "malformed YAML" if isinstance(exc, (yaml.YAMLError, UnicodeDecodeError)) else "bad config file"
+        raise ConfigError(f"{what}{'' if where[4:] in message else where}: {message}") from None
     finally:
         if running is not None:
             GlobalHydra.instance().initialize(running)

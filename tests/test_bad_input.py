@@ -218,6 +218,14 @@ def test_malformed_sweep_files_are_refused_in_one_line_or_valid(tmp_path_factory
         assert str(e).strip() and "\n" not in str(e), repr(str(e))
 
 
+@pytest.mark.parametrize("header", [b"# @package - _global_\n", b"# @package\n"])
+def test_a_sweep_file_whose_package_header_hydra_cannot_read_is_one_line(tmp_path, header):
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "headed.yaml").write_bytes(header + VALID_SWEEP.split(b"\n", 1)[1])
+    with pytest.raises(GepaLabError, match="bad config file .*headed.yaml: .*package"):
+        compose("sweep", ["sweep=headed", f"hydra.searchpath=[file://{tmp_path}]", f"output_dir={OUT}"])
+
+
 # ------------------------------------------------------------------ output_dir
 
 
