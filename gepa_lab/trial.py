@@ -15,6 +15,10 @@ from typing import Any, Callable
 
 import dspy
 from dspy.utils.parallelizer import ParallelExecutor
+from gepa.strategies.proposal_sampling import IndependentSampling, PxNSampling, SameParentSampling, SingleMutationSampling
+from gepa.strategies.proposal_selection import AllImprovements, BestImprovement, TopKImprovements
+from gepa.utils.stop_condition import (FileStopper, MaxCandidateProposalsStopper, MaxMetricCallsStopper,
+                                       NoImprovementStopper, ScoreThresholdStopper, TimeoutStopCondition)
 
 from gepa_lab import atomic
 from gepa_lab.config.schema import RunConfig
@@ -78,6 +82,16 @@ class GEPAEvents:
     metric_calls: int = 0
     best_val: float = -math.inf
     started: float = field(default_factory=time.time)
+    proposals: int = 0  # reflective proposals (new instruction texts) made in this process
+    iteration_proposals: int = 0  # ... in the iteration under way
+    iterations: int = 0  # GEPA's iteration count when it ended (it continues across a resume)
+
+    def on_proposal_end(self, event):
+        self.proposals += 1
+        self.iteration_proposals += 1
+
+    def on_optimization_end(self, event):
+        self.iterations = event["total_iterations"] + 1  # gepa's state.i: the last iteration's index, from 0
 
     def on_budget_updated(self, event):
         self.metric_calls = event["metric_calls_used"]
@@ -103,12 +117,14 @@ class GEPAEvents:
             "iteration",
             iteration=event["iteration"],
             accepted=bool(event["proposal_accepted"]),
+            proposals=self.iteration_proposals,
             best_val=self.best_val,
             metric_calls=self.metric_calls,
             seconds=time.time() - self.started,
             usage=self.meter.snapshot(),
         )
         self.metric.clear()  # this iteration's accepted candidates were taken at their val evaluation
+        self.iteration_proposals = 0
 
 
 def evaluate(program: dspy.Module, examples: list, metric: Callable, threads: int,
@@ -168,7 +184,7 @@ def score_intervals(seed_scores: list[float], best_scores: list[float]) -> dict[
 @dataclass
 class NoOvershoot:
     """GEPA stop condition: stop before an iteration that could take the run past max_metric_calls
-    (a reflection minibatch before and after, plus a full validation pass if accepted)."""
+    (OptimizerConfig.iteration_cost: every proposal's minibatches, every acceptable one's full validation pass)."""
 
     max_metric_calls: int
     iteration_cost: int
@@ -177,19 +193,78 @@ class NoOvershoot:
         return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
 
 
-# OptimizerConfig fields that are gepa_lab's own; every other field is a dspy.GEPA keyword of the same name
-NOT_GEPA_ARGUMENTS = {"strict_budget", "gepa_kwargs"}
+class TimeoutFromGEPAStart(TimeoutStopCondition):
+    """gepa's timeout, with its clock started when GEPA starts (a callback), not when it was built: the seed's test
+    evaluation, which runs in between, is not GEPA's time."""
+
+    def on_optimization_start(self, event):
+        self.start_time = time.time()
 
 
-def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks: list, stop_callbacks: list | None) -> dspy.GEPA:
+@dataclass
+class TrialStops:
+    """The trial's own stop conditions as one GEPA stopper, checked before each iteration: the metric-call budget,
+    optimizer.stop and the gepa.stop file. `reason` names the first that held: why GEPA stopped on its
+    own (gepa_stop_reason), as opposed to a sweep's budget or scheduler stopping the trial. Also a GEPA callback,
+    for the timeout's clock."""
+
+    conditions: dict[str, Callable[[Any], bool]]
+    reason: str | None = None
+
+    def __call__(self, gepa_state) -> bool:
+        held = [name for name, condition in self.conditions.items() if condition(gepa_state)]  # each called: some count
+        if held:
+            self.reason = held[0]
+        return bool(held)
+
+    def on_optimization_start(self, event):
+        for condition in self.conditions.values():
+            getattr(condition, "on_optimization_start", lambda e: None)(event)
+
+
+
+def trial_stops(cfg: RunConfig, task: Task) -> TrialStops:
+    opt, stop = cfg.optimizer, cfg.optimizer.stop
+    conditions: dict[str, Callable[[Any], bool]] = {}
+    if opt.max_metric_calls:
+        conditions["max_metric_calls"] = (NoOvershoot(opt.max_metric_calls, opt.iteration_cost(len(task.val)))
+                                          if opt.strict_budget else MaxMetricCallsStopper(opt.max_metric_calls))
+    if stop.no_improvement_iterations:
+        conditions["no_improvement"] = NoImprovementStopper(stop.no_improvement_iterations)
+    if stop.score_threshold is not None:
+        conditions["score_threshold"] = ScoreThresholdStopper(stop.score_threshold)
+    if stop.timeout_seconds is not None:
+        conditions["timeout"] = TimeoutFromGEPAStart(stop.timeout_seconds)
+    if stop.max_iterations:
+        conditions["max_iterations"] = MaxCandidateProposalsStopper(stop.max_iterations)
+    conditions["stop_file"] = FileStopper(str(Path(cfg.output_dir) / "gepa" / "gepa.stop"))  # gepa's own, named here
+    return TrialStops(conditions)
+
+
+SAMPLING = {"single": SingleMutationSampling, "same_parent": SameParentSampling, "independent": IndependentSampling,
+            "pxn": PxNSampling}
+SELECTION = {"all_improvements": AllImprovements, "best_improvement": BestImprovement, "top_k": TopKImprovements}
+# OptimizerConfig fields that are not dspy.GEPA keywords: gepa_lab's own, or built into gepa.optimize's objects
+NOT_GEPA_ARGUMENTS = {"strict_budget", "gepa_kwargs", "proposal_sampling", "proposal_selection", "acceptance_criterion",
+                      "stop"}
+
+
+def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks: list, stop_callbacks: list | None,
+                   stops: TrialStops) -> dspy.GEPA:
+    """dspy.GEPA with cfg.optimizer's knobs; the typed ones dspy.GEPA does not take go to gepa.optimize through
+    gepa_kwargs as gepa's objects. `stops` (the trial's own) is checked before the caller's stop_callbacks (a sweep's
+    budget, ASHA), so a trial its own budget ends is not taken for one the sweep stopped."""
     opt = cfg.optimizer
-    gepa_kwargs = dict(opt.gepa_kwargs)
-    gepa_kwargs["callbacks"] = [*gepa_kwargs.get("callbacks", []), *callbacks]
-    stop_callbacks = list(stop_callbacks or [])
-    if opt.strict_budget and opt.max_metric_calls:
-        stop_callbacks.append(NoOvershoot(opt.max_metric_calls, 2 * opt.reflection_minibatch_size + len(task.val)))
-    if stop_callbacks:
-        gepa_kwargs["stop_callbacks"] = stop_callbacks
+    sampling, sampling_args = opt.sampling()
+    selection, selection_args = opt.selection()
+    gepa_kwargs = {
+        **opt.gepa_kwargs,
+        "callbacks": [*callbacks, stops],
+        "stop_callbacks": [stops, *(stop_callbacks or [])],
+        "sampling_strategy": SAMPLING[sampling](*sampling_args),
+        "selection_strategy": SELECTION[selection](*selection_args),
+        "acceptance_criterion": opt.acceptance_criterion,  # gepa.optimize builds it from its name
+    }
     return dspy.GEPA(
         metric=task.metric,
         reflection_lm=reflection_lm,
@@ -259,12 +334,14 @@ def run_trial(
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
     lm_lost = [lambda state: lost_endpoint(lms) is not None]  # GEPA stops at its next iteration; the trial then fails
-    optimizer = make_optimizer(cfg, task, reflection_lm, [GEPAEvents(events, meter, task.metric, task.val)],
-                               [*(stop_callbacks or []), *lm_lost])
+    gepa_events = GEPAEvents(events, meter, task.metric, task.val)
+    stops = trial_stops(cfg, task)
+    optimizer = make_optimizer(cfg, task, reflection_lm, [gepa_events], [*(stop_callbacks or []), *lm_lost], stops)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
         with library_output_to(out / "compile.log"), ending_on_lm_outage(lms), \
-                dspy.context(lm=task_lm, callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
+                dspy.context(lm=task_lm, adapter=cfg.lm.dspy_adapter(),
+                             callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
             seed_test, seed_scores, raised = evaluate(task.program, test, task.metric, threads, cfg.optimizer.failure_score)
             raise_if_unavailable(lms)  # before its failure scores are recorded as the seed's
             stop_if_nothing_scores(raised, test, cfg)
@@ -280,6 +357,8 @@ def run_trial(
                             **scored_examples(test, best_scores, task.metric, program_instructions(winner)))
         save_program(winner, out / "program.json")
         usage = meter.snapshot()
+        # a stop callback that ends the compile early for the sweep (budget, ASHA) says why in `.reason`
+        sweep_stop = next((r for cb in stop_callbacks or [] if (r := getattr(cb, "reason", None))), None)
         summary = {
             "task": task.name,
             "corpus": cfg.corpus.name,
@@ -293,6 +372,8 @@ def run_trial(
             "best_candidate_idx": best_idx,
             "num_candidates": len(results.candidates),
             "metric_calls": results.total_metric_calls,
+            "iterations": gepa_events.iterations,
+            "proposals": gepa_events.proposals,
             "lm_calls": sum(role["requests"] for role in usage.values()),
             "lm_usage": usage,
             # calls of the program or metric that raised (each example scored optimizer.failure_score), and the first
@@ -303,8 +384,9 @@ def run_trial(
                         "temperature": cfg.lm.temperature, "max_tokens": cfg.lm.max_tokens},
             "program_path": str(out / "program.json"),
             "gepa_log_dir": str(out / "gepa"),
-            # a stop callback that ends the compile early for the sweep (budget, ASHA) says why in `.reason`
-            "stop_reason": next((r for cb in stop_callbacks or [] if (r := getattr(cb, "reason", None))), None),
+            "stop_reason": sweep_stop,
+            # neither ours nor the sweep's: gepa's own metric-call budget (auto, max_full_evals: dspy sets it at compile)
+            "gepa_stop_reason": stops.reason or (None if sweep_stop else "max_metric_calls"),
             "sink_failures": dict(events.failures),
             "wall_seconds": round(time.time() - started, 3),
             **(extra_summary or {}),

@@ -1,9 +1,11 @@
 """The validated shape of a run: Hydra composes conf/, pydantic checks it before anything starts."""
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gepa_lab.strict import StrictModel, defaults_of
 
@@ -12,15 +14,74 @@ from gepa_lab.lm.config import LMCacheConfig, LMConfig
 from gepa_lab.tasks.task import TaskConfig
 
 
+# gepa.optimize arguments that dspy.GEPA passes itself (a gepa_kwargs key of the same name raises a TypeError or is
+# overridden) or that a typed key here builds: such a gepa_kwargs key is refused, naming what to set instead
+SET_BY_DSPY_OR_US = {
+    **{key: f"optimizer.{key}" for key in (
+        "candidate_selection_strategy", "skip_perfect_score", "reflection_minibatch_size", "perfect_score", "use_merge",
+        "max_merge_invocations", "max_metric_calls", "track_best_outputs", "seed", "acceptance_criterion")},
+    "module_selector": "optimizer.component_selector",
+    "sampling_strategy": "optimizer.proposal_sampling",
+    "selection_strategy": "optimizer.proposal_selection",
+    "stop_callbacks": "optimizer.stop (GEPA's stop conditions)",
+    "callbacks": "nothing: gepa_lab's own callbacks record the run",
+    "run_dir": "output_dir (GEPA's state goes to OUTPUT_DIR/gepa)",
+    "logger": "nothing: GEPA's log goes to OUTPUT_DIR/compile.log",
+    "display_progress_bar": "nothing: gepa_lab shows its own progress",
+    "raise_on_exception": "nothing: dspy.GEPA always raises",
+    **{key: "tracking.* (gepa_lab's W&B and MLflow runs)"
+       for key in ("use_wandb", "wandb_api_key", "wandb_init_kwargs", "use_mlflow")},
+    **{key: "task.* and corpus.* (the program and its data)"
+       for key in ("seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator")},
+    "reflection_lm": "reflection_lm.* (the reflection LM's config)",
+}
+# proposal_sampling / proposal_selection spellings: name -> its integer arguments (gepa.strategies)
+SAMPLINGS = {"single": (), "same_parent": ("n",), "independent": ("n",), "pxn": ("p", "n")}
+SELECTIONS = {"all_improvements": (), "best_improvement": (), "top_k": ("k",)}
+_SPELLED = re.compile(r"(?P<name>[a-z_]+)(?:\((?P<args>[^()]*)\))?")
+MERGE_SUBSAMPLE = 5  # validation examples a merged candidate is scored on before its full pass (gepa's MergeProposer)
+
+
+def parse_spelled(value: str, known: dict[str, tuple[str, ...]]) -> tuple[str, tuple[int, ...]]:
+    """"pxn(2, 3)" -> ("pxn", (2, 3)); one line naming the accepted spellings for anything else."""
+    spellings = ", ".join(f"{name}({', '.join(args)})" if args else name for name, args in known.items())
+    match = _SPELLED.fullmatch(value.strip())
+    name = match and match["name"]
+    try:
+        args = tuple(int(a) for a in match["args"].split(",")) if match and match["args"] is not None else ()
+    except ValueError:
+        args = None
+    if name not in known or args is None or len(args) != len(known[name]) or any(a < 1 for a in args):
+        raise ValueError(f"expected one of {spellings}, each argument an integer >= 1")
+    return name, args
+
+
+class StopConfig(StrictModel):
+    """GEPA's own stop conditions (gepa.utils.stop_condition), checked before each iteration beside the budget;
+    whichever ends the compile is `gepa_stop_reason`, and the trial is `completed`."""
+
+    no_improvement_iterations: int | None = Field(None, ge=1)  # iterations in a row without a better best val score
+    score_threshold: float | None = None  # stop once the best val score reaches it
+    timeout_seconds: float | None = Field(None, ge=0)  # the clock starts when GEPA starts (after the seed's test)
+    max_iterations: int | None = Field(None, ge=1)  # gepa's MaxCandidateProposalsStopper: an iteration proposes
+    # proposals_per_iteration candidates
+
+
 class OptimizerConfig(StrictModel):
-    """dspy.GEPA's knobs, one to one (conf/optimizer/gepa.yaml)."""
+    """dspy.GEPA's knobs (conf/optimizer/gepa.yaml): most one to one; the proposal strategies, the acceptance criterion
+    and the stop conditions, which gepa takes as objects, spelled as values gepa_lab builds them from."""
 
     auto: Literal["light", "medium", "heavy"] | None = None
     max_full_evals: int | None = Field(None, ge=1)
     max_metric_calls: int | None = Field(None, ge=1)
     strict_budget: bool = True  # no iteration starts that could take max_metric_calls past its limit
     reflection_minibatch_size: int = Field(30, ge=1)  # banking77's 77 labels need big batches to learn within ~1,000 calls
-    candidate_selection_strategy: Literal["pareto", "current_best"] = "pareto"
+    # (parent, minibatch) tasks per iteration, each one proposal: single | same_parent(n) | independent(n) | pxn(p, n)
+    proposal_sampling: str = "single"
+    # which of an iteration's improving proposals join the pool: all_improvements | best_improvement | top_k(k)
+    proposal_selection: str = "all_improvements"
+    acceptance_criterion: Literal["strict_improvement", "improvement_or_equal"] = "strict_improvement"
+    candidate_selection_strategy: Literal["pareto", "current_best", "epsilon_greedy", "top_k_pareto"] = "pareto"
     skip_perfect_score: bool = True
     add_format_failure_as_feedback: bool = False
     component_selector: Literal["round_robin", "all"] = "round_robin"  # gepa raises on any other name, mid-run
@@ -31,7 +92,28 @@ class OptimizerConfig(StrictModel):
     track_best_outputs: bool = False
     warn_on_score_mismatch: bool = True
     seed: int = 0
+    stop: StopConfig = Field(default_factory=StopConfig)
     gepa_kwargs: dict[str, Any] = Field(default_factory=dict)  # forwarded to gepa.optimize
+
+    @field_validator("proposal_sampling")
+    @classmethod
+    def _sampling(cls, value: str) -> str:
+        parse_spelled(value, SAMPLINGS)
+        return value
+
+    @field_validator("proposal_selection")
+    @classmethod
+    def _selection(cls, value: str) -> str:
+        parse_spelled(value, SELECTIONS)
+        return value
+
+    @field_validator("gepa_kwargs")
+    @classmethod
+    def _no_colliding_gepa_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in SET_BY_DSPY_OR_US:
+                raise ValueError(f"gepa_kwargs.{key} is set by dspy.GEPA or gepa_lab; set {SET_BY_DSPY_OR_US[key]}")
+        return value
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -49,6 +131,31 @@ class OptimizerConfig(StrictModel):
         if self.track_best_outputs:
             self.gepa_kwargs.setdefault("use_cloudpickle", True)
         return self
+
+    def sampling(self) -> tuple[str, tuple[int, ...]]:
+        return parse_spelled(self.proposal_sampling, SAMPLINGS)
+
+    def selection(self) -> tuple[str, tuple[int, ...]]:
+        return parse_spelled(self.proposal_selection, SELECTIONS)
+
+    @property
+    def proposals_per_iteration(self) -> int:
+        return math.prod(self.sampling()[1])
+
+    @property
+    def accepted_per_iteration(self) -> int:
+        """The most proposals of one iteration that can join the pool (each then scored on all of val)."""
+        name, args = self.selection()
+        bound = {"all_improvements": self.proposals_per_iteration, "best_improvement": 1}.get(name) or args[0]
+        return min(bound, self.proposals_per_iteration)
+
+    def iteration_cost(self, val_size: int) -> int:
+        """The most metric calls one GEPA iteration can spend: each proposal's parent and child scored on a
+        reflection minibatch, then every accepted one on all of val; or a merge, scored on a few val examples and
+        then all of them (an iteration that merges proposes nothing else)."""
+        reflective = 2 * self.reflection_minibatch_size * self.proposals_per_iteration + self.accepted_per_iteration * val_size
+        merge = MERGE_SUBSAMPLE + val_size if self.use_merge else 0
+        return max(reflective, merge)
 
 
 class EvalConfig(StrictModel):

@@ -26,6 +26,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("best_candidate_idx", pa.int64()), ("num_candidates", pa.int64()), ("metric_calls", pa.int64()),
         ("lm_calls", pa.int64()), ("wall_seconds", pa.float64()), ("program_path", pa.string()),
         ("user_code_errors", pa.int64()),  # calls of the task's program or metric that raised (scored failure_score)
+        # why GEPA stopped on its own (its budget, a cap, optimizer.stop), null when the sweep stopped the trial (error
+        # says why); GEPA's iterations and reflective proposals (the proposal knobs at work)
+        ("gepa_stop_reason", pa.string()), ("iterations", pa.int64()), ("proposals", pa.int64()),
     ]),
     "candidates": pa.schema([
         *_key, ("candidate_idx", pa.int64()), ("iteration", pa.int64()), ("parents", pa.list_(pa.int64())),

@@ -102,6 +102,8 @@ class ResultsWriter:
         self.trial_row.update({k: summary[k] for k in fields})
         self.trial_row.update(interval_bounds(summary))
         self.trial_row["user_code_errors"] = summary.get("user_code_errors")  # absent where written before it was counted
+        for key in ("gepa_stop_reason", "iterations", "proposals"):  # absent from summaries written before they were
+            self.trial_row[key] = summary.get(key)
         stop_reason = summary.get("stop_reason")  # ended early by the sweep (budget, ASHA), keeping what it found
         self._write_trial("stopped" if stop_reason else "completed", event, error=stop_reason)
 

@@ -1,0 +1,151 @@
+"""GEPA 0.1.4's typed knobs (optimizer.proposal_sampling, proposal_selection, stop.*) take effect: each test runs a real compile in-process (gepa_lab.harness against the
+session's simulator, the 27-row example_csv corpus) and reads what GEPA did from its own log (compile.log), the summary
+and the results tables; a knob that is ignored changes what they show."""
+from __future__ import annotations
+
+import collections
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gepa_lab.config.load import validate
+from gepa_lab.config.schema import RunConfig
+from gepa_lab.errors import ConfigError
+from gepa_lab.events import Event
+from gepa_lab.harness import harnessed_trial
+from gepa_lab.results.query import open_results
+from gepa_lab.servers.serving import Endpoint
+from gepa_lab.trial import load_task, trial_stops
+from tests.tracking.tracking_helpers import run_config
+
+UNTRACKED = {"wandb": {"enabled": False}, "mlflow": {"enabled": False}}
+VAL = 6  # example_csv's val split
+# several proposals per iteration, every minibatch scored in full (skip_perfect_score would skip a perfect one)
+THREE_PROPOSALS = {"proposal_sampling": "independent(3)", "skip_perfect_score": False, "use_merge": False}
+
+
+def config(out: Path, optimizer: dict | None = None, **top) -> RunConfig:
+    base = run_config(out, tracking=UNTRACKED)
+    return validate(RunConfig, {**base, **top, "optimizer": {**base["optimizer"], **(optimizer or {})}})
+
+
+class Recorder:
+    """A sink keeping the trial's events."""
+
+    def __init__(self):
+        self.events: list[Event] = []
+
+    def handle(self, event: Event) -> None:
+        self.events.append(event)
+
+    def iterations(self) -> list[dict]:
+        return [e.data for e in self.events if e.kind == "iteration"]
+
+
+def compile_in_process(cfg: RunConfig, simulator, recorder: Recorder | None = None) -> dict:
+    endpoints = {"task": Endpoint(cfg.lm, simulator.url), "reflection": Endpoint(cfg.reflection_lm, simulator.url)}
+    return harnessed_trial(cfg, root=Path(cfg.output_dir), trial_id="run", endpoints=endpoints,
+                           sinks=[recorder] if recorder else ())
+
+
+def proposals_per_iteration(out: Path) -> dict[int, int]:
+    """From GEPA's own log: how many new instruction texts each iteration proposed (one component per program)."""
+    log = (out / "compile.log").read_text()
+    return dict(collections.Counter(int(i) for i in re.findall(r"Iteration (\d+): Proposed new text for ", log)))
+
+
+def candidates_per_iteration(out: Path) -> dict[int, int]:
+    con = open_results(out)
+    return dict(con.execute("SELECT iteration, count(*) FROM candidates WHERE iteration > 0 GROUP BY 1").fetchall())
+
+
+def trials_row(out: Path) -> dict:
+    con = open_results(out)
+    cursor = con.execute("SELECT status, error, gepa_stop_reason, iterations, proposals FROM trials")
+    return dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
+
+
+# -- validation: refused before anything starts, in one line ---------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer, message", [
+    ({"proposal_sampling": "pxn(2)"}, "optimizer.proposal_sampling: Value error, expected one of single, same_parent(n), "
+                                      "independent(n), pxn(p, n), each argument an integer >= 1, got 'pxn(2)'"),
+    ({"proposal_sampling": "independent(0)"}, "optimizer.proposal_sampling"),
+    ({"proposal_selection": "best"}, "optimizer.proposal_selection: Value error, expected one of all_improvements, "
+                                     "best_improvement, top_k(k)"),
+    ({"acceptance_criterion": "greedy"}, "optimizer.acceptance_criterion"),
+    ({"candidate_selection_strategy": "random"}, "optimizer.candidate_selection_strategy"),
+    ({"stop": {"timeout_seconds": -1}}, "optimizer.stop.timeout_seconds"),
+    ({"stop": {"patience": 3}}, "optimizer.stop.patience"),
+    ({"gepa_kwargs": {"sampling_strategy": "x"}}, "gepa_kwargs.sampling_strategy is set by dspy.GEPA or gepa_lab; "
+                                                  "set optimizer.proposal_sampling"),
+    ({"gepa_kwargs": {"candidate_selection_strategy": "pareto"}}, "set optimizer.candidate_selection_strategy"),
+    ({"gepa_kwargs": {"module_selector": "all"}}, "set optimizer.component_selector"),
+    ({"gepa_kwargs": {"stop_callbacks": []}}, "set optimizer.stop (GEPA's stop conditions)"),
+])
+def test_bad_knobs_are_refused_in_one_line_naming_the_key(tmp_path, optimizer, message):
+    with pytest.raises(ConfigError) as refused:
+        config(tmp_path, optimizer)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_timeout_clock_starts_when_gepa_starts(tmp_path):
+    cfg = config(tmp_path, {"stop": {"timeout_seconds": 0.2}})
+    stops = trial_stops(cfg, load_task(cfg))
+    time.sleep(0.3)  # the seed's test evaluation: not GEPA's time
+    stops.on_optimization_start({})
+    state = SimpleNamespace(total_num_evals=0)  # what the budget's check reads of GEPA's state
+    assert not stops(state)
+    time.sleep(0.3)
+    assert stops(state) and stops.reason == "timeout"
+
+
+# -- real compiles --------------------------------------------------------------------------------------------------
+
+def test_independent_sampling_proposes_three_per_iteration_and_the_budget_holds(tmp_path, simulator):
+    # an iteration here costs up to 3 x (3 + 3) minibatch calls + 3 x 6 val calls = 36: after two iterations (72 calls)
+    # the budget stops it; one proposal's cost (12) would start a third, which spends at least 18 and ends past 84
+    out = tmp_path / "independent"
+    summary = compile_in_process(config(out, {"max_metric_calls": 84, **THREE_PROPOSALS}), simulator)
+    assert summary["iterations"] == 2 and proposals_per_iteration(out) == {1: 3, 2: 3}
+    assert summary["proposals"] == 6 and summary["metric_calls"] <= 84
+    assert summary["gepa_stop_reason"] == "max_metric_calls"
+    # all_improvements: several of an iteration's proposals improved on their minibatch and joined the pool
+    assert max(candidates_per_iteration(out).values()) > 1, candidates_per_iteration(out)
+    assert trials_row(out) == {"status": "completed", "error": None, "gepa_stop_reason": "max_metric_calls",
+                               "iterations": 2, "proposals": 6}
+
+
+def test_best_improvement_accepts_at_most_one_candidate_per_iteration(tmp_path, simulator):
+    out = tmp_path / "best"
+    summary = compile_in_process(
+        config(out, {"max_metric_calls": 80, **THREE_PROPOSALS, "proposal_selection": "best_improvement"}), simulator)
+    assert set(proposals_per_iteration(out).values()) == {3} and summary["iterations"] >= 2
+    accepted = candidates_per_iteration(out)
+    assert accepted and max(accepted.values()) == 1, accepted  # the same proposals under all_improvements: 3 in one
+    assert summary["metric_calls"] <= 80
+
+
+def test_a_timeout_of_zero_runs_no_iteration_and_records_why(tmp_path, simulator):
+    out = tmp_path / "timeout"
+    summary = compile_in_process(config(out, {"max_metric_calls": 80, "stop": {"timeout_seconds": 0}}), simulator)
+    assert summary["iterations"] == 0 and summary["metric_calls"] == VAL  # the seed's validation pass only
+    assert summary["gepa_stop_reason"] == "timeout" and summary["stop_reason"] is None
+    assert trials_row(out)["status"] == "completed" and trials_row(out)["gepa_stop_reason"] == "timeout"
+    assert json.loads((out / "summary.json").read_text())["gepa_stop_reason"] == "timeout"
+
+
+def test_no_improvement_stops_before_the_budget_and_records_why(tmp_path, simulator):
+    out = tmp_path / "patience"
+    recorder = Recorder()
+    summary = compile_in_process(
+        config(out, {"max_metric_calls": 400, "stop": {"no_improvement_iterations": 2}}), recorder=recorder,
+        simulator=simulator)
+    best = [it["best_val"] for it in recorder.iterations()]
+    assert summary["gepa_stop_reason"] == "no_improvement" and trials_row(out)["status"] == "completed"
+    assert summary["metric_calls"] < 400 - 18  # the budget would have paid for another iteration
+    assert len(best) >= 2 and best[-1] == best[-2] == max(best)  # two iterations without a better val score
