@@ -20,6 +20,7 @@ from gepa_lab.harness import harnessed_trial
 from gepa_lab.results.query import open_results
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.trial import load_task, trial_stops
+from tests.conftest import run_cli
 from tests.tracking.tracking_helpers import run_config
 
 UNTRACKED = {"wandb": {"enabled": False}, "mlflow": {"enabled": False}}
@@ -91,6 +92,32 @@ def test_bad_knobs_are_refused_in_one_line_naming_the_key(tmp_path, optimizer, m
     with pytest.raises(ConfigError) as refused:
         config(tmp_path, optimizer)
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_budget_that_cannot_pay_for_one_iteration_is_refused_with_the_budget_it_needs(tmp_path):
+    # seed val pass 6 + one iteration: 2 x 3 (minibatches) + 6 (val); a merge costs 5 + 6
+    with pytest.raises(ConfigError, match=r"max_metric_calls=17 cannot pay for one GEPA iteration: it needs at least 18, "
+                                        r"the seed.s validation pass \(6\) plus the most one iteration can cost \(12"):
+        config(tmp_path, {"max_metric_calls": 17})
+    config(tmp_path, {"max_metric_calls": 18})
+    # three proposals, each maybe accepted: 6 + 3 x (2 x 3) + 3 x 6 = 42
+    with pytest.raises(ConfigError, match="at least 42,"):
+        config(tmp_path, {"max_metric_calls": 41, **THREE_PROPOSALS})
+    # only the best of them joins the pool: 6 + 18 + 6
+    config(tmp_path, {"max_metric_calls": 30, **THREE_PROPOSALS, "proposal_selection": "best_improvement"})
+    # without the strict budget GEPA starts an iteration while it has calls left after the seed's validation pass
+    with pytest.raises(ConfigError, match=r"at least 7, .* plus one call"):
+        config(tmp_path, {"max_metric_calls": 6, "strict_budget": False})
+
+
+def test_the_new_users_budget_is_refused_by_the_cli_before_anything_starts(tmp_path):
+    # the issue's case: banking77's 150 val examples, minibatch 30, 300 calls (one iteration needs 150 + 60 + 150)
+    out = tmp_path / "refused"
+    done = run_cli("gepa_lab.run", "task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=300")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "optimizer.max_metric_calls=300 cannot pay for one GEPA iteration: it needs at least 360" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (out / "gepa").exists() and not (out / "summary.json").exists()
 
 
 def test_the_timeout_clock_starts_when_gepa_starts(tmp_path):

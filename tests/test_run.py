@@ -105,8 +105,9 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
 
 def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_path):
     out = tmp_path / "cli"
-    args = ["task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=40",
-            "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20", "corpus.name=banking77_tiny"]
+    args = ["task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=48",
+            "optimizer.reflection_minibatch_size=4", "corpus.splits.train=40", "corpus.splits.val=20",
+            "corpus.splits.test=20", "corpus.name=banking77_tiny"]
     tag, env = tagged_env()
     first = run_cli("gepa_lab.run", *args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -129,8 +130,9 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
     from tests.support.wandb_offline import logged_html, runs_by_job_type
 
     out = tmp_path / "tracked"
-    done = run_cli("gepa_lab.run", "task=banking77", "tracking=local", f"output_dir={out}", "optimizer.max_metric_calls=40",
-                   "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20", "corpus.name=banking77_tiny",
+    done = run_cli("gepa_lab.run", "task=banking77", "tracking=local", f"output_dir={out}", "optimizer.max_metric_calls=48",
+                   "optimizer.reflection_minibatch_size=4", "corpus.splits.train=40", "corpus.splits.val=20",
+                   "corpus.splits.test=20", "corpus.name=banking77_tiny",
                    f"lm.api_base={simulator.url}", f"reflection_lm.api_base={simulator.url}",
                    env={"WANDB_MODE": "offline", "WANDB_SILENT": "false"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -142,7 +144,7 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
     assert not runs
     assert run["exit_code"] == 0 and run["run"].display_name == out.name
     assert run["summary"]["best_val_score"] == pytest.approx(summary["best_val_score"])
-    assert run["summary"]["status"] == "completed" and run["config"]["optimizer"]["max_metric_calls"] == 40
+    assert run["summary"]["status"] == "completed" and run["config"]["optimizer"]["max_metric_calls"] == 48
 
     mlflow = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
     [tracked] = mlflow.search_runs([mlflow.get_experiment_by_name("gepa_lab").experiment_id])
@@ -245,7 +247,7 @@ def test_user_program_and_metric_by_import_path(tmp_path, simulator):
         "gepa_lab.run", f"output_dir={out}", "tracking=none", f"hydra.searchpath=[file://{tmp_path / 'gen'}]",
         "task=classify", "corpus=generated", "corpus.name=generated_small", "corpus.splits.train=40",
         "corpus.splits.val=20", "corpus.splits.test=20", "task.program=user_pkg.tickets:MyProgram",
-        "task.metric=user_pkg.tickets:my_metric", "optimizer.max_metric_calls=60",
+        "task.metric=user_pkg.tickets:my_metric", "optimizer.max_metric_calls=60", "optimizer.reflection_minibatch_size=4",
         f"lm.api_base={simulator.url}", f"reflection_lm.api_base={simulator.url}",
         env={"PYTHONPATH": str(tmp_path)},
     )

@@ -86,7 +86,8 @@ def test_a_metric_that_raises_on_every_seed_example_stops_the_run_before_gepa_in
     out = tmp_path / "every"
     tag, env = tagged_env()
     done = run_cli("gepa_lab.run", "task=banking77", "tracking=none", f"output_dir={out}", *TINY_CORPUS,
-                   f"task.metric={SUPPORT}:metric_reading_a_missing_field", "optimizer.max_metric_calls=60", env=env)
+                   f"task.metric={SUPPORT}:metric_reading_a_missing_field", "optimizer.max_metric_calls=60",
+                   "optimizer.reflection_minibatch_size=4", env=env)
     assert done.returncode == 2, done.stderr[-3000:]
     [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert f"task.metric {SUPPORT}:metric_reading_a_missing_field" in line and "so GEPA was not started" in line

@@ -200,6 +200,21 @@ class RunConfig(StrictModel):
     def eval_threads(self) -> int:
         return self.eval.num_threads or self.lm.capacity
 
+    @model_validator(mode="after")
+    def _budget_pays_for_an_iteration(self):
+        """A max_metric_calls that cannot pay for the seed's validation pass plus one iteration would end the compile
+        with zero iterations and report the seed as the winner: refused, with the budget it needs."""
+        opt, val = self.optimizer, self.corpus.splits.val
+        if opt.max_metric_calls is None:
+            return self
+        cost = opt.iteration_cost(val) if opt.strict_budget else 1  # without the strict check GEPA needs a call left
+        if opt.max_metric_calls < val + cost:
+            why = (f"the most one iteration can cost ({cost}; docs/optimizer.md)" if opt.strict_budget
+                   else "one call (strict_budget is off)")
+            raise ValueError(f"optimizer.max_metric_calls={opt.max_metric_calls} cannot pay for one GEPA iteration: "
+                             f"it needs at least {val + cost}, the seed's validation pass ({val}) plus {why}")
+        return self
+
 
 def store_defaults(name: str, model: type[BaseModel]) -> None:
     """Hydra's config store gets `model`'s defaults as the config `name`, which conf/run.yaml (conf/sweep.yaml) names

@@ -109,7 +109,7 @@ def test_the_recipes_submit_line_runs_a_vllm_sweep_as_a_job_recording_the_checko
     out = tmp_path / "job-sweep"
     bed_sized = ["lm.server.replicas=1", "lm.max_in_flight=4", "lm.server.startup_timeout_s=120",
                  "lm@reflection_lm=sim", "optimizer.auto=null", "sweep.num_samples=1", "sweep.scheduler=fifo",
-                 "sweep.resources.cpu=1", "corpus.name=banking77_bed_job", *SMALL]
+                 "sweep.resources.cpu=1", "corpus.name=banking77_bed_job", "optimizer.reflection_minibatch_size=8", *SMALL]
     result = subprocess.run([*bed.submit, f"output_dir={out}", *bed_sized], cwd=ROOT, capture_output=True, text=True,
                             timeout=600, env=bed.driver_env())
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]

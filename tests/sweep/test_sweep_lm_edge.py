@@ -23,6 +23,7 @@ def sweep_against_two_replicas(out, cache: str) -> tuple[dict, list[dict]]:
             "eval.num_threads=6",  # 2 trials x 6 threads: twice what the two replicas may take at once
             # short trials: the seed program's evaluations, which every trial repeats, are most of their calls
             "sweep.space.optimizer.reflection_minibatch_size={grid:[4,8]}", "optimizer.max_metric_calls=60",
+            "optimizer.reflection_minibatch_size=8",  # the base config must pay for an iteration too
             "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20",
             timeout=1200,
         )

@@ -159,7 +159,7 @@ def run_agent(tmp_path: Path, overrides: list[str], config: dict) -> subprocess.
                           capture_output=True, text=True, timeout=600, env=env)
 
 
-TRACKED = ["sweep=demo", "task=classify", "optimizer.max_metric_calls=12"]
+TRACKED = ["sweep=demo", "task=classify", "optimizer.max_metric_calls=24", "optimizer.reflection_minibatch_size=6"]
 TINY = [*TRACKED, "tracking.mlflow.enabled=false"]
 
 
@@ -177,7 +177,7 @@ def test_agent_runs_one_trial_with_the_injected_parameters(tmp_path: Path):
     assert Path(summary["program_path"]) == trial_dir / "program.json" and (trial_dir / "program.json").exists()
     config = json.loads((trial_dir / "config.json").read_text())["config"]
     assert config["optimizer"]["seed"] == 1 and config["optimizer"]["reflection_minibatch_size"] == 6
-    assert config["optimizer"]["max_metric_calls"] == 12
+    assert config["optimizer"]["max_metric_calls"] == 24
 
     # wandb.config holds the parameters; the sweep's metric is in the run's summary; the run ended well
     assert run["config"]["optimizer.seed"] == 1 and run["config"]["optimizer.reflection_minibatch_size"] == 6
