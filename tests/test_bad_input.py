@@ -154,12 +154,25 @@ def test_bad_sweep_overrides_are_one_line(overrides):
     refusal("sweep", ["sweep=demo", *overrides])
 
 
+# a range over a key that takes integers or booleans (uniform and loguniform sample fractions): refused before Ray
+# starts, not by each trial's config
+RANGE_MISFITS = [path for path, field in leaves(RunConfig) if not path.startswith(("corpus.", "optimizer.auto"))
+                 and kinds(field.annotation)[0] & {"int", "bool"} and "float" not in kinds(field.annotation)[0]]
+
+
+@FAST
+@given(st.sampled_from(RANGE_MISFITS), st.sampled_from(["uniform", "loguniform"]))
+def test_a_fractional_range_over_an_integer_or_boolean_key_is_refused(path, kind):
+    refusal("sweep", ["sweep=demo", f"++sweep.space.{path}={{{kind}:[1,100]}}"])
+
+
 def test_the_generators_reach_every_kind_of_mistake():
     """The schema yields bad values for the fields that matter (else the properties above prove little)."""
     by_path = {path: bad_values(field) for path, field in leaves(RunConfig)}
     assert True in by_path["optimizer.max_metric_calls"] and 0 in by_path["optimizer.max_metric_calls"]
     assert "no_such_option" in by_path["optimizer.candidate_selection_strategy"]
     assert any(v != v for v in by_path["optimizer.failure_score"]) and "" in by_path["lm.model"]
+    assert {"optimizer.use_merge", "optimizer.seed", "lm.max_tokens"} <= set(RANGE_MISFITS)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -61,7 +61,7 @@ def check(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, tuple
     for base in variants.values():
         validate(RunConfig, base)
         for path, (kind, arg) in leaves.items():
-            for value in arg:  # every option of a grid/choice; both bounds of a range
+            for value in space.probes(kind, arg):
                 validate(RunConfig, space.apply(base, {path: value}), prefix="")
         for options in tied.values():
             for values in options.values():

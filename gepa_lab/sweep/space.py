@@ -69,6 +69,16 @@ def check(leaves: dict[str, tuple[str, Any]], search: str, base: dict) -> None:
             raise ConfigError(f"{where}: Optuna TPE takes no grid parameters; use choice instead")
 
 
+def probes(kind: str, arg: list) -> list:
+    """The values a trial config is validated with for one leaf before Ray starts: every option of a grid or choice;
+    a range's bounds, and for uniform and loguniform a fraction inside it (what they sample), so that a key taking
+    integers or booleans refuses the range here, not in each trial."""
+    if kind in ("grid", "choice"):
+        return list(arg)
+    low, high = arg
+    return [low, high] if kind == "randint" else [low, low + (high - low) * 0.37, high]
+
+
 def _has_path(data: dict, path: str) -> bool:
     node: Any = data
     for part in path.split("."):
