@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,16 +93,16 @@ def check_before_start(config: Any) -> None:
     from gepa_lab.corpus import ensure_prepared
 
     check_output_dir(config.output_dir)
-    ensure_prepared(config.corpus, quiet=True)
+    ensure_prepared(config.corpus)
 
 
-def refuse_bad_command(config_name: str, check: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> None:
+def refuse_bad_command(config_name: str, check: Callable[[DictConfig], Any]) -> None:
     """Before hydra.main runs: compose conf/<config_name>.yaml with the command's overrides as Hydra will, and
     `check` it. Hydra creates the run directory (output_dir) and writes .hydra/ there before the entry's main runs;
     checked first, a refused command (a bad override, malformed YAML, an invalid value, a bad corpus file, an
     output_dir it cannot write) is one line and exit 2, and writes nothing. A command with Hydra flags (--cfg,
     --help, -m, --config-dir, ...) is left to Hydra: those run nothing, or are Hydra's own business."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:]
     if any(arg.startswith("-") for arg in args):
         return
     one_line_errors(lambda: check(compose(config_name, args)))()
