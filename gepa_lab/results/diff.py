@@ -2,10 +2,11 @@
 
 Trials are matched by their parameters (the `params` a sweep recorded in each trial's config; a run has none), the
 k-th trial of a parameter set in A with the k-th in B, by trial id. Matched trials are compared on what they found,
-never on when or how fast: status, seed and best scores, the winner's index, candidates and metric calls; each
-candidate's iteration, parents, val score, metric calls and instructions; each evaluation's score, prediction and
-feedback (per split, candidate and example). The first difference is reported: trials in the order of their
-parameters, then candidate, then split (val first) and example."""
+never on when or how fast: status, seed and best scores, the winner's index, candidates, metric calls, GEPA's
+iterations and stop reason, the user code errors counted; each candidate's iteration, parents, val score, metric
+calls and instructions; each evaluation's score, prediction and feedback (per split, candidate and example). The
+first difference is reported: trials in the order of their parameters, then candidate, then split (val first) and
+example."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ import duckdb
 from gepa_lab.results.query import open_results
 
 TRIAL_FIELDS = ("status", "seed_val_score", "seed_test_score", "best_val_score", "best_test_score",
-                "best_candidate_idx", "num_candidates", "metric_calls")
+                "best_candidate_idx", "num_candidates", "metric_calls", "iterations", "gepa_stop_reason",
+                "user_code_errors")
 CANDIDATE_FIELDS = ("iteration", "parents", "val_score", "metric_calls", "instructions_json")
 EVALUATION_FIELDS = ("score", "prediction", "feedback")
 SIDES = ("a", "b")
