@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from gepa_lab.cli import one_line_errors
+from gepa_lab.lm.endpoint import LMUnavailable
 from gepa_lab.results import query
 from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.sweep.__main__ import exit_status
@@ -111,7 +113,17 @@ def test_an_endpoint_gone_mid_sweep_fails_only_the_trials_that_need_it(tmp_path)
     assert summary["trials"]["completed"] == summary["trials"]["failed"] == 1
 
 
-def test_exit_status_says_whether_trials_failed():
+def test_exit_status_says_whether_trials_failed(capsys):
+    line = "the task LM stopped answering, so the trial ended: LM endpoint http://127.0.0.1:9/v1 (model sim): ..."
+
+    @one_line_errors
+    def run_whose_lm_went_away():
+        raise LMUnavailable(line)
+
+    with pytest.raises(SystemExit) as exited:
+        run_whose_lm_went_away()
+    assert exited.value.code == 4  # gepa_lab.run: nothing completed
+    assert capsys.readouterr().err == f"error: {line}\n"
     assert exit_status({"total": 3, "completed": 2, "stopped": 0, "failed": 0, "skipped": 1}) == 0
     assert exit_status({"total": 3, "completed": 1, "stopped": 0, "failed": 2, "skipped": 0}) == 3
     assert exit_status({"total": 3, "completed": 0, "stopped": 1, "failed": 2, "skipped": 0}) == 3
