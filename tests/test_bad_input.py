@@ -53,7 +53,8 @@ def kinds(annotation) -> tuple[set[str], tuple]:
     """The kinds of value a field takes (int, float, bool, str, list, dict, none) and its Literal options."""
     accepted: set[str] = set()
     options: tuple = ()
-    for arm in typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,):
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    for arm in typing.get_args(annotation) if union else (annotation,):
         origin = typing.get_origin(arm) or arm
         if origin is typing.Literal:
             options += typing.get_args(arm)
@@ -204,7 +205,8 @@ def mangled(data: st.DataObject) -> bytes:
     if how == "cut":
         return text[:at]
     if how == "insert":
-        return text[:at] + data.draw(st.sampled_from([b"{", b"}", b"[", b":", b"- ", b"'", b'"', b"\n  x", b"&a *b", b"\xff"])) + text[at:]
+        inserted = data.draw(st.sampled_from([b"{", b"}", b"[", b":", b"- ", b"'", b'"', b"\n  x", b"&a *b", b"\xff"]))
+        return text[:at] + inserted + text[at:]
     if how == "replace_line":
         lines = text.splitlines(keepends=True)
         i = data.draw(st.integers(0, len(lines) - 1))

@@ -20,7 +20,8 @@ def trial_spec(seed: int) -> dict:
     """A trial's outcome: three candidates with per-example val scores and predictions, then the winner on test."""
     return {
         "params": {"optimizer.seed": seed, "optimizer.reflection_minibatch_size": 4},
-        "candidates": [{"instruction": f"instruction {i} (seed {seed})", "val": {e: float((i + j + seed) % 2) for j, e in enumerate(EXAMPLES)},
+        "candidates": [{"instruction": f"instruction {i} (seed {seed})",
+                        "val": {e: float((i + j + seed) % 2) for j, e in enumerate(EXAMPLES)},
                         "predictions": {e: f'{{"label": "{e}-{i}"}}' for e in EXAMPLES}} for i in range(3)],
         "test": {e: 1.0 for e in EXAMPLES},
         "metric_calls": 60,
