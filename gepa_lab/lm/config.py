@@ -93,6 +93,10 @@ class LMConfig(StrictModel):
     response_format_style: Literal["json_schema", "json_object"] | None = None
     system_prompt: Literal["keep", "merge"] = "keep"  # merge: fold the system message into the first user message
     # (chat templates without a system role, like Gemma's, would otherwise drop it and with it GEPA's instruction)
+    # how dspy writes the task program's prompts and reads the replies: chat = dspy's ChatAdapter ([[ ## field ## ]]
+    # markers; on a reply it cannot parse it asks again through the JSONAdapter: two calls); json = the JSONAdapter
+    # from the first call (with response_schema the server constrains the reply to the signature's schema)
+    adapter: Literal["chat", "json"] = "chat"
     sim: SimOptions = Field(default_factory=SimOptions)
     server: ServerOptions = Field(default_factory=ServerOptions)
     router: LMRouterOptions = Field(default_factory=LMRouterOptions)
@@ -119,6 +123,12 @@ class LMConfig(StrictModel):
         """Requests the endpoint takes at once: the sum of its replicas' max_in_flight."""
         replicas = len(self.api_bases) or (self.server.replicas if self.kind in ("sim", "vllm_ray") else 1)
         return self.max_in_flight * replicas
+
+    def dspy_adapter(self):
+        """The dspy adapter the task program's predictors use with this LM (`dspy.context(adapter=...)`)."""
+        import dspy
+
+        return dspy.JSONAdapter() if self.adapter == "json" else dspy.ChatAdapter()
 
     def schema_style(self) -> str:
         return self.response_format_style or ("json_object" if self.kind == "llamacpp" else "json_schema")
