@@ -193,6 +193,21 @@ class NoOvershoot:
         return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
 
 
+@dataclass
+class Cap:
+    """A per-trial cap (LM tokens, wall time, cost): holds once `spent()` reaches `limit`. GEPA checks it before each
+    iteration, so the iteration under way when it is reached finishes; `spent_at_stop` is the spend at the last check,
+    which stopped the compile when this cap held: the overshoot is at most one iteration's."""
+
+    limit: float
+    spent: Callable[[], float]
+    spent_at_stop: float = 0.0
+
+    def __call__(self, gepa_state) -> bool:
+        self.spent_at_stop = self.spent()
+        return self.spent_at_stop >= self.limit
+
+
 class TimeoutFromGEPAStart(TimeoutStopCondition):
     """gepa's timeout, with its clock started when GEPA starts (a callback), not when it was built: the seed's test
     evaluation, which runs in between, is not GEPA's time."""
@@ -204,7 +219,7 @@ class TimeoutFromGEPAStart(TimeoutStopCondition):
 @dataclass
 class TrialStops:
     """The trial's own stop conditions as one GEPA stopper, checked before each iteration: the metric-call budget,
-    optimizer.stop and the gepa.stop file. `reason` names the first that held: why GEPA stopped on its
+    the caps, optimizer.stop and the gepa.stop file. `reason` names the first that held: why GEPA stopped on its
     own (gepa_stop_reason), as opposed to a sweep's budget or scheduler stopping the trial. Also a GEPA callback,
     for the timeout's clock."""
 
@@ -221,14 +236,33 @@ class TrialStops:
         for condition in self.conditions.values():
             getattr(condition, "on_optimization_start", lambda e: None)(event)
 
+    def budgets(self, metric_calls: int) -> dict[str, dict[str, float]]:
+        """Each limit set, what was spent when GEPA stopped, and by how much that passed the limit."""
+        spent = {name: c.spent_at_stop for name, c in self.conditions.items() if isinstance(c, Cap)}
+        limits = {name: c.limit for name, c in self.conditions.items() if isinstance(c, Cap)}
+        budget = self.conditions.get("max_metric_calls")
+        if budget is not None:
+            spent["max_metric_calls"], limits["max_metric_calls"] = metric_calls, budget.max_metric_calls
+        return {name: {"limit": limits[name], "spent": round(spent[name], 6),
+                       "over": round(max(0.0, spent[name] - limits[name]), 6)} for name in limits}
 
 
-def trial_stops(cfg: RunConfig, task: Task) -> TrialStops:
+def _total(meter: UsageMeter, field_name: str) -> float:
+    return sum(role[field_name] for role in meter.snapshot().values())
+
+
+def trial_stops(cfg: RunConfig, task: Task, meter: UsageMeter, started: float) -> TrialStops:
     opt, stop = cfg.optimizer, cfg.optimizer.stop
     conditions: dict[str, Callable[[Any], bool]] = {}
     if opt.max_metric_calls:
         conditions["max_metric_calls"] = (NoOvershoot(opt.max_metric_calls, opt.iteration_cost(len(task.val)))
                                           if opt.strict_budget else MaxMetricCallsStopper(opt.max_metric_calls))
+    if opt.max_lm_tokens:
+        conditions["max_lm_tokens"] = Cap(opt.max_lm_tokens, lambda: _total(meter, "total_tokens"))
+    if opt.max_wall_seconds:
+        conditions["max_wall_seconds"] = Cap(opt.max_wall_seconds, lambda: time.time() - started)
+    if opt.max_cost_usd:
+        conditions["max_cost_usd"] = Cap(opt.max_cost_usd, lambda: _total(meter, "cost_usd"))
     if stop.no_improvement_iterations:
         conditions["no_improvement"] = NoImprovementStopper(stop.no_improvement_iterations)
     if stop.score_threshold is not None:
@@ -245,8 +279,8 @@ SAMPLING = {"single": SingleMutationSampling, "same_parent": SameParentSampling,
             "pxn": PxNSampling}
 SELECTION = {"all_improvements": AllImprovements, "best_improvement": BestImprovement, "top_k": TopKImprovements}
 # OptimizerConfig fields that are not dspy.GEPA keywords: gepa_lab's own, or built into gepa.optimize's objects
-NOT_GEPA_ARGUMENTS = {"strict_budget", "gepa_kwargs", "proposal_sampling", "proposal_selection", "acceptance_criterion",
-                      "stop"}
+NOT_GEPA_ARGUMENTS = {"strict_budget", "gepa_kwargs", "max_lm_tokens", "max_wall_seconds", "max_cost_usd",
+                      "proposal_sampling", "proposal_selection", "acceptance_criterion", "stop"}
 
 
 def make_optimizer(cfg: RunConfig, task: Task, reflection_lm: dspy.LM, callbacks: list, stop_callbacks: list | None,
@@ -335,7 +369,7 @@ def run_trial(
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
     lm_lost = [lambda state: lost_endpoint(lms) is not None]  # GEPA stops at its next iteration; the trial then fails
     gepa_events = GEPAEvents(events, meter, task.metric, task.val)
-    stops = trial_stops(cfg, task)
+    stops = trial_stops(cfg, task, meter, started)
     optimizer = make_optimizer(cfg, task, reflection_lm, [gepa_events], [*(stop_callbacks or []), *lm_lost], stops)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
@@ -387,6 +421,7 @@ def run_trial(
             "stop_reason": sweep_stop,
             # neither ours nor the sweep's: gepa's own metric-call budget (auto, max_full_evals: dspy sets it at compile)
             "gepa_stop_reason": stops.reason or (None if sweep_stop else "max_metric_calls"),
+            "budgets": stops.budgets(results.total_metric_calls),
             "sink_failures": dict(events.failures),
             "wall_seconds": round(time.time() - started, 3),
             **(extra_summary or {}),

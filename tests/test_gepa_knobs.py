@@ -1,4 +1,5 @@
-"""GEPA 0.1.4's typed knobs (optimizer.proposal_sampling, proposal_selection, stop.*) take effect: each test runs a real compile in-process (gepa_lab.harness against the
+"""GEPA 0.1.4's typed knobs (optimizer.proposal_sampling, proposal_selection, stop.*) and the trial's caps (max_lm_tokens,
+max_wall_seconds, max_cost_usd) take effect: each test runs a real compile in-process (gepa_lab.harness against the
 session's simulator, the 27-row example_csv corpus) and reads what GEPA did from its own log (compile.log), the summary
 and the results tables; a knob that is ignored changes what they show."""
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gepa_lab.config.schema import RunConfig
 from gepa_lab.errors import ConfigError
 from gepa_lab.events import Event
 from gepa_lab.harness import harnessed_trial
+from gepa_lab.lm.accounting import UsageMeter
 from gepa_lab.results.query import open_results
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.trial import load_task, trial_stops
@@ -87,6 +89,8 @@ def trials_row(out: Path) -> dict:
     ({"gepa_kwargs": {"candidate_selection_strategy": "pareto"}}, "set optimizer.candidate_selection_strategy"),
     ({"gepa_kwargs": {"module_selector": "all"}}, "set optimizer.component_selector"),
     ({"gepa_kwargs": {"stop_callbacks": []}}, "set optimizer.stop (GEPA's stop conditions)"),
+    ({"gepa_kwargs": {"max_reflection_cost": 1.0}}, "set optimizer.max_cost_usd"),
+    ({"max_cost_usd": 0.5}, "optimizer.max_cost_usd needs a price"),
 ])
 def test_bad_knobs_are_refused_in_one_line_naming_the_key(tmp_path, optimizer, message):
     with pytest.raises(ConfigError) as refused:
@@ -122,7 +126,7 @@ def test_the_new_users_budget_is_refused_by_the_cli_before_anything_starts(tmp_p
 
 def test_the_timeout_clock_starts_when_gepa_starts(tmp_path):
     cfg = config(tmp_path, {"stop": {"timeout_seconds": 0.2}})
-    stops = trial_stops(cfg, load_task(cfg))
+    stops = trial_stops(cfg, load_task(cfg), UsageMeter(), time.time())
     time.sleep(0.3)  # the seed's test evaluation: not GEPA's time
     stops.on_optimization_start({})
     state = SimpleNamespace(total_num_evals=0)  # what the budget's check reads of GEPA's state
@@ -141,6 +145,7 @@ def test_independent_sampling_proposes_three_per_iteration_and_the_budget_holds(
     assert summary["iterations"] == 2 and proposals_per_iteration(out) == {1: 3, 2: 3}
     assert summary["proposals"] == 6 and summary["metric_calls"] <= 84
     assert summary["gepa_stop_reason"] == "max_metric_calls"
+    assert summary["budgets"]["max_metric_calls"] == {"limit": 84, "spent": summary["metric_calls"], "over": 0}
     # all_improvements: several of an iteration's proposals improved on their minibatch and joined the pool
     assert max(candidates_per_iteration(out).values()) > 1, candidates_per_iteration(out)
     assert trials_row(out) == {"status": "completed", "error": None, "gepa_stop_reason": "max_metric_calls",
@@ -176,3 +181,43 @@ def test_no_improvement_stops_before_the_budget_and_records_why(tmp_path, simula
     assert summary["gepa_stop_reason"] == "no_improvement" and trials_row(out)["status"] == "completed"
     assert summary["metric_calls"] < 400 - 18  # the budget would have paid for another iteration
     assert len(best) >= 2 and best[-1] == best[-2] == max(best)  # two iterations without a better val score
+
+
+# -- the trial's caps -----------------------------------------------------------------------------------------------
+
+def tokens(usage: dict) -> int:
+    return sum(role["total_tokens"] for role in usage.values())
+
+
+def test_a_token_cap_lets_the_iteration_that_reaches_it_finish_and_starts_no_other(tmp_path, simulator):
+    # first the same compile without a cap: what each iteration leaves spent
+    free = Recorder()
+    compile_in_process(config(tmp_path / "free", {"max_metric_calls": 80}), simulator, free)
+    spent = [tokens(it["usage"]) for it in free.iterations()]
+    assert len(spent) >= 3, spent
+    cap = (spent[0] + spent[1]) // 2  # reached during the second iteration
+    capped = Recorder()
+    out = tmp_path / "capped"
+    summary = compile_in_process(config(out, {"max_metric_calls": 80, "max_lm_tokens": cap}), simulator, capped)
+    after = [tokens(it["usage"]) for it in capped.iterations()]
+    assert summary["gepa_stop_reason"] == "max_lm_tokens" and summary["iterations"] == 2, (after, cap)
+    assert after[0] < cap <= after[1]  # the second iteration crossed it, finished, and no third started
+    assert summary["budgets"]["max_lm_tokens"] == {"limit": cap, "spent": after[1], "over": after[1] - cap}
+    assert after[1] - cap <= after[1] - after[0]  # the overshoot: at most the last iteration's spend
+    assert trials_row(out)["status"] == "completed" and trials_row(out)["gepa_stop_reason"] == "max_lm_tokens"
+
+
+@pytest.mark.parametrize("cap, lm", [
+    ({"max_wall_seconds": 0.001}, {}),
+    ({"max_cost_usd": 0.001}, {"price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0}),
+])
+def test_wall_time_and_cost_caps_stop_the_trial_naming_the_cap(tmp_path, simulator, cap, lm):
+    base = run_config(tmp_path / "out")
+    cfg = config(tmp_path / "out", {"max_metric_calls": 80, **cap}, lm={**base["lm"], **lm})
+    summary = compile_in_process(cfg, simulator)
+    (name, limit), = cap.items()
+    assert summary["gepa_stop_reason"] == name and summary["iterations"] == 0  # reached by the seed's evaluations
+    used = summary["budgets"][name]
+    assert used["limit"] == limit and used["spent"] >= limit and used["over"] == pytest.approx(used["spent"] - limit)
+    if name == "max_cost_usd":
+        assert used["spent"] == pytest.approx(sum(role["cost_usd"] for role in summary["lm_usage"].values()), rel=0.5)

@@ -23,7 +23,9 @@ SET_BY_DSPY_OR_US = {
     "module_selector": "optimizer.component_selector",
     "sampling_strategy": "optimizer.proposal_sampling",
     "selection_strategy": "optimizer.proposal_selection",
-    "stop_callbacks": "optimizer.stop (GEPA's stop conditions)",
+    "stop_callbacks": "optimizer.stop (GEPA's stop conditions) or optimizer.max_lm_tokens / max_wall_seconds / "
+                      "max_cost_usd (the trial's caps)",
+    "max_reflection_cost": "optimizer.max_cost_usd",
     "callbacks": "nothing: gepa_lab's own callbacks record the run",
     "run_dir": "output_dir (GEPA's state goes to OUTPUT_DIR/gepa)",
     "logger": "nothing: GEPA's log goes to OUTPUT_DIR/compile.log",
@@ -75,6 +77,10 @@ class OptimizerConfig(StrictModel):
     max_full_evals: int | None = Field(None, ge=1)
     max_metric_calls: int | None = Field(None, ge=1)
     strict_budget: bool = True  # no iteration starts that could take max_metric_calls past its limit
+    # the trial's caps besides metric calls: reached during an iteration, that iteration finishes and no other starts
+    max_lm_tokens: int | None = Field(None, ge=1)  # prompt + completion tokens of both LMs that reached a server
+    max_wall_seconds: float | None = Field(None, gt=0)  # since the trial started
+    max_cost_usd: float | None = Field(None, gt=0)  # needs lm / reflection_lm prices
     reflection_minibatch_size: int = Field(30, ge=1)  # banking77's 77 labels need big batches to learn within ~1,000 calls
     # (parent, minibatch) tasks per iteration, each one proposal: single | same_parent(n) | independent(n) | pxn(p, n)
     proposal_sampling: str = "single"
@@ -213,6 +219,18 @@ class RunConfig(StrictModel):
                    else "one call (strict_budget is off)")
             raise ValueError(f"optimizer.max_metric_calls={opt.max_metric_calls} cannot pay for one GEPA iteration: "
                              f"it needs at least {val + cost}, the seed's validation pass ({val}) plus {why}")
+        return self
+
+    def has_prices(self) -> bool:
+        """Whether either LM has a price, so that LM usage costs something (gepa_lab.lm.accounting)."""
+        prices = ("price_per_1k_prompt_tokens", "price_per_1k_completion_tokens")
+        return any(getattr(lm, price) for lm in (self.lm, self.reflection_lm) for price in prices)
+
+    @model_validator(mode="after")
+    def _cost_cap_has_prices(self):
+        if self.optimizer.max_cost_usd is not None and not self.has_prices():
+            raise ValueError("optimizer.max_cost_usd needs a price: set lm.price_per_1k_prompt_tokens / "
+                             "price_per_1k_completion_tokens (or reflection_lm's)")
         return self
 
 
