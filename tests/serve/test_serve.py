@@ -16,7 +16,7 @@ def run_cli(*args, env=None):
 
 
 def test_check_cli_passes_on_the_champion_against_a_new_endpoint(sweep, sim):
-    proc = run_cli("check", "--model-uri", CHAMPION, "--tracking-uri", sweep["tracking_uri"], "--n", "5", "--api-base", sim.url)
+    proc = run_cli("check", "--model-uri", CHAMPION, "--tracking-uri", sweep["registry_uri"], "--n", "5", "--api-base", sim.url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ok"] is True and result["n"] == 5 and result["errors"] == []
@@ -30,7 +30,7 @@ def test_check_cli_fails_without_the_key(sweep, sim, monkeypatch, capsys):
     from gepa_lab.serve.__main__ import main
 
     monkeypatch.delenv(CANARY_ENV)
-    rc = main(["check", "--model-uri", "models:/gepa_lab-reviews/1", "--tracking-uri", sweep["tracking_uri"], "--api-base", sim.url])
+    rc = main(["check", "--model-uri", "models:/gepa_lab-reviews/1", "--tracking-uri", sweep["registry_uri"], "--api-base", sim.url])
     out, err = capsys.readouterr()
     assert rc == 2
     assert "load-back check FAILED" in err and f"environment variable {CANARY_ENV}" in err
@@ -38,7 +38,7 @@ def test_check_cli_fails_without_the_key(sweep, sim, monkeypatch, capsys):
 
 
 def test_load_bind_predict_in_process(sweep, sim):
-    served = load_model(CHAMPION, sweep["tracking_uri"])
+    served = load_model(CHAMPION, sweep["registry_uri"])
     assert served.optimized_for["model"] == "sim" and served.optimized_for["api_key_env"] == CANARY_ENV
     served.bind(api_base=sim.url)
     # the winner's instruction carries a rule the simulator follows: "happy" -> positive
@@ -49,6 +49,6 @@ def test_load_bind_predict_in_process(sweep, sim):
 def test_wrong_key_and_unknown_model_are_clear_errors(sweep, sim, monkeypatch):
     monkeypatch.setenv(CANARY_ENV, "sk-wrong-0000000000000000")
     with pytest.raises(ServeError, match="refuses the API key"):
-        check("models:/gepa_lab-reviews/1", sweep["tracking_uri"], n=2, api_base=sim.url)
+        check("models:/gepa_lab-reviews/1", sweep["registry_uri"], n=2, api_base=sim.url)
     with pytest.raises(ServeError, match="cannot load models:/no-such-model/1"):
-        load_model("models:/no-such-model/1", sweep["tracking_uri"])
+        load_model("models:/no-such-model/1", sweep["registry_uri"])

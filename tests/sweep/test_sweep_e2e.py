@@ -134,8 +134,10 @@ def test_mlflow_parent_and_child_runs_and_champion_loads_in_a_fresh_process(swee
     model = s["registered_model"]
     assert model["alias"] == "champion"
     name = model["name"]
-    assert str(client.get_model_version_by_alias(name, "champion").version) == str(model["version"])
-    code = (f"import mlflow; mlflow.set_tracking_uri({s['tracking_uri']!r}); "
+    registry = MlflowClient(model["registry_uri"], registry_uri=model["registry_uri"])  # the project's, beside the sweep
+    assert model["registry_uri"] == f"sqlite:///{sweep['out'].resolve().parent}/registry.db"
+    assert str(registry.get_model_version_by_alias(name, "champion").version) == str(model["version"])
+    code = (f"import mlflow; mlflow.set_tracking_uri({model['registry_uri']!r}); "
             f"m = mlflow.dspy.load_model('models:/{name}@champion'); print(type(m).__name__)")
     # the registry saves the program with cloudpickle, which mlflow only loads when told to (docs/serving.md)
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}

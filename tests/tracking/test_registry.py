@@ -13,7 +13,7 @@ from tracking_helpers import CANARY_ENV, WINNER_INSTRUCTION
 
 @pytest.fixture(scope="module")
 def client(sweep):
-    return MlflowClient(sweep["tracking_uri"], registry_uri=sweep["tracking_uri"])
+    return MlflowClient(sweep["tracking_uri"], registry_uri=sweep["registry_uri"])
 
 
 def test_champion_moves_after_a_passing_load_back(sweep, client):
@@ -40,7 +40,7 @@ def test_model_is_logged_in_the_winners_trial_run_and_records_its_lm(sweep, clie
     assert run.info.run_name == "t_ok" and run.data.tags["mlflow.parentRunId"] == sweep["parent"]
     mv = client.get_model_version("gepa_lab-reviews", "1")
     assert mv.run_id == reg["run_id"]
-    with mlflow_uris(sweep["tracking_uri"]):
+    with mlflow_uris(sweep["registry_uri"]):
         path = mlflow.artifacts.download_artifacts(artifact_uri=reg["model_uri"])
     meta = Model.load(path).metadata["gepa_lab"]
     assert meta["lm"]["model"] == "sim" and meta["lm"]["temperature"] == 0.0 and meta["lm"]["max_tokens"] == 256
@@ -48,6 +48,7 @@ def test_model_is_logged_in_the_winners_trial_run_and_records_its_lm(sweep, clie
     assert meta["config_hash"] == "cafe0123456789ab" and meta["git_commit"].startswith("0123456789")
     assert meta["corpus_manifest_hash"] == "f00d" * 16 and meta["versions"]["dspy"] == "3.4.1"
     assert list(meta["best_instructions"].values()) == [WINNER_INSTRUCTION]
+    assert meta["test_scores"] == sweep["test_scores"]
     assert "api_key" not in meta["lm_config"] and meta["trial_config"]["task"]["name"] == "reviews"
 
 
@@ -60,10 +61,11 @@ def test_failed_load_back_registers_but_does_not_move_the_alias(sweep, client):
     assert tags["load_back_status"] == "failed" and "does not answer" in tags["load_back_error"]
 
 
-def test_the_canary_key_is_nowhere_under_the_output_dir(sweep):
+def test_the_canary_key_is_nowhere_under_the_output_dirs_nor_in_the_registry(sweep):
     key = sweep["key"].encode()
     assert os.environ[CANARY_ENV] == sweep["key"]
-    files = [p for p in Path(sweep["out"]).rglob("*") if p.is_file()]
+    files = [p for p in Path(sweep["out"]).parent.rglob("*") if p.is_file()]
+    assert any(p.name == "registry.db" for p in files)
     kinds = {p.suffix for p in files}
     assert {".db", ".pkl", ".wandb", ".json"} <= kinds, kinds  # the store, the pickled model, W&B data were all written
     leaked = [str(p) for p in files if key in p.read_bytes()]

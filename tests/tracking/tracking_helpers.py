@@ -149,9 +149,10 @@ def score_first(program, cfg: dict, api_base: str, n: int = 5) -> float:
 
 def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
     """A sweep on the embedded store (SQLite + artifacts in output_dir) with W&B offline: parent run, one
-    completed and one failed trial (synthetic events, real sinks), the winner registered with a load-back
-    check against the simulator (which demands the canary key), then a second registration whose
-    load-back check must fail (dead endpoint). Computed once per test session."""
+    completed and one failed trial (synthetic events, real sinks), the winner registered in the project registry
+    (tmp_root/registry.db) with a load-back check against the simulator (which demands the canary key), then a
+    second sweep's registration of the same program whose load-back check must fail (dead endpoint). Computed once
+    per test session."""
     if _SWEEP:
         return _SWEEP
     import dspy
@@ -162,8 +163,9 @@ def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
     from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 
     key = canary()
-    out = tmp_root / "sweep"
+    out, other = tmp_root / "sweep", tmp_root / "sweep-dead-endpoint"
     out.mkdir(parents=True)
+    other.mkdir()
     mcfg, wcfg = MlflowConfig(), WandbConfig()
     parent = mlflow_sink.start_parent_run(mcfg, out, "test-sweep", {"sweep": {"name": "test-sweep", "api_key": key, "n": 2}})
     cfgs = {t: run_config(out / "trials" / t, api_key_env=CANARY_ENV) for t in ("t_ok", "t_failed")}
@@ -186,16 +188,49 @@ def tracked_sweep(tmp_root: Path) -> dict[str, Any]:
         seed_score = score_first(program, winner_cfg, sim.url)
         program.load(summary["program_path"])
         winner_score = score_first(program, winner_cfg, sim.url)
+        test_scores = {str(i): s for i, s in enumerate(WINNER_TEST)}
         # a live LM holding the key in dspy.settings while logging: it must not end up in the pickle
         keyed_lm = dspy.LM("openai/sim", api_base=sim.url, api_key=key)
         with dspy.context(lm=keyed_lm):
-            registered = registry.register_winner(mcfg, out, parent, summary, winner_cfg, load_back={"api_base": sim.url})
+            registered = registry.register_winner(mcfg, out, parent, summary, winner_cfg, load_back={"api_base": sim.url},
+                                                  test_scores=test_scores)
+            other_parent = mlflow_sink.start_parent_run(mcfg, other, "other-sweep", {"sweep": {"name": "other-sweep"}})
             rejected = registry.register_winner(
-                mcfg, out, parent, summary, winner_cfg, load_back={"api_base": f"http://127.0.0.1:{free_port()}/v1"}
+                mcfg, other, other_parent, summary, winner_cfg, load_back={"api_base": f"http://127.0.0.1:{free_port()}/v1"},
+                test_scores=test_scores,
             )
     mlflow_sink.end_parent_run(mcfg, out, parent, {"best_val_score": summary["best_val_score"], "registered_model": registered,
                                                    "best_test_ci95": summary["best_test_ci95"]})
     _SWEEP.update(out=out, parent=parent, cfgs=cfgs, summary=summary, registered=registered, rejected=rejected,
-                  seed_score=seed_score, winner_score=winner_score, mlflow=mcfg, key=key,
-                  tracking_uri=mlflow_sink.tracking_uri(mcfg, out))
+                  seed_score=seed_score, winner_score=winner_score, mlflow=mcfg, key=key, test_scores=test_scores,
+                  tracking_uri=mlflow_sink.tracking_uri(mcfg, out), registry_uri=registry.registry_uri(mcfg, out))
     return _SWEEP
+
+
+def register_in_new_sweep(root: Path, sweep_name: str, test_scores: dict[str, float], api_base: str, promote=None,
+                          mcfg=None, best_test: float | None = None) -> dict[str, Any]:
+    """The tracked sweep's winner registered again, as the winner of a new sweep folder root/sweep_name whose results
+    record that trial (t_ok) with `test_scores` (its per-example test scores) and best_test (their mean by default).
+    promote: register_winner's promotion (default: its own)."""
+    from gepa_lab.config.schema import MlflowConfig
+    from gepa_lab.results.writer import write_table
+    from gepa_lab.tracking import mlflow_sink, registry
+
+    mcfg = mcfg or MlflowConfig()
+    sweep = _SWEEP
+    assert sweep, "needs the session's tracked sweep (the sweep fixture) first"
+    out = root / sweep_name
+    out.mkdir(parents=True)
+    best_test = sum(test_scores.values()) / len(test_scores) if best_test is None else best_test
+    write_table(out / "results" / "trials" / "t_ok.parquet", "trials", [{
+        "sweep_id": sweep_name, "trial_id": "t_ok", "status": "completed", "best_val_score": 0.75,
+        "best_test_score": best_test, "metric_calls": 19}])
+    parent = mlflow_sink.start_parent_run(mcfg, out, sweep_name, {"sweep": {"name": sweep_name}})
+    kwargs = {"promote": promote} if promote else {}
+    return registry.register_winner(mcfg, out, parent, {**sweep["summary"], "best_test_score": best_test}, sweep["cfgs"]["t_ok"],
+                                    load_back={"api_base": api_base, "n": 1}, test_scores=test_scores, **kwargs)
+
+
+def scores(correct: int, n: int = 20) -> dict[str, float]:
+    """Per-example test scores over ids 0..n-1: the first `correct` right."""
+    return {str(i): float(i < correct) for i in range(n)}
