@@ -18,7 +18,7 @@ LAYERS = [
     {"tracking"},
     {"results"},
     {"trial", "harness"},  # one GEPA compile, and the one way every entry sets it up
-    {"run", "sweep"},
+    {"run", "sweep", "promote"},  # promote: the guard a sweep's registration uses, and its own CLI
     {"serve"},
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}

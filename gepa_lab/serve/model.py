@@ -112,8 +112,10 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> ServedModel:
 
 
 def test_examples(meta: dict[str, Any], n: int) -> tuple[list[dspy.Example], Any]:
-    """The first n test examples of the model's corpus and its task metric (from the recorded trial config)."""
+    """The first n test examples of the model's corpus (each marked with its corpus id) and its task metric (from
+    the recorded trial config)."""
     from gepa_lab.corpus import ensure_prepared, read_manifest, read_split, validate_config
+    from gepa_lab.tasks.outcomes import with_ids
     from gepa_lab.tasks.task import resolve_metric, to_examples
 
     config = meta.get("trial_config") or {}
@@ -125,7 +127,7 @@ def test_examples(meta: dict[str, Any], n: int) -> tuple[list[dspy.Example], Any
         print(f"[gepa_lab] warning: corpus {manifest['name']} changed since the model was optimized "
               f"(manifest {manifest['manifest_hash'][:12]} != {meta['corpus_manifest_hash'][:12]})")
     rows = read_split(corpus_dir, "test", limit=n)
-    return to_examples(rows, manifest), resolve_metric(config["task"]["metric"])
+    return with_ids(to_examples(rows, manifest), [row["id"] for row in rows]), resolve_metric(config["task"]["metric"])
 
 
 def _score(result: Any) -> float:
@@ -146,6 +148,7 @@ def check(
     ok = loaded, endpoint answered, and at most max_error_rate of the examples raised (LM or parse errors).
     Raises ServeError when the model cannot be loaded or bound, or the endpoint does not answer."""
     from gepa_lab.servers.process import EndpointError, check_endpoint
+    from gepa_lab.tasks.outcomes import example_id
 
     started = time.time()
     served = load_model(model_uri, tracking_uri)
@@ -180,6 +183,7 @@ def check(
         "score": sum(scores) / len(scores),
         "n": len(examples),
         "scores": scores,
+        "example_ids": [example_id(ex) for ex in examples],  # the corpus ids of the scored examples, in order
         "errors": errors,
         "error_rate": error_rate,
         "lm": {k: served.lm_info.get(k) for k in ("model", "api_base", "temperature", "max_tokens", "api_key_env")},
