@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gepa_lab.strict import StrictModel
 
@@ -16,8 +16,9 @@ class Budget(StrictModel):
     their next GEPA iteration, keeping what they found."""
 
     metric_calls: int | None = Field(None, ge=1)
-    lm_tokens: int | None = Field(None, ge=1)
-    wall_seconds: float | None = Field(None, gt=0)
+    lm_tokens: int | None = Field(None, ge=1)  # prompt + completion, both roles
+    cost_usd: float | None = Field(None, gt=0)  # from the LMs' price_per_1k_* (0 where no price is set)
+    wall_seconds: float | None = Field(None, gt=0)  # the sweep's running time, summed over its reruns
 
 
 class Resources(StrictModel):
@@ -50,6 +51,15 @@ class SweepSpec(StrictModel):
 class SweepConfig(RunConfig):
     sweep: SweepSpec
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cost_budget_has_prices(self):
+        prices = ("price_per_1k_prompt_tokens", "price_per_1k_completion_tokens")
+        if self.sweep.budget.cost_usd is not None and not any(
+                getattr(lm, price) for lm in (self.lm, self.reflection_lm) for price in prices):
+            raise ValueError("sweep.budget.cost_usd needs a price: set lm.price_per_1k_prompt_tokens / "
+                             "price_per_1k_completion_tokens (or reflection_lm's)")
+        return self
 
     def base_run(self) -> dict[str, Any]:
         """The plain config every trial starts from (its sampled values are written over it)."""

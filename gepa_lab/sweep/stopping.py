@@ -113,5 +113,13 @@ class GracefulASHA(ASHAScheduler):
             return decision
         calls = result.get(self._time_attr, 0)
         if calls < self._max_t:  # at max_t the trial's own budget ends it anyway, as completed
-            ray.get_actor(ledger_name(self.sweep_id)).request_stop.remote(trial.trial_id, f"ASHA at {calls} metric calls")
+            ray.get_actor(ledger_name(self.sweep_id)).request_stop.remote(
+                trial.trial_id, f"ASHA: below the cutoff of rung {self.rung(trial.trial_id, calls)} metric calls "
+                                f"({result[self._metric]:.4g} {self._metric} at {calls})")
         return TrialScheduler.CONTINUE
+
+    def rung(self, trial_id: str, calls: int) -> str:
+        """The milestone (metric calls) at which ASHA just compared this trial: the highest one it reached, where its
+        score was recorded."""
+        bracket = self._trial_info[trial_id]
+        return f"{max(m for m, recorded in bracket._rungs if trial_id in recorded and m <= calls):g}"
