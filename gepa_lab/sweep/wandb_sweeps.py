@@ -111,6 +111,9 @@ def to_wandb(spec: dict[str, Any], command_overrides: list[str], project: str | 
     if labels:
         doc["parameters"][GROUPS_AXIS] = {"values": labels}
     notes: list[str] = []
+    if len((spec.get("groups") or {}).get("task") or []) > 1:
+        notes.append("changed: W&B ranks all runs by best_val_score, across tasks too: compare runs within a task "
+                     "(filter on the groups parameter)")
     n = spec["num_samples"]
     if method == "grid":
         notes.append(f"dropped num_samples={n}: a W&B grid runs each combination once"

@@ -105,6 +105,7 @@ def test_a_task_axis_with_optuna_is_one_line_before_ray_starts(tmp_path):
 def test_wandb_export_maps_the_tied_axis_and_the_group_combinations():
     doc, notes = export(["sweep=tasks_x_sims"])
     assert doc["parameters"] == {"tied.simulator": {"values": ["steady", "slower"]}, "groups": {"values": [BANKING, CSV]}}
+    assert any("across tasks too" in note for note in notes)
     with pytest.raises(ConfigError, match=re.escape("compares tasks")):
         export(["sweep=tasks_x_sims", "sweep.search=optuna"])
 
