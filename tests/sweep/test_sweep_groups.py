@@ -58,7 +58,7 @@ def test_one_champion_per_task_with_its_trials_scores(sweep):
         assert model["alias"] == "champion" and model["load_back_ok"], model
         registry = MlflowClient(model["registry_uri"], registry_uri=model["registry_uri"])
         version = registry.get_model_version_by_alias(model["name"], "champion")
-        assert version.version == model["version"]
+        assert str(version.version) == str(model["version"])
         assert float(version.tags["best_test_score"]) == row["best_test_score"]
         assert f"{task}: best trial {winner['best_trial_id']}" in sweep["stdout"]
     banking = s["winners"]["banking77"]  # real gains on the simulator, on val and on test
