@@ -88,6 +88,7 @@ def mlflow_server(tmp_path_factory):
 # half: it waits on child processes) with little slowing of it. (xdist's --dist loadgroup groups nothing with pytest 9.)
 SERIAL = ["tests/sweep/test_sweep_e2e.py", "tests/sweep/test_submit.py", "tests/cluster/test_bed.py",
           "tests/sweep/test_sweep_proposals.py",
+          "tests/test_bench.py",
           "tests/cluster/test_loopback.py", "tests/cluster/test_router_keys.py", "tests/sweep/test_sweep_capacity.py",
           "tests/sweep/test_lm_load.py", "tests/servers/test_router_guard.py", "tests/sweep/test_sweep_lm_edge.py",
           "tests/sweep/test_sweep_interrupt.py", "tests/sweep/test_sweep_crashes.py", "tests/sweep/test_sweep_budgets.py",

@@ -20,6 +20,7 @@ LAYERS = [
     {"trial", "harness"},  # one GEPA compile, and the one way every entry sets it up
     {"run", "sweep", "promote"},  # promote: the guard a sweep's registration uses, and its own CLI
     {"serve"},
+    {"bench"},  # python -m gepa_lab.bench: measures all of the above
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 
