@@ -47,7 +47,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-FULL = Plan(client_calls=300, router_seconds=3.0, router_replicas=(1, 2, 4), replicas=4, slots=8,
+FULL = Plan(client_calls=300, router_seconds=3.0, router_replicas=(1, 2, 4), replicas=4, slots=16,
             seeds=list(range(8)), minibatches=[5, 10], concurrent=8, naive_configs=2,
             corpus={"train": 100, "val": 50, "test": 50}, max_metric_calls=200, overhead_counts=(4, 16, 64),
             overhead_tracking="local",
