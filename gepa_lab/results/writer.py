@@ -40,6 +40,7 @@ class ResultsWriter:
         self.pending: dict[str, list[dict]] = defaultdict(list)
         self.trial_row: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self._next_part: dict[tuple[str, str], int] = {}  # (table, trial_id) -> the next part's number
 
     def handle(self, event: Event) -> None:
         with self.lock:
@@ -122,6 +123,11 @@ class ResultsWriter:
         for table, rows in self.pending.items():
             if rows:
                 folder = self.root / table
-                seq = len(list(folder.glob(f"{trial_id}-*.parquet"))) if folder.exists() else 0
+                # the folder is listed once per table and trial (a resumed trial continues after its parts), then
+                # counted here: listing a sweep's thousands of parts at every flush grew with the sweep
+                key = (table, trial_id)
+                if key not in self._next_part:
+                    self._next_part[key] = len(list(folder.glob(f"{trial_id}-*.parquet"))) if folder.exists() else 0
+                seq, self._next_part[key] = self._next_part[key], self._next_part[key] + 1
                 write_table(folder / f"{trial_id}-{seq:05d}.parquet", table, rows)
         self.pending.clear()
