@@ -1,4 +1,6 @@
-"""python -m gepa_lab.serve check|predict ... (see gepa_lab/serve/__init__.py).
+"""python -m gepa_lab.serve check|predict ... (see gepa_lab/serve/__init__.py), and with key=value arguments
+python -m gepa_lab.serve http model=models:/NAME@champion ... (gepa_lab/serve/http.py) and
+python -m gepa_lab.serve batch model=... input=FILE output=FILE ... (gepa_lab/serve/batch.py).
 
 check prints one human line on stderr and, on stdout, a JSON object as its last line:
 {"ok": ..., "score": ..., "n": ..., "errors": [...], ...}. Exit status: 0 passed, 1 the check failed
@@ -34,6 +36,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+KEY_VALUE_COMMANDS = ("http", "batch")
+
+
+def key_value_command(command: str, pairs: list[str]) -> int:
+    """http / batch: key=value arguments validated against the command's settings; any error is one line."""
+    from pydantic import ValidationError
+
+    from gepa_lab.serve.model import ServeError
+
+    if command == "http":
+        from gepa_lab.serve.http import HttpSettings as settings_model, serve_http as run
+    else:
+        from gepa_lab.serve.batch import BatchSettings as settings_model, score_file as run
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        print(f"error: arguments are key=value, not {bad[0]!r} (keys: {', '.join(settings_model.model_fields)})", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines on loading a model are noise here
+    values = dict(p.split("=", 1) for p in pairs)
+    values.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI"))
+    try:
+        settings = settings_model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, err['loc'])) or command}: {err['msg']}", file=sys.stderr)
+        return 2
+    try:
+        return run(settings)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def _import_what_a_check_needs() -> None:
     for module in ("mlflow.dspy.load", "mlflow.store.tracking.sqlalchemy_store", "gepa_lab.corpus",
                    "gepa_lab.lm.endpoint", "gepa_lab.serve.model", "gepa_lab.tasks.task"):
@@ -49,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if not line.strip():
             return 0
         argv = json.loads(line)
+    if argv and argv[0] in KEY_VALUE_COMMANDS:
+        return key_value_command(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     from gepa_lab.serve.model import ServeError, check, load_model
 
