@@ -1,6 +1,7 @@
 """Ray for a run or sweep, in one place: where trials run (a local head started for the sweep, or an existing
 cluster), what travels to its nodes with the sweep (the user's code, environment variables), and checks run from
-every node that can run a trial (is output_dir the same storage there; does each LM endpoint answer there)."""
+every node that can run a trial (is output_dir the same storage there; does each LM endpoint answer there): before
+the sweep from each node present, and by each trial on its own node, which covers nodes that join later."""
 from __future__ import annotations
 
 import contextlib
@@ -15,11 +16,13 @@ import site
 import sys
 import sysconfig
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pydantic import Field
 
+from gepa_lab import atomic
 from gepa_lab.cli import reclaim_stop_signals
 from gepa_lab.strict import StrictModel
 from gepa_lab.errors import ConfigError, GepaLabError
@@ -37,6 +40,12 @@ class RayConfig(StrictModel):
 # Ray rewrites 127.0.0.1 (and localhost) to the host's interface address; another loopback address it keeps as given.
 LOCAL_NODE_IP = "127.0.0.2"
 PROBE_TIMEOUT_S = 300  # a task per node: its worker may have to start first, slowly on a busy node
+STORAGE_MARK = ".storage-mark"  # in output_dir: the driver's token, which every trial reads on its node
+
+
+class NodeRefused(GepaLabError):
+    """A trial's node fails a check the sweep ran before it started, on the nodes present then: a node that joined
+    later (or lost a mount since). The sweep stops (gepa_lab.sweep.node_gate)."""
 
 
 def driver_node_ip(address: str) -> str | None:
@@ -188,8 +197,11 @@ def _node_name(node: dict) -> str:
 
 def on_each_node(nodes: list[dict], fn, *args: Any) -> dict[str, Any]:
     """Run fn(*args) as a Ray task pinned to each node (no CPU held: it runs beside busy trials); returns each
-    node's result by _node_name, or the exception that kept it from one."""
+    node's result by _node_name, or the exception that kept it from one. A node that left the cluster meanwhile
+    (its task can no longer be placed there, though the cluster may not have marked it dead yet) is left out: it
+    runs no trial, and should it come back, its trials check it (NodeChecks)."""
     import ray
+    from ray.exceptions import TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(fn)
@@ -199,6 +211,8 @@ def on_each_node(nodes: list[dict], fn, *args: Any) -> dict[str, Any]:
     for name, ref in refs.items():
         try:
             results[name] = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        except TaskUnschedulableError:
+            continue
         except Exception as exc:  # noqa: BLE001 - reported per node by the caller
             results[name] = exc
     return results
@@ -226,7 +240,7 @@ def _write_probe(directory: str, token: str) -> None:
 def check_shared_storage(output_dir: Path, trial_resources: dict[str, float]) -> None:
     """Every node that can run a trial writes a token into output_dir, and this process must read each back: a
     probe, so any storage that behaves as shared passes and nothing else does. Nodes that join the cluster later
-    are not probed (docs/cluster.md: on an autoscaling cluster, output_dir must be shared from the start)."""
+    are checked by the trials they get (NodeChecks)."""
     nodes = trial_nodes(trial_resources)
     if _driver_node_only(nodes):
         return
@@ -234,7 +248,7 @@ def check_shared_storage(output_dir: Path, trial_resources: dict[str, float]) ->
     token = secrets.token_hex(16)
     written = on_each_node(nodes, _write_probe, str(probe_dir), token)
     try:
-        for node in nodes:
+        for node in (n for n in nodes if _node_name(n) in written):
             name = _node_name(node)
             if isinstance(written[name], Exception):
                 raise ConfigError(f"output_dir {output_dir}: {name} cannot write into it: {_one_line(written[name])}")
@@ -259,14 +273,67 @@ def _check_endpoints_here(api_bases: list[str]) -> list[str]:
     return errors
 
 
-def check_endpoints_from_trial_nodes(api_bases: list[str], trial_resources: dict[str, float]) -> None:
+def check_endpoints_from_trial_nodes(api_bases: list[str], trial_resources: dict[str, float]) -> set[str]:
     """Every LM endpoint the trials use answers from every node that can run a trial (not only from the driver:
-    a server bound to one node's loopback, a firewall): one line naming the first node and endpoint that fail."""
+    a server bound to one node's loopback, a firewall): one line naming the first node and endpoint that fail.
+    Returns the IDs of the nodes it covered (the driver's among them)."""
+    import ray
+
     nodes = trial_nodes(trial_resources)
+    covered = {ray.get_runtime_context().get_node_id()}
     if _driver_node_only(nodes):
-        return  # what the driver reaches (checked when it started or found them)
+        return covered  # what the driver reaches (checked when it started or found them)
+    ids = {_node_name(n): n["NodeID"] for n in nodes}
     for name, result in on_each_node(nodes, _check_endpoints_here, sorted(set(api_bases))).items():
         if isinstance(result, Exception):
             raise GepaLabError(f"{name} could not check the LM endpoints: {_one_line(result)}")
         if result:
             raise EndpointError(f"from {name}: {result[0]}")
+        covered.add(ids[name])
+    return covered
+
+
+@dataclass(frozen=True)
+class NodeChecks:
+    """What every trial checks on its node before anything else (check_here): the checks the sweep ran before its
+    trials, on the nodes present then, for a node that may have joined since. Made by check_trial_nodes; travels to
+    the trials in memory, with the sweep's context."""
+
+    output_dir: str
+    storage_mark: str  # the random token the driver wrote into output_dir/STORAGE_MARK
+    api_bases: tuple[str, ...]  # every LM endpoint the trials use
+    endpoints_checked_on: frozenset[str]  # IDs of the nodes whose endpoints the driver checked before the trials
+
+    def check_here(self) -> None:
+        """output_dir must hold the driver's mark as the driver wrote it (the storage probe, read the other way:
+        a node that does not see the driver's file does not see its folder), and on a node the driver did not
+        check, every LM endpoint must answer (on one it did, an endpoint that stopped answering since is the
+        endpoint's failure, not the node's: the trial fails as it would without this). Raises NodeRefused, one
+        line naming this node."""
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        name = _node_name({"NodeManagerAddress": ray.util.get_node_ip_address(), "NodeID": node_id})
+        mark = Path(self.output_dir) / STORAGE_MARK
+        try:
+            seen = mark.read_text()
+        except OSError:
+            seen = None
+        if seen != self.storage_mark:
+            raise NodeRefused(
+                f"output_dir {self.output_dir} is not storage the cluster shares: {name} (which joined after the "
+                f"sweep's checks, or lost a mount) was given a trial but does not see the file {STORAGE_MARK} the "
+                f"driver wrote there; put output_dir on storage every node mounts at the same path (NFS, Lustre, "
+                f"CephFS, a mounted object store)")
+        if node_id not in self.endpoints_checked_on and (errors := _check_endpoints_here(list(self.api_bases))):
+            raise NodeRefused(f"from {name}, which joined after the sweep's checks and was given a trial: {errors[0]}")
+
+
+def check_trial_nodes(output_dir: Path, api_bases: list[str], trial_resources: dict[str, float]) -> NodeChecks:
+    """Before the trials: every LM endpoint answers from each node that can run one now
+    (check_endpoints_from_trial_nodes; output_dir was probed when Ray started, check_shared_storage), and a fresh
+    mark in output_dir. Returns what each trial checks on its own node (NodeChecks.check_here)."""
+    covered = check_endpoints_from_trial_nodes(api_bases, trial_resources)
+    token = secrets.token_hex(16)
+    atomic.write_text(output_dir / STORAGE_MARK, token)
+    return NodeChecks(str(output_dir), token, tuple(sorted(set(api_bases))), frozenset(covered))

@@ -32,8 +32,9 @@ from gepa_lab.results.compact import compact
 from gepa_lab.results.report import publish_report
 from gepa_lab.results.writer import utc, write_table
 from gepa_lab.sweep import groups, lm_load, space
-from gepa_lab.servers.ray_cluster import check_endpoints_from_trial_nodes, code_to_ship, ray_session
+from gepa_lab.servers.ray_cluster import check_trial_nodes, code_to_ship, ray_session
 from gepa_lab.sweep.config import SweepConfig
+from gepa_lab.sweep.node_gate import StopOnRefusedNode, refusal_as_one_line
 from gepa_lab.sweep.progress import LiveProgress
 from gepa_lab.sweep.stopping import LEDGER_FILE, GracefulASHA, SweepLedger, ledger_name
 from gepa_lab.sweep.trainable import SweepContext, gepa_trial
@@ -179,7 +180,7 @@ def run_sweep(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, A
         with ray_session(cfg.ray, out, py_modules=code_to_ship(user_code, cfg.ray.py_modules),
                          trial_resources=trial_resources(cfg)), cache_service(cfg.cache, out) as cache, \
                 serve_all(lms, workdir=out / "lm", shared=True) as endpoints:
-            check_endpoints_from_trial_nodes([e.api_base for e in endpoints.values()], trial_resources(cfg))
+            node_checks = check_trial_nodes(out, [e.api_base for e in endpoints.values()], trial_resources(cfg))
             use_cache(out, **cache)  # the driver's own LM calls (the winner's load-back) share it too
             concurrent = cfg.sweep.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.sweep.resources.cpu))
             if tracking.mlflow.enabled:
@@ -194,6 +195,7 @@ def run_sweep(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, A
                 tied=space.tied_axes(cfg.sweep.tied),
                 endpoints=endpoints,
                 eval_threads=eval_threads(task_lms, concurrent),
+                node_checks=node_checks,
                 # restored from the sweep's folder on a rerun: the budget covers the sweep before and after a crash
                 ledger=SweepLedger.options(name=ledger_name(sweep_id)).remote(budget, str(out / LEDGER_FILE))
                 if any(budget.values()) or cfg.sweep.scheduler == "asha" else None,
@@ -257,14 +259,15 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
                 name="tune",
                 storage_path=str(out),
                 verbose=0,
-                callbacks=[progress],
+                callbacks=[progress, StopOnRefusedNode()],
                 # a trial whose worker died (killed, out of memory) runs again and resumes from its GEPA state
                 failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             ),
         )
     # Ctrl-C raises KeyboardInterrupt out of fit() (TUNE_DISABLE_SIGINT_HANDLER, gepa_lab/__init__.py): the sweep
     # stops everything it started; Tune's experiment state and each trial's GEPA state let a rerun resume.
-    tuner.fit()
+    with refusal_as_one_line():  # a trial's node refused it: one line, resumable
+        tuner.fit()
     mark_unfinished(out / "results" / "trials")
 
 

@@ -23,6 +23,7 @@ from gepa_lab.events import Event
 from gepa_lab.harness import harnessed_trial
 from gepa_lab.lm.config import LMConfig
 from gepa_lab.results.writer import write_table
+from gepa_lab.servers.ray_cluster import NodeChecks
 from gepa_lab.servers.serving import Endpoint
 from gepa_lab.sweep import space
 from gepa_lab.sweep.groups import GROUPS_AXIS
@@ -38,6 +39,7 @@ class SweepContext:
     base_config: dict[str, Any]
     endpoints: dict[str, Endpoint]  # LMConfig.server_key() -> live endpoint (with the router's token), started once by the driver
     eval_threads: dict[str, int]  # task LM's server_key() -> evaluation threads per trial (gepa_lab.sweep.lm_load)
+    node_checks: NodeChecks  # what a trial checks on its node first: it may have joined after the sweep's checks
     ledger: Any = None  # SweepLedger actor handle, when the sweep has a budget or ASHA
     mlflow_parent_run_id: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # kwargs for gepa_lab.lm.cache.use_cache
@@ -107,6 +109,7 @@ def report_recorded(ctx: SweepContext, trial_id: str) -> bool:
 
 def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     trial_id = tune.get_context().get_trial_id()
+    ctx.node_checks.check_here()
     if report_recorded(ctx, trial_id):
         return
     cfg = trial_config(ctx, params, trial_id)
