@@ -91,6 +91,7 @@ SERIAL = ["tests/sweep/test_sweep_e2e.py", "tests/sweep/test_submit.py", "tests/
           "tests/test_bench.py",
           "tests/cluster/test_loopback.py", "tests/cluster/test_router_keys.py", "tests/sweep/test_sweep_capacity.py",
           "tests/sweep/test_lm_load.py", "tests/servers/test_router_guard.py", "tests/sweep/test_sweep_lm_edge.py",
+          "tests/sweep/test_sweep_register_once.py", "tests/tracking/test_promote_race.py",
           "tests/sweep/test_sweep_interrupt.py", "tests/sweep/test_sweep_crashes.py", "tests/sweep/test_sweep_budgets.py",
           "tests/servers/test_llamacpp.py", "tests/sweep/test_sweep_search.py", "tests/sweep/test_flaky_lms.py",
           "tests/servers/test_replicas.py", "tests/tracking/test_mlflow_server.py", "tests/sim/test_sim_server.py",

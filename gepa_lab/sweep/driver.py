@@ -38,6 +38,7 @@ from gepa_lab.sweep.node_gate import StopOnRefusedNode, refusal_as_one_line
 from gepa_lab.sweep.progress import LiveProgress
 from gepa_lab.sweep.stopping import LEDGER_FILE, GracefulASHA, SweepLedger, ledger_name
 from gepa_lab.sweep.trainable import SweepContext, gepa_trial
+from gepa_lab import promote
 from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
 
 METRIC = "best_val_score"
@@ -298,6 +299,22 @@ def gain_confirmation(winner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def fault_point(name: str) -> None:
+    """Tests crash the driver here (GEPA_LAB_FAULT_AT=name), as a kill at that moment would, to prove that a rerun
+    of the same command finishes the job. SystemExit: no `except Exception` on the way catches it."""
+    if os.environ.get("GEPA_LAB_FAULT_AT") == name:
+        raise SystemExit(f"fault injected at {name} (GEPA_LAB_FAULT_AT)")
+
+
+def winner_test_scores(out: Path, trial_id: str, trial_summary: dict[str, Any]) -> dict[str, float]:
+    """The winner's per-example test scores {example_id: score}, as its trial recorded them: what the promotion
+    guard pairs with the champion's."""
+    rows = query.connect([out]).execute(
+        "SELECT example_id, score FROM evaluations WHERE trial_id = ? AND split = 'test' AND candidate_idx = ?",
+        [trial_id, trial_summary.get("best_candidate_idx") or 0]).fetchall()
+    return {str(example_id): float(score) for example_id, score in rows}
+
+
 def crown(cfg: SweepConfig, out: Path, trial_id: str, parent_run: str | None, endpoints,
           load_back: registry.LoadBackProcess | None, own_name: bool) -> dict[str, Any]:
     """One task's winner: its scores and gain, and (MLflow on) its registration. own_name: the sweep has several
@@ -321,11 +338,15 @@ def crown(cfg: SweepConfig, out: Path, trial_id: str, parent_run: str | None, en
                 update={"registered_model_name": f"{mlflow_cfg.registered_model_name}-{run_cfg.task.name}"})
         task_endpoint = endpoints[run_cfg.lm.server_key()]
         try:
+            fault_point("registration")
             winner["registered_model"] = registry.register_winner(
                 mlflow_cfg, out, parent_run, trial_summary, trial_config,
                 # a server itself, not the router: the check runs with the key, in a process with no token
                 load_back={"api_base": task_endpoint.direct_base(), "process": load_back},
+                test_scores=winner_test_scores(out, trial_id, trial_summary),
+                promote=promote.guarded_promotion(registry.registry_uri(mlflow_cfg, out), api_base=task_endpoint.direct_base()),
             )
+            fault_point("registered")
         except Exception as exc:  # the sweep's results stand; say loudly that the winner is not registered
             Console(stderr=True).print(f"[red]the winner of {run_cfg.task.name} was not registered[/]: {type(exc).__name__}: {exc}")
             winner["registration_error"] = f"{type(exc).__name__}: {exc}"
