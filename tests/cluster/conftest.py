@@ -109,10 +109,10 @@ class Bed:
         finally:
             node.stop(timeout=60)  # SIGTERM: Ray leaves the cluster, which marks it dead at once
             node.kill()  # whatever of its group is left
+            shutil.rmtree(temp_dir, ignore_errors=True)
             deadline = time.monotonic() + 120
             while ip in self.alive_node_ips() and time.monotonic() < deadline:
                 time.sleep(0.5)
-            shutil.rmtree(temp_dir, ignore_errors=True)
 
     def alive_node_ips(self) -> set[str]:
         """The nodes the cluster counts as alive, from Ray's state API (the head's dashboard)."""
