@@ -2,6 +2,7 @@
 
 Exit status: 0 no trial failed; 3 some trials failed (the others' results and winner stand); 4 no trial completed;
 2 refused (bad config, one line); 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (docs/runs.md#stop-signals-and-exit-codes)."""
+import logging
 import sys
 
 import hydra
@@ -13,7 +14,7 @@ from rich.markup import escape
 from gepa_lab.cli import one_line_errors, quiet_libraries
 from gepa_lab.compose import register_resolvers
 from gepa_lab.config.load import check_before_start, load_config, refuse_bad_command
-from gepa_lab.errors import TrialFailed
+from gepa_lab.errors import GepaLabError, TrialFailed
 from gepa_lab.paths import CONF_DIR
 from gepa_lab.progress import with_interval
 from gepa_lab.results.query import connect, leaderboard_table
@@ -46,6 +47,17 @@ def exit_status(trials: dict[str, int]) -> int:
     return SOME_TRIALS_FAILED if trials.get("completed", 0) + trials.get("stopped", 0) else TrialFailed.exit_code
 
 
+class TrialFailuresInOneLine(logging.Filter):
+    """Tune logs each failed trial with its traceback. A trial that failed for a reason it states in one line (a
+    GepaLabError: an LM endpoint gone, ...) is logged with that line instead; other failures keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, GepaLabError):  # Ray's RayTaskError is also an instance of the trial's exception class
+            record.msg, record.args, record.exc_info = f"{record.getMessage()}: {getattr(exc, 'cause', exc)}", (), None
+        return True
+
+
 def failed_trials(output_dir: str) -> list[tuple[str, str]]:
     """(trial_id, the one line saying why) of each failed trial, from the results' trials table."""
     return connect([output_dir]).sql("SELECT trial_id, error FROM trials WHERE status = 'failed' ORDER BY trial_id").fetchall()
@@ -67,6 +79,7 @@ def main(cfg: DictConfig) -> None:
     from gepa_lab.sweep.driver import run_sweep  # Ray, Tune, MLflow: not imported for --cfg/--help
 
     quiet_libraries()
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(TrialFailuresInOneLine())
     sweep_cfg = load_config(cfg, SweepConfig)
     # each config-group combination composed as this command line composed cfg, before Ray starts
     variants = compose_variants(sweep_cfg, HydraConfig.get().overrides.task)

@@ -111,6 +111,8 @@ def test_an_endpoint_gone_mid_sweep_fails_only_the_trials_that_need_it(tmp_path)
     assert sorted(rows_shown) == ["completed", "failed"], stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["completed"] == summary["trials"]["failed"] == 1
+    assert f"Trial task failed for trial gepa_trial_{failed_id}: {error.split(': ', 1)[1]}" in stderr, stderr[-5000:]
+    assert "Traceback" not in stderr, stderr[-5000:]  # Tune's log of the failure is its line, not a traceback
 
 
 def test_exit_status_says_whether_trials_failed(capsys):
