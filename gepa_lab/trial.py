@@ -34,6 +34,11 @@ from gepa_lab.tasks.outcomes import (Raised, RecordingMetric, UserCodeError, des
 from gepa_lab.tasks.task import Task, build_program, resolve_metric, to_examples
 
 
+class TrialPaused(SystemExit):
+    """Raised by a sink when the trial's scheduler pauses it (Ray Tune ends a paused trial's thread with SystemExit):
+    the trial is recorded as paused, not failed, and resumes from its GEPA state."""
+
+
 def load_task(cfg: RunConfig) -> Task:
     corpus_dir = ensure_prepared(cfg.corpus)
     manifest = read_manifest(corpus_dir)
@@ -92,6 +97,10 @@ class GEPAEvents:
 
     def on_optimization_end(self, event):
         self.iterations = event["total_iterations"] + 1  # gepa's state.i: the last iteration's index, from 0
+
+    def on_state_saved(self, event):
+        # GEPA saved its state in its run dir: a scheduler may take a checkpoint of it now (gepa_lab/sweep/pbt.py)
+        self.events.emit("state_saved", run_dir=event["run_dir"], best_val=self.best_val, metric_calls=self.metric_calls)
 
     def on_budget_updated(self, event):
         self.metric_calls = event["metric_calls_used"]
@@ -427,6 +436,9 @@ def run_trial(
             **(extra_summary or {}),
         }
         atomic.write_json(out / "summary.json", summary)
+    except TrialPaused:
+        events.emit("trial_paused")
+        raise
     except BaseException as exc:  # the sinks record the failure; the caller decides what it means
         events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}")
         raise

@@ -96,7 +96,7 @@ SERIAL = ["tests/sweep/test_sweep_e2e.py", "tests/sweep/test_submit.py", "tests/
           "tests/servers/test_llamacpp.py", "tests/sweep/test_sweep_search.py", "tests/sweep/test_flaky_lms.py",
           "tests/servers/test_replicas.py", "tests/tracking/test_mlflow_server.py", "tests/sim/test_sim_server.py",
           "tests/lm/test_endpoint.py", "tests/lm/test_cache.py", "tests/test_readme.py",
-          "tests/sweep/test_sweep_groups.py", "tests/sweep/test_reproducible.py"]
+          "tests/sweep/test_sweep_groups.py", "tests/sweep/test_reproducible.py", "tests/sweep/test_pbt.py"]
 OTHERS_LONGEST_FIRST = ["tests/test_run.py", "tests/serve/test_serve.py", "tests/tracking/test_registry.py",
                         "tests/sweep/test_wandb_sweeps.py"]
 

@@ -35,6 +35,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("val_score", pa.float64()), ("metric_calls", pa.int64()), ("instruction", pa.string()),
         ("instructions_json", pa.string()), ("created_at", _ts),
     ]),
+    # population-based search (gepa_lab/sweep/pbt.py): every candidate of every segment of a trial (segments are the
+    # runs between exploits), with the trial it was first made in; unique on (trial_id, segment, candidate_idx)
+    "lineage": pa.schema([
+        *_key, ("segment", pa.int64()), ("candidate_idx", pa.int64()), ("origin_trial_id", pa.string()),
+        ("origin_segment", pa.int64()), ("origin_candidate_idx", pa.int64()),
+    ]),
     "evaluations": pa.schema([
         # example_id: the corpus row's id (results written before it was one hold the index in the split, as int64:
         # query.open_results reads them as strings). prediction: JSON of the output fields; prediction and feedback

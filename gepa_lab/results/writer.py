@@ -114,9 +114,13 @@ class ResultsWriter:
         self.trial_row.setdefault("trial_id", event.trial_id)
         self._write_trial("failed", event, error=event.data["error"])
 
+    def _on_trial_paused(self, event: Event) -> None:
+        self._flush(event.trial_id)
+        self._write_trial("paused", event)
+
     def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
         row = {**self.trial_row, "status": status, "error": error}
-        row["ended_at"] = None if status == "running" else utc(event.time)
+        row["ended_at"] = None if status in ("running", "paused") else utc(event.time)
         write_table(self.root / "trials" / f"{event.trial_id}.parquet", "trials", [row])
 
     def _flush(self, trial_id: str) -> None:

@@ -31,13 +31,24 @@ class Asha(StrictModel):
     reduction_factor: float = Field(2, gt=1)
 
 
+class Pbt(StrictModel):
+    """Population-based search (gepa_lab/sweep/pbt.py): every interval_metric_calls a trial in the bottom
+    quantile_fraction continues from a top trial's GEPA state, with mutations' values perturbed."""
+
+    interval_metric_calls: int = Field(100, ge=1)  # metric calls a trial executes between two exploit decisions
+    mutations: dict[str, list[Any]] = Field(default_factory=dict)  # dotted config key -> values PBT picks among
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+
+
 class SweepSpec(StrictModel):
     name: str = Field(min_length=1)
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1)  # grid: repeats of the whole grid; random/optuna: trials
     max_concurrent: int | None = Field(None, ge=1)  # None: as many as Ray's CPUs allow
-    scheduler: Literal["fifo", "asha"] = "fifo"
+    scheduler: Literal["fifo", "asha", "pbt"] = "fifo"
     asha: Asha = Field(default_factory=Asha)
+    pbt: Pbt = Field(default_factory=Pbt)
     searcher_seed: int = 0
     budget: Budget = Field(default_factory=Budget)
     # retries of a trial whose worker died (killed, out of memory): it resumes from its GEPA state

@@ -31,7 +31,7 @@ from gepa_lab.results import query
 from gepa_lab.results.compact import compact
 from gepa_lab.results.report import publish_report
 from gepa_lab.results.writer import utc, write_table
-from gepa_lab.sweep import groups, lm_load, space
+from gepa_lab.sweep import groups, lm_load, pbt, space
 from gepa_lab.servers.ray_cluster import check_trial_nodes, code_to_ship, ray_session
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.node_gate import StopOnRefusedNode, refusal_as_one_line
@@ -51,6 +51,7 @@ def check(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, tuple
     """Everything that can be wrong before Ray starts: the space, the tied axes, the group combinations, and every
     trial config they can produce, for each combination (variants; default: the base config alone)."""
     variants = variants or groups.single(cfg)
+    pbt.check(cfg)
     leaves = space.leaves(cfg.sweep.space)
     tied = space.tied_axes(cfg.sweep.tied)
     groups.check_task_axis(cfg.sweep, variants)
@@ -128,6 +129,8 @@ def calls_per_trial(variants: Variants) -> int | None:
 def scheduler(cfg: SweepConfig, sweep_id: str, variants: Variants | None = None):
     if cfg.sweep.scheduler == "fifo":
         return None
+    if cfg.sweep.scheduler == "pbt":
+        return pbt.scheduler(cfg, METRIC)
     variants = variants or groups.single(cfg)
     return GracefulASHA(
         sweep_id,
@@ -199,7 +202,7 @@ def run_sweep(cfg: SweepConfig, variants: Variants | None = None) -> dict[str, A
                 node_checks=node_checks,
                 # restored from the sweep's folder on a rerun: the budget covers the sweep before and after a crash
                 ledger=SweepLedger.options(name=ledger_name(sweep_id)).remote(budget, str(out / LEDGER_FILE))
-                if any(budget.values()) or cfg.sweep.scheduler == "asha" else None,
+                if any(budget.values()) or cfg.sweep.scheduler in ("asha", "pbt") else None,
                 mlflow_parent_run_id=parent_run,
                 cache=cache,
             )
@@ -237,7 +240,7 @@ def compact_results(results_root: Path, console: Console) -> None:
 
 def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progress: LiveProgress) -> None:
     trainable = tune.with_resources(
-        tune.with_parameters(gepa_trial, ctx=ctx),
+        tune.with_parameters(pbt.pbt_trial if cfg.sweep.scheduler == "pbt" else gepa_trial, ctx=ctx),
         {"cpu": cfg.sweep.resources.cpu, **cfg.sweep.resources.custom},
     )
     tune_dir = out / "tune"

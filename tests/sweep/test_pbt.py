@@ -1,0 +1,115 @@
+"""Population-based search (sweep.scheduler=pbt): one small PBT sweep of two trials serves every assertion. Its driver
+is killed after the first exploit and the same command is run again, which must finish it. Then: the exploited
+trial's GEPA state holds the donor's instructions, no trial failed, the ledger counts what each segment executed
+(never a donor's spend), the lineage is unique. And the refusals, before anything starts."""
+import json
+import signal
+import os
+import time
+from pathlib import Path
+
+import pytest
+from gepa.core.state import GEPAState
+
+from gepa_lab.results import query
+from tests.conftest import run_cli
+from tests.support.processes import tagged_env, tagged_processes
+from tests.sweep.test_sweep_crashes import start_sweep, wait_for
+
+TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
+PBT = ["sweep=demo", *TINY_CORPUS, "tracking=none", "sweep.max_concurrent=2", "sweep.scheduler=pbt",
+       "sweep.pbt.interval_metric_calls=40", "sweep.pbt.quantile_fraction=0.5",
+       "++sweep.pbt.mutations={optimizer.reflection_minibatch_size:[4,6]}",
+       "sweep.space.optimizer.seed={grid:[0,1]}", "sweep.space.optimizer.reflection_minibatch_size={grid:[4]}"]
+
+
+def segments(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/segments/*/segment.json"))]
+
+
+def state(segment: dict) -> GEPAState:
+    return GEPAState.load(str(Path(segment["config"]["output_dir"]) / "gepa"))
+
+
+@pytest.fixture(scope="module")
+def pbt_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pbt") / "sweep"
+    tag, env = tagged_env()
+    args = [*PBT, "lm.sim.latency_ms=40", "optimizer.max_metric_calls=200", f"output_dir={out}"]
+    proc = start_sweep(args, env)
+    try:
+        wait_for(lambda: [s for s in segments(out) if s["number"] >= 1], proc, "an exploit")
+        proc.send_signal(signal.SIGKILL)  # the driver alone: the rerun must resume mid-population
+        proc.wait(timeout=60)
+        for _ in range(40):  # its Ray node goes down with it
+            if not tagged_processes(tag, "raylet"):
+                break
+            time.sleep(0.5)
+        assert not (out / "summary.json").exists()
+    finally:
+        if proc.returncode is None:  # the test failed before the kill
+            os.killpg(proc.pid, signal.SIGKILL)
+    resumed = run_cli("gepa_lab.sweep", *args, env=env, timeout=900)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-5000:]
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_a_resumed_pbt_sweep_finishes_and_no_trial_failed_after_its_pauses(pbt_sweep):
+    out, summary = pbt_sweep
+    assert summary["trials"] == {"total": 2, "completed": 2, "failed": 0, "stopped": 0, "skipped": 0}
+    statuses = [s for (s,) in query.connect([out]).execute("SELECT status FROM trials").fetchall()]
+    assert statuses == ["completed", "completed"]
+
+
+def test_after_an_exploit_the_weak_trial_continues_from_the_donors_gepa_state(pbt_sweep):
+    out, _ = pbt_sweep
+    con = query.connect([out])
+    inherited = con.execute("SELECT trial_id, segment, candidate_idx, origin_trial_id, origin_segment, origin_candidate_idx "
+                            "FROM lineage WHERE origin_trial_id <> trial_id").fetchall()
+    assert inherited, "no trial continued from another trial's state"
+    by_key = {(s["trial_id"], s["number"]): s for s in segments(out)}
+    for trial, segment, idx, donor, donor_segment, donor_idx in inherited:
+        mine = state(by_key[(trial, segment)]).program_candidates[idx]
+        donors = state(by_key[(donor, donor_segment)]).program_candidates[donor_idx]
+        assert mine == donors  # the donor's instructions, in the weak trial's own GEPA state
+
+
+def test_budgets_count_what_each_segment_executed_never_the_donors_spend(pbt_sweep):
+    out, _ = pbt_sweep
+    executed: dict[str, int] = {}
+    for s in segments(out):
+        # GEPA's count in the segment's final state, minus the count it started from, plus its uncounted seed re-scores
+        executed[s["trial_id"]] = executed.get(s["trial_id"], 0) + state(s).total_num_evals - s["base_calls"] + s["rescored"]
+    recorded = dict(query.connect([out]).execute("SELECT trial_id, metric_calls FROM trials").fetchall())
+    assert recorded == executed
+    ledger = json.loads((out / "ledger.json").read_text())["metric_calls"]
+    assert sum(ledger.values()) == sum(executed.values())
+    # GEPA's own counts in an exploited trial's states include the donor's spend: more than the trial executed
+    exploited = {s["trial_id"] for s in segments(out) if s["number"] >= 1}
+    assert exploited
+    for trial in exploited:
+        assert recorded[trial] < sum(state(s).total_num_evals for s in segments(out) if s["trial_id"] == trial)
+
+
+def test_the_lineage_is_unique_and_covers_every_candidate_of_every_segment(pbt_sweep):
+    out, _ = pbt_sweep
+    con = query.connect([out])
+    total, distinct = con.execute("SELECT count(*), count(DISTINCT (trial_id, segment, candidate_idx)) FROM lineage").fetchone()
+    assert total == distinct
+    for s in segments(out):
+        indices = {i for (i,) in con.execute("SELECT candidate_idx FROM lineage WHERE trial_id = ? AND segment = ?",
+                                             [s["trial_id"], s["number"]]).fetchall()}
+        assert indices == set(range(len(state(s).program_candidates)))
+
+
+@pytest.mark.parametrize("override, says", [
+    ("sweep.search=optuna", "sweep.scheduler=pbt takes sweep.search=grid or random"),
+    ("++sweep.pbt.mutations={optimizer.max_metric_calls:[10,20]}", "optimizer.max_metric_calls may not change mid-trial"),
+    ("++sweep.pbt.mutations={lm.model:[a,b]}", "lm.model may not change mid-trial"),
+])
+def test_a_pbt_sweep_it_cannot_run_is_refused_in_one_line_before_anything_starts(tmp_path, override, says):
+    out = tmp_path / "refused"
+    result = run_cli("gepa_lab.sweep", *PBT, override, f"output_dir={out}", timeout=300)
+    assert result.returncode != 0
+    assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
