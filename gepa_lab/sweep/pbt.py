@@ -39,7 +39,7 @@ from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.stopping import LedgerStop
 from gepa_lab.sweep.trainable import FINAL_REPORT, SweepContext, recorded_row, report_recorded, trial_config
 from gepa_lab.tasks.task import build_program
-from gepa_lab.trial import TrialPaused
+from gepa_lab.trial import NoOvershoot, TrialPaused
 
 # What PBT may change mid-trial: GEPA's knobs (not its budget or seed) and the reflection LM's client-side settings
 # (not which server it talks to). Anything else would change what the inherited state means.
@@ -118,6 +118,12 @@ class Segment:
     rescored: int = 0
     executed: int = 0
     origins: dict[str, list] = field(default_factory=dict)
+    limit: int = 0  # GEPA's count at which the trial's own max_metric_calls is spent
+
+    def budget_stop(self) -> NoOvershoot:
+        """No iteration that would take the trial past its own executed-call budget (gepa_lab.trial.NoOvershoot)."""
+        opt = RunConfig.model_validate(self.config).optimizer
+        return NoOvershoot(self.limit, opt.iteration_cost(val_size(RunConfig.model_validate(self.config))))
 
     @property
     def dir(self) -> Path:
@@ -151,7 +157,9 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
     own = meta is None or (meta["trial_id"], meta["segment"]) == (trial_id, last and last.number)
     if last is not None and own and comparable(last.config) == comparable(cfg.model_dump(mode="json")):
         if (last.dir / "gepa" / STATE_FILE).exists():
-            last.rescored += val_size(cfg)  # GEPA re-scores the seed on val when it loads a state, uncounted
+            # GEPA re-scores the seed on val when it loads a state, uncounted: counted here, as the segment starts
+            last.rescored += val_size(cfg)
+            last.executed += val_size(cfg)
         last.save()
         return last
     number = last.number + 1 if last else 0
@@ -167,12 +175,15 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
         (seg_dir / "gepa").mkdir(parents=True, exist_ok=True)
         shutil.copy2(checkpoint_dir / STATE_FILE, seg_dir / "gepa" / STATE_FILE)
         base_calls, rescored, origins = meta["gepa_calls"], val_size(cfg), meta["origins"]
-    remaining = cfg.optimizer.max_metric_calls - before - rescored
+    # the trial's own budget, in GEPA's count that starts from base_calls: a stop condition (budget_stop); the config's
+    # max_metric_calls must still pay for one iteration from scratch to validate, so it is at least that
+    limit = base_calls + cfg.optimizer.max_metric_calls - before - rescored
+    val = val_size(cfg)
     data = cfg.model_dump(mode="json")
     data["output_dir"] = str(seg_dir)
-    # the trial's own budget, in GEPA's count that starts from base_calls
-    data["optimizer"]["max_metric_calls"] = max(1, base_calls + remaining)
-    segment = Segment(trial_id, number, data, manifest_hash, components, base_calls, before, rescored, before, origins)
+    data["optimizer"]["max_metric_calls"] = max(limit, val + cfg.optimizer.iteration_cost(val))
+    segment = Segment(trial_id, number, data, manifest_hash, components, base_calls, before, rescored, before + rescored,
+                      origins, limit)
     seg_dir.mkdir(parents=True, exist_ok=True)
     segment.save()
     return segment
@@ -241,12 +252,13 @@ def pbt_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         segment = open_segment(ctx, params, trial_id, Path(checkpoint_dir) if checkpoint_dir else None)
     cfg = RunConfig.model_validate(segment.config)
     sink = SegmentSink(ctx, segment)
+    sink.record()  # the inherited candidates are the segment's from its start
     summary = harnessed_trial(
         cfg, root=Path(ctx.output_dir), trial_id=trial_id, sweep_id=ctx.sweep_id,
         params={**params, **space.expand(params, ctx.tied)}, sinks=[sink],
         endpoints={"task": ctx.endpoints[cfg.lm.server_key()], "reflection": ctx.endpoints[cfg.reflection_lm.server_key()]},
         cache=ctx.cache, mlflow_parent_run_id=ctx.mlflow_parent_run_id,
-        stop_callbacks=[LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else None,
+        stop_callbacks=[segment.budget_stop(), *([LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else [])],
         extra_summary={"segment": segment.number},
     )
     executed = segment.count(summary["metric_calls"])

@@ -84,12 +84,8 @@ def test_budgets_count_what_each_segment_executed_never_the_donors_spend(pbt_swe
     assert recorded == executed
     ledger = json.loads((out / "ledger.json").read_text())["metric_calls"]
     assert sum(ledger.values()) == sum(executed.values())
-    # GEPA's own counts in an exploited trial's states include the donor's spend: more than the trial executed
-    exploited = {s["trial_id"] for s in segments(out) if s["number"] >= 1}
-    assert exploited
-    for trial in exploited:
-        assert recorded[trial] < sum(state(s).total_num_evals for s in segments(out) if s["trial_id"] == trial)
-
+    # the subtraction was exercised: a segment started from a donor's state that had spent calls
+    assert any(s["base_calls"] > 0 and s["number"] >= 1 for s in segments(out))
 
 def test_the_lineage_is_unique_and_covers_every_candidate_of_every_segment(pbt_sweep):
     out, _ = pbt_sweep
