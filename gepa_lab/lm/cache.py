@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dspy
 from dspy.clients.cache import Cache
@@ -436,6 +437,15 @@ def cache_settings(output_dir: str | os.PathLike | None, cfg: LMCacheConfig) -> 
     return out
 
 
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be logged or recorded: its password (the sweep's Redis has one) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def build_cache(settings: dict[str, Any]) -> RolloutCache:
     mode = settings["mode"]
     memory = settings["memory"]
@@ -451,8 +461,8 @@ def build_cache(settings: dict[str, Any]) -> RolloutCache:
         try:
             store.ping()
         except Exception as e:
-            raise CacheUnavailable(f"rollout cache: Redis at {settings['redis_url']} does not answer: {e}") from None
-        return RolloutCache(store, memory=memory, description=f"redis:{settings['redis_url']}/{settings['namespace']}")
+            raise CacheUnavailable(f"rollout cache: Redis at {shown_url(settings['redis_url'])} does not answer: {e}") from None
+        return RolloutCache(store, memory=memory, description=f"redis:{shown_url(settings['redis_url'])}/{settings['namespace']}")
     raise ValueError(f"unknown cache mode {mode!r}")
 
 

@@ -100,11 +100,12 @@ class ChildProcess:
     with this checkout importable (PYTHONPATH) so a `python -m gepa_lab...` child runs the same code. die_with_parent
     (Linux; the default): killed when this process dies (popen_dying_with_parent; with SIGKILL, or death_signal for a
     child that then stops its own children). pass_fds: file descriptors the child inherits (a listening socket its
-    parent keeps)."""
+    parent keeps). stdin: bytes written to the child's standard input, then closed (a secret it must not find on its
+    command line, in its environment or in a file)."""
 
     def __init__(self, argv: list[str], *, log_path: str | os.PathLike, env: dict[str, str] | None = None,
                  cwd: str | os.PathLike | None = None, die_with_parent: bool = True, death_signal: int = signal.SIGKILL,
-                 pass_fds: tuple[int, ...] = ()):
+                 pass_fds: tuple[int, ...] = (), stdin: bytes | None = None):
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +113,13 @@ class ChildProcess:
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "ab") as log:
-            options = dict(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
-                           start_new_session=True, pass_fds=pass_fds)
+            options = dict(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                           env=full_env, cwd=cwd, start_new_session=True, pass_fds=pass_fds)
             self.proc = (popen_dying_with_parent(self.argv, death_signal=death_signal, **options) if die_with_parent
                          else subprocess.Popen(self.argv, **options))
+        if stdin is not None:
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
 
     @property
     def pid(self) -> int:

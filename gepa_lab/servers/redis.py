@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,12 +20,14 @@ from gepa_lab.servers.ray_cluster import reachable_host
 
 class RedisServer(ChildProcess):
     """`redis-server` as a child process: no persistence (a cache), its own process group, stopped on exit.
+    It answers only clients that give its password (default: a fresh random one, held in this process's memory and
+    handed to redis-server on its standard input, never on its command line or in a file).
 
-    with RedisServer() as r: r.url  -> "redis://127.0.0.1:PORT/0"
+    with RedisServer() as r: r.url  -> "redis://:PASSWORD@127.0.0.1:PORT/0"
     """
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", workdir: str | os.PathLike | None = None,
-                 max_memory: str | None = None):
+                 max_memory: str | None = None, password: str | None = None):
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: run scripts/ensure_redis.sh (Debian package redis-server)")
@@ -37,21 +40,23 @@ class RedisServer(ChildProcess):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"redis-{self.port}.log"
-        cmd = [binary, "--port", str(self.port), "--bind", host, "--save", "", "--appendonly", "no",
+        self.password = password or secrets.token_urlsafe(32)
+        # "-": the config (the password) comes on stdin; the options after it add to it
+        cmd = [binary, "-", "--port", str(self.port), "--bind", host, "--save", "", "--appendonly", "no",
                "--dir", str(self.workdir), "--logfile", str(self.log_path), "--daemonize", "no"]
         if host not in ("127.0.0.1", "localhost"):
             cmd += ["--protected-mode", "no"]
         if max_memory:
             cmd += ["--maxmemory", max_memory, "--maxmemory-policy", "allkeys-lru"]
-        super().__init__(cmd, log_path=self.log_path)
-        self.url = f"redis://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{self.port}/0"
+        super().__init__(cmd, log_path=self.log_path, stdin=f"requirepass {self.password}\n".encode())
+        self.url = f"redis://:{self.password}@{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{self.port}/0"
         self._wait()
 
     def _wait(self, timeout: float = 20.0) -> None:
         import redis
 
         client = redis.Redis(host="127.0.0.1" if self.host in ("0.0.0.0", "localhost") else self.host, port=self.port,
-                             socket_timeout=1, socket_connect_timeout=1)
+                             password=self.password, socket_timeout=1, socket_connect_timeout=1)
         try:
             self.wait_until(client.ping, timeout, f"redis-server on {self.host}:{self.port} (PING)")
         finally:

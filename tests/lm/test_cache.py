@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import dspy
 import pytest
@@ -109,7 +110,7 @@ def test_cache_shared_by_two_processes_disk_and_redis(tmp_path):
 
 def test_cache_service_starts_and_stops_redis(tmp_path):
     with cache_service(LMCacheConfig(mode="auto", start_redis=True), tmp_path / "sweep1") as kwargs:
-        assert kwargs["mode"] == "redis" and kwargs["redis_url"].startswith("redis://127.0.0.1:")
+        assert kwargs["mode"] == "redis" and urlsplit(kwargs["redis_url"]).hostname == "127.0.0.1"
         assert kwargs["namespace"] == "sweep1"
         cache = use_cache(tmp_path / "trial", **kwargs)
         assert dspy.cache is cache and cache.description.startswith("redis:")
@@ -123,6 +124,30 @@ def test_cache_service_starts_and_stops_redis(tmp_path):
     with pytest.raises(ConnectionError, match="does not answer"):
         with cache_service({"mode": "redis", "redis_url": "redis://127.0.0.1:1/0"}, tmp_path):
             pass
+
+
+def test_the_started_redis_needs_its_password_which_is_nowhere_on_disk_or_command_line(tmp_path):
+    """The sweep's Redis binds an address other nodes reach: only clients given its password (in memory, in the
+    kwargs every trial gets) are answered; the password is not on its command line, in its log or any file it left."""
+    import redis
+
+    with cache_service(LMCacheConfig(mode="redis", start_redis=True), tmp_path / "sweep") as kwargs:
+        url = urlsplit(kwargs["redis_url"])
+        password = url.password
+        assert password and len(password) >= 32
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host=url.hostname, port=url.port, socket_connect_timeout=2).set("k", "v")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host=url.hostname, port=url.port, password="guess", socket_connect_timeout=2).ping()
+        client = redis.Redis.from_url(kwargs["redis_url"])
+        pid = client.info("server")["process_id"]
+        client.close()
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert password.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+        cache = use_cache(tmp_path / "trial", **kwargs)
+        assert password not in cache.description and "***" in cache.description
+    for f in (tmp_path / "sweep").rglob("*"):
+        assert not f.is_file() or password.encode() not in f.read_bytes(), f
 
 
 def test_a_failed_call_hands_its_claim_over(tmp_path):
