@@ -38,7 +38,10 @@ def pbt_sweep(tmp_path_factory):
     args = [*PBT, "lm.sim.latency_ms=40", "optimizer.max_metric_calls=200", f"output_dir={out}"]
     proc = start_sweep(args, env)
     try:
-        wait_for(lambda: [s for s in segments(out) if s["number"] >= 1], proc, "an exploit")
+        # an exploited segment that has run an iteration and reported since: a kill earlier loses the exploit (Tune's
+        # saved experiment state predates it)
+        wait_for(lambda: [s for s in segments(out) if s["number"] >= 1 and s["base_calls"] > 0
+                          and s["executed"] > s["before"] + s["rescored"]], proc, "an exploited segment's iteration")
         proc.send_signal(signal.SIGKILL)  # the driver alone: the rerun must resume mid-population
         proc.wait(timeout=60)
         for _ in range(40):  # its Ray node goes down with it
