@@ -45,6 +45,18 @@ def test_each_uncommitted_change_gives_its_own_hash(checkout):
     assert read_git_state(checkout)["git_diff_hash"] in hashes  # the same change, the same hash
 
 
+def test_an_untracked_symlink_counts_by_its_target(checkout, tmp_path):
+    """A symlink to a folder (or to nothing) cannot be read as a file: its content, as git sees it, is its target."""
+    (tmp_path / "data").mkdir()
+    (checkout / "data").symlink_to(tmp_path / "data")
+    state = read_git_state(checkout)
+    assert state is not None and state["git_commit"] == git(checkout, "rev-parse", "HEAD") and state["git_dirty"]
+    (checkout / "data").unlink()
+    (checkout / "data").symlink_to(tmp_path / "elsewhere")  # dangling
+    moved = read_git_state(checkout)
+    assert moved is not None and moved["git_diff_hash"] != state["git_diff_hash"]
+
+
 def test_a_folder_that_is_not_the_top_of_a_checkout_has_no_git_state(checkout, tmp_path):
     (checkout / "inside").mkdir()
     assert read_git_state(checkout / "inside") is None  # not the repository it happens to sit in

@@ -37,6 +37,11 @@ def _git(root: Path, *args: str) -> bytes:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30, check=True).stdout
 
 
+def _content(path: Path) -> bytes:
+    """What git would record for an untracked file: a symlink's content is its target (it may be a folder, or missing)."""
+    return os.fsencode(os.readlink(path)) if path.is_symlink() else path.read_bytes()
+
+
 def read_git_state(root: Path) -> dict[str, Any] | None:
     """The git state of the checkout at `root` (None when `root` is not the top of a git checkout: a folder
     inside some other repository must not lend it its commit). git_diff_hash hashes every uncommitted change:
@@ -49,7 +54,7 @@ def read_git_state(root: Path) -> dict[str, Any] | None:
         diff = hashlib.sha256(_git(root, "diff", "HEAD", "--binary"))
         untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z").split(b"\0")
         for name in sorted(filter(None, untracked)):
-            diff.update(b"\0" + name + b"\0" + (root / name.decode()).read_bytes())
+            diff.update(b"\0" + name + b"\0" + _content(root / name.decode()))
     except (OSError, subprocess.SubprocessError):
         return None
     dirty = diff.hexdigest() != hashlib.sha256(b"").hexdigest()
