@@ -221,3 +221,16 @@ def test_wall_time_and_cost_caps_stop_the_trial_naming_the_cap(tmp_path, simulat
     assert used["limit"] == limit and used["spent"] >= limit and used["over"] == pytest.approx(used["spent"] - limit)
     if name == "max_cost_usd":
         assert used["spent"] == pytest.approx(sum(role["cost_usd"] for role in summary["lm_usage"].values()), rel=0.5)
+
+
+def test_the_sweep_cost_budget_asks_the_run_config_whether_an_lm_has_a_price(tmp_path, monkeypatch):
+    """One definition of "priced": sweep.budget.cost_usd is refused or accepted exactly as RunConfig.has_prices says."""
+    from gepa_lab.compose import compose
+    from gepa_lab.config.load import load_config
+    from gepa_lab.sweep.config import SweepConfig
+
+    raw = compose("sweep", ["sweep=demo", "sweep.budget.cost_usd=1", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="sweep.budget.cost_usd needs a price"):
+        load_config(raw, SweepConfig)
+    monkeypatch.setattr(RunConfig, "has_prices", lambda self: True)
+    assert load_config(raw, SweepConfig).sweep.budget.cost_usd == 1

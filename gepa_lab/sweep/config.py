@@ -65,9 +65,7 @@ class SweepConfig(RunConfig):
 
     @model_validator(mode="after")
     def _cost_budget_has_prices(self):
-        prices = ("price_per_1k_prompt_tokens", "price_per_1k_completion_tokens")
-        if self.sweep.budget.cost_usd is not None and not any(
-                getattr(lm, price) for lm in (self.lm, self.reflection_lm) for price in prices):
+        if self.sweep.budget.cost_usd is not None and not self.has_prices():
             raise ValueError("sweep.budget.cost_usd needs a price: set lm.price_per_1k_prompt_tokens / "
                              "price_per_1k_completion_tokens (or reflection_lm's)")
         return self
