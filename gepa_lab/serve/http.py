@@ -220,8 +220,10 @@ def build_app(service: Service):
     async def count(request: HttpRequest, call_next):
         started = time.perf_counter()
         response = await call_next(request)
-        service.requests.labels(request.url.path, str(response.status_code)).inc()
-        service.latency.labels(request.url.path).observe(time.perf_counter() - started)
+        route = request.scope.get("route")  # the route's path, not the URL: unknown URLs share one label
+        path = getattr(route, "path", "unmatched")
+        service.requests.labels(path, str(response.status_code)).inc()
+        service.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
     @app.get("/health")
