@@ -18,11 +18,13 @@ Only candidates, evaluations and lm_usage are compacted: their parts are written
 row in trials is rewritten in place as the trial goes (running, then finished), and sweeps holds one file per sweep."""
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gepa_lab import atomic
@@ -33,6 +35,7 @@ COMPACTED_TABLES = ("candidates", "evaluations", "lm_usage")
 PREFIX = "_compacted-"
 _HOLDS = b"gepa_lab.holds"  # metadata key: JSON {part file name: [size, mtime_ns]}
 _RETRIES = 20
+ROW_GROUP = 128 * 1024
 
 
 class CompactionError(GepaLabError):
@@ -70,14 +73,17 @@ def live_files(folder: Path) -> list[Path]:
     return _listing(folder)[0] if folder.is_dir() else []
 
 
-def _conform(part: pa.Table, table: str, path: Path) -> pa.Table:
-    """A part in the table's current schema: columns it predates are null; an old type is cast (example_id was int64)."""
+def _parts(live: list[Path], table: str) -> ds.Dataset:
+    """The parts as one dataset in the table's current schema (columns a part predates read as null; an old type is
+    cast: example_id was int64), read together rather than one file after another. A column the schema lacks is
+    refused: the dataset would drop it silently."""
     schema = SCHEMAS[table]
-    unknown = sorted(set(part.column_names) - set(schema.names))
-    if unknown:
-        raise CompactionError(f"{path}: columns {', '.join(unknown)} are not in the {table} schema; {table} not compacted")
-    columns = [part[f.name].cast(f.type) if f.name in part.column_names else pa.nulls(len(part), f.type) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
+    dataset = ds.dataset([str(p) for p in live], schema=schema, format="parquet")
+    for fragment in dataset.get_fragments():
+        unknown = sorted(set(fragment.physical_schema.names) - set(schema.names))
+        if unknown:
+            raise CompactionError(f"{fragment.path}: columns {', '.join(unknown)} are not in the {table} schema; {table} not compacted")
+    return dataset
 
 
 def compact_table(folder: Path, table: str) -> int:
@@ -89,10 +95,19 @@ def compact_table(folder: Path, table: str) -> int:
     # the new file holds what the compacted files it replaces held too, so leftovers stay hidden until removed
     holds = {**{name: held[name] for name in held if (folder / name).exists()}, **stamps}
     schema = SCHEMAS[table].with_metadata({_HOLDS: json.dumps(holds).encode()})
+    parts = _parts(live, table)
     with atomic.atomic_path(folder / f"{PREFIX}{time.time_ns()}.parquet") as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for path in live:  # one part in memory at a time
-                writer.write_table(_conform(pq.read_table(path), table, path).replace_schema_metadata(schema.metadata))
+            pending: list[pa.RecordBatch] = []
+            rows = 0
+            # streamed in the parts' order; written in row groups of ROW_GROUP rows, not one small group per part
+            for batch in itertools.chain(parts.to_batches(), [None]):
+                if batch is not None:
+                    pending.append(batch)
+                    rows += len(batch)
+                if pending and (batch is None or rows >= ROW_GROUP):
+                    writer.write_table(pa.Table.from_batches(pending).replace_schema_metadata(schema.metadata))
+                    pending, rows = [], 0
     for path in [*leftovers, *live]:
         path.unlink(missing_ok=True)
     return len(live)

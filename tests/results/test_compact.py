@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from gepa_lab.results.compact import COMPACTED_TABLES, PREFIX, CompactionError, compact, live_files
@@ -32,6 +33,8 @@ def test_compaction_keeps_every_row_in_one_file_per_table(sweep_dir: Path):
     for table in COMPACTED_TABLES:
         [name] = files(sweep_dir, table)  # no part files, no temp files
         assert name.startswith(PREFIX)
+        # the parts are read together and written in large row groups, not one small group per part
+        assert pq.ParquetFile(sweep_dir / "results" / table / name).num_row_groups == 1
     assert files(sweep_dir, "trials") == trials_files  # rewritten as trials go: never compacted
     assert compact(sweep_dir / "results") == dict.fromkeys(COMPACTED_TABLES, 0)  # nothing more to do
 
