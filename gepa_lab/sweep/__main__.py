@@ -58,6 +58,18 @@ class TrialFailuresInOneLine(logging.Filter):
         return True
 
 
+def budget_line(summary: dict) -> str:
+    """'; budget lm_tokens 123,456 of 120,000; stopped by: sweep budget lm_tokens (1)' (what is known of either)."""
+    parts = []
+    budget = summary.get("budget") or {}
+    if budget.get("limits"):
+        parts.append("budget " + ", ".join(f"{name} {budget['spent'][name]:,.6g} of {limit:,.6g}"
+                                           for name, limit in budget["limits"].items()))
+    if summary.get("stopped_by"):
+        parts.append("stopped by: " + ", ".join(f"{cause} ({n})" for cause, n in summary["stopped_by"].items()))
+    return "".join(f"; {part}" for part in parts)
+
+
 def failed_trials(output_dir: str) -> list[tuple[str, str]]:
     """(trial_id, the one line saying why) of each failed trial, from the results' trials table."""
     return connect([output_dir]).sql("SELECT trial_id, error FROM trials WHERE status = 'failed' ORDER BY trial_id").fetchall()
@@ -87,7 +99,8 @@ def main(cfg: DictConfig) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)  # logs: no 80-column wrapping of the leaderboard
     console.print(leaderboard_table(connect([summary["output_dir"]])))
     trials = summary["trials"]
-    console.print(f"trials: {trials['total']}: " + ", ".join(f"{n} {status}" for status, n in trials.items() if status != "total" and n))
+    console.print(f"trials: {trials['total']}: " + ", ".join(f"{n} {status}" for status, n in trials.items() if status != "total" and n)
+                  + budget_line(summary))
     for trial_id, error in failed_trials(summary["output_dir"]):
         console.print(escape(f"trial {trial_id} failed: {error}"), style="red", soft_wrap=True)
     several = len(summary["winners"]) > 1

@@ -36,7 +36,7 @@ from gepa_lab.servers.ray_cluster import check_trial_nodes, code_to_ship, ray_se
 from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.node_gate import StopOnRefusedNode, refusal_as_one_line
 from gepa_lab.sweep.progress import LiveProgress
-from gepa_lab.sweep.stopping import LEDGER_FILE, GracefulASHA, SweepLedger, ledger_name
+from gepa_lab.sweep.stopping import LEDGER_FILE, GracefulASHA, Ledger, SweepLedger, ledger_name
 from gepa_lab.sweep.trainable import SweepContext, gepa_trial
 from gepa_lab import promote
 from gepa_lab.tracking import mlflow_sink, registry, wandb_sink
@@ -356,6 +356,24 @@ def crown(cfg: SweepConfig, out: Path, trial_id: str, parent_run: str | None, en
     return winner
 
 
+def budget_spent(cfg: SweepConfig, out: Path) -> dict:
+    """{"budget": {"limits": the sweep budgets set, "spent": what the ledger counted}} when the sweep kept a ledger."""
+    if not (out / LEDGER_FILE).exists():
+        return {}
+    limits = {name: limit for name, limit in cfg.sweep.budget.model_dump().items() if limit is not None}
+    return {"budget": {"limits": limits, "spent": Ledger(limits, str(out / LEDGER_FILE)).spent()}}
+
+
+def stop_causes(con) -> dict[str, int]:
+    """What ended trials early or kept them from starting, by cause: 'sweep budget NAME', 'ASHA', ... -> trials.
+    A reason is the cause, then its particulars (after '=' for a budget, ':' otherwise)."""
+    causes: dict[str, int] = {}
+    for (reason,) in con.sql("SELECT error FROM trials WHERE status IN ('stopped', 'skipped')").fetchall():
+        cause = (reason or "unknown").split("=" if (reason or "").startswith("sweep budget ") else ":", 1)[0]
+        causes[cause] = causes.get(cause, 0) + 1
+    return causes
+
+
 def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent_run: str | None, endpoints, cache: dict,
               load_back: registry.LoadBackProcess | None = None, load: dict | None = None) -> dict:
     """summary.json: `winners` holds each task's winner (best val within the task; scores are never compared across
@@ -379,6 +397,7 @@ def summarize(cfg: SweepConfig, out: Path, sweep_id: str, started: float, parent
     }
     if len(winners) == 1:
         summary.update(next(iter(winners.values())))
+    summary.update(budget_spent(cfg, out), stopped_by=stop_causes(con))
     summary["lm_cache"] = shared_cache_stats(out, **cache)  # requests the sweep's trials did not have to send
     summary.update(load or {})  # lm_utilization and what it was computed from
     summary["wall_seconds"] = round(time.time() - started, 3)

@@ -47,6 +47,12 @@ def test_a_sweep_stops_on_exactly_the_budget_it_sets(tmp_path, budget, limit, ma
     counted = ledger["wall_seconds"] if budget == "wall_seconds" else \
         sum(n for attempts in ledger[budget].values() for n in attempts.values())
     assert counted >= limit
+    # the summary says it too: the budget's limit and spending as the ledger counted them, and what stopped trials
+    assert summary["budget"]["limits"] == {budget: limit}
+    assert summary["budget"]["spent"][budget] == pytest.approx(counted, rel=0.05 if budget == "wall_seconds" else 1e-9)
+    assert summary["stopped_by"] == {f"sweep budget {budget}": 2}
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("trials: 2:")]
+    assert f"budget {budget} " in line and f"of {limit:,.6g}" in line and f"stopped by: sweep budget {budget} (2)" in line
     if budget != "wall_seconds":
         # reached, not merely approached; passed by at most the iteration in flight and the final test evaluation
         assert limit <= spent(con, budget) < 1.5 * limit
@@ -70,6 +76,8 @@ def test_asha_alone_stops_the_weak_trial_naming_the_rung(tmp_path):
     assert trials["label_metric"][:2] == ("completed", None), trials
     status, reason, calls = trials["half_credit_metric"]
     assert status == "stopped" and reason.startswith("ASHA: below the cutoff of rung 40 metric calls"), trials
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"]["limits"] == {} and summary["stopped_by"] == {"ASHA": 1}
     assert calls < 160 - ITERATION
 
 
