@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("check", "load-back check: score the first N test examples"), ("predict", "predict one input")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--model-uri", required=True, help="models:/NAME@champion or models:/NAME/VERSION")
-        s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (sqlite:///.../mlflow.db or http://host:port)")
+        s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (sqlite:///.../registry.db or http://host:port); "
+                       "default: MLFLOW_TRACKING_URI, else the project registry outputs/registry.db")
         s.add_argument("--api-base", default=None, help="live OpenAI-compatible endpoint; default: the one recorded with the model")
         s.add_argument("--api-key-env", default=None, help="env var holding the LM key; default: the recorded api_key_env")
     check = sub.choices["check"]
@@ -44,6 +45,7 @@ def key_value_command(command: str, pairs: list[str]) -> int:
     from pydantic import ValidationError
 
     from gepa_lab.serve.model import ServeError
+    from gepa_lab.tracking.registry import default_registry_uri
 
     if command == "http":
         from gepa_lab.serve.http import HttpSettings as settings_model, serve_http as run
@@ -55,7 +57,7 @@ def key_value_command(command: str, pairs: list[str]) -> int:
         return 2
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines on loading a model are noise here
     values = dict(p.split("=", 1) for p in pairs)
-    values.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI"))
+    values.setdefault("tracking_uri", default_registry_uri())
     try:
         settings = settings_model.model_validate(values)
     except ValidationError as exc:

@@ -35,7 +35,7 @@ class HttpSettings(StrictModel):
     model: str = Field(min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else the project registry
     api_base: str | None = None  # default: the endpoint recorded with the model
     api_key_env: str | None = None  # default: the variable recorded with the model
     max_in_flight: int = Field(16, ge=1)  # program calls (and so LM requests) at once

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ import dspy
 from gepa_lab.api_keys import key_from_env
 from gepa_lab.errors import GepaLabError
 from gepa_lab.tracking.mlflow_sink import METADATA_KEY, mlflow_uris
+from gepa_lab.tracking.registry import default_registry_uri
 
 class ServeError(GepaLabError):
     pass
@@ -99,13 +101,18 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> ServedModel:
     from mlflow.models import Model
 
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # our own registry's cloudpickle
+    tracking_uri = tracking_uri or default_registry_uri()
+    store = Path(tracking_uri.removeprefix("sqlite:///"))
+    if tracking_uri.startswith("sqlite:///") and not store.is_file():  # MLflow would create an empty store there
+        raise ServeError(f"no MLflow store at {store}: pass tracking_uri=... (or set MLFLOW_TRACKING_URI), "
+                         "or register a winner first (a sweep does)")
     try:
         with mlflow_uris(tracking_uri):
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
             meta = (Model.load(local).metadata or {}).get(METADATA_KEY) or {}
             program = _load_program(local)
     except Exception as exc:
-        raise ServeError(f"cannot load {model_uri} from {tracking_uri or mlflow.get_tracking_uri()}: {type(exc).__name__}: {exc}") from exc
+        raise ServeError(f"cannot load {model_uri} from {tracking_uri}: {type(exc).__name__}: {exc}") from exc
     if not meta:
         raise ServeError(f"{model_uri} has no '{METADATA_KEY}' metadata: it was not registered by gepa_lab")
     return ServedModel(program=program, meta=meta, model_uri=model_uri)

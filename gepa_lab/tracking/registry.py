@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gepa_lab.config.schema import MlflowConfig, RunConfig
-from gepa_lab.paths import PROJECT_ROOT
+from gepa_lab.paths import OUTPUTS_DIR, PROJECT_ROOT
 from gepa_lab.servers.process import popen_dying_with_parent
 from gepa_lab.tracking.mlflow_sink import (
     METADATA_KEY,
@@ -90,6 +90,12 @@ def registry_uri(cfg: MlflowConfig, output_dir: str | os.PathLike) -> str:
     if cfg.tracking_uri:
         return cfg.tracking_uri
     return "sqlite:///" + str((Path(output_dir).resolve().parent / REGISTRY_DB))
+
+
+def default_registry_uri() -> str:
+    """Where a model URI is looked up when no URI is given: MLFLOW_TRACKING_URI, else the project registry that
+    sweeps with the default output folders register into (never MLflow's own ./mlflow.db in the working folder)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + str(OUTPUTS_DIR / REGISTRY_DB)
 
 
 def registry_client(cfg: MlflowConfig, output_dir: str | os.PathLike):

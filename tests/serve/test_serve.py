@@ -1,5 +1,6 @@
 """gepa_lab.serve: load a registered winner, bind it to a live LM, predict; the load-back check CLI."""
 import json
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,24 @@ def test_wrong_key_and_unknown_model_are_clear_errors(sweep, sim, monkeypatch):
         check("models:/gepa_lab-reviews/1", sweep["registry_uri"], n=2, api_base=sim.url)
     with pytest.raises(ServeError, match="cannot load models:/no-such-model/1"):
         load_model("models:/no-such-model/1", sweep["registry_uri"])
+
+
+def test_without_a_uri_the_project_registry_is_used_never_mlflow_db_in_the_working_folder(tmp_path, monkeypatch):
+    """MLflow's own default is sqlite:///mlflow.db in the current folder: serving without a URI created one there."""
+    from gepa_lab.tracking.registry import default_registry_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_registry_uri().endswith("/outputs/registry.db")
+    work, data = tmp_path / "work", tmp_path / "data"
+    work.mkdir(), data.mkdir()
+    (data / "in.csv").write_text("text\ngreat\n")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([sys.executable, "-m", "gepa_lab.serve", "batch", "model=models:/nobody@champion",
+                           f"input={data / 'in.csv'}", f"output={data / 'out.parquet'}"],
+                          capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "registry.db" in proc.stderr, proc.stderr
+    assert list(work.iterdir()) == [] and not (data / "out.parquet").exists()
+    with pytest.raises(ServeError, match="no MLflow store at"):
+        load_model("models:/nobody@champion", f"sqlite:///{tmp_path}/missing.db")
+    assert not (tmp_path / "missing.db").exists()
