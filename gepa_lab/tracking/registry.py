@@ -532,8 +532,9 @@ def _log_and_register(cfg, output_dir, c, uri, reg_uri, name, parent_run_id, win
         "best_val_score": winner_summary.get("best_val_score"), "best_test_score": winner_summary.get("best_test_score"),
         "lm.model": run_cfg.lm.model, "load_back_status": "pending",
     }
-    version = _create_version(c, name, info, run_id, {k: str(v) for k, v in tags.items() if v is not None},
-                              None if uri == reg_uri else registry_artifacts(reg_uri))
+    with mlflow_uris(uri):  # MLflow resolves the logged model's models:/m-... source through the global URIs
+        version = _create_version(c, name, info, run_id, {k: str(v) for k, v in tags.items() if v is not None},
+                                  None if uri == reg_uri else registry_artifacts(reg_uri))
     return version, run_id
 
 
