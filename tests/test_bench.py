@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 from gepa_lab.bench.figures import FIGURES
 

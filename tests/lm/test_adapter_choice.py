@@ -1,7 +1,7 @@
 """The task program's dspy adapter is a per-LM choice (`lm.adapter`): a run with `adapter: json` writes every task
 prompt for dspy's JSONAdapter from the first call; the default (chat) writes ChatAdapter prompts. Told apart by the
 task simulator, which counts the requests it answered by their kind (requests_by_kind)."""
-from conftest import run_cli
+from tests.conftest import run_cli
 
 from gepa_lab.compose import compose
 from gepa_lab.config.schema import RunConfig
