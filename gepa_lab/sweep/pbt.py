@@ -245,6 +245,7 @@ class SegmentSink:
 def pbt_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     """The Tune function of a PBT sweep: run (or resume, or continue from a donor's state) one segment of the trial."""
     trial_id = tune.get_context().get_trial_id()
+    ctx.node_checks.check_here()  # as gepa_trial: the node may have joined after the sweep's checks
     if report_recorded(ctx, trial_id):
         return
     checkpoint = tune.get_checkpoint()
