@@ -4,6 +4,8 @@ Ray Tune's PopulationBasedTraining compares the trials every `sweep.pbt.interval
 executed; a weak trial continues from a strong trial's checkpoint (its GEPA state: candidate pool and Pareto front)
 with some of its optimizer / reflection-LM client settings perturbed. Here:
 - a checkpoint is taken each time GEPA saves its state (on_state_saved), and reported with the score that state holds;
+  except GEPA's first save after it loads a state (an exploit's or a resume's), which holds nothing new: reported, it
+  let PBT exploit the trial again before it ran a single iteration;
 - a trial's run between two exploits is a *segment*, with its own folder trials/TRIAL/segments/NNN (its own config
   there, so a mutated config never meets the folder of another);
 - a pause (Tune ends the trial's thread with SystemExit) is recorded as `paused`, and the trial resumes from its state;
@@ -106,7 +108,8 @@ class Segment:
     """One run of a trial between exploits. base_calls: GEPA's count in the state it started from (a donor's spend, or
     the trial's own earlier segment's); before: what the trial executed in its earlier segments; rescored: GEPA's
     uncounted seed re-scorings on val in this segment (one per start from a saved state); origins: candidate index ->
-    [trial, segment, index] where it was first made."""
+    [trial, segment, index] where it was first made; donor: [trial, segment, GEPA count] of the checkpoint an exploit
+    started it from."""
 
     trial_id: str
     number: int
@@ -119,6 +122,7 @@ class Segment:
     executed: int = 0
     origins: dict[str, list] = field(default_factory=dict)
     limit: int = 0  # GEPA's count at which the trial's own max_metric_calls is spent
+    donor: list | None = None
 
     def budget_stop(self) -> NoOvershoot:
         """No iteration that would take the trial past its own executed-call budget (gepa_lab.trial.NoOvershoot)."""
@@ -154,7 +158,9 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
     last = Segment(**json.loads(saved[-1].read_text())) if saved else None
     meta = json.loads((checkpoint_dir / CHECKPOINT_META).read_text()) if checkpoint_dir else None
     cfg = trial_config(ctx, params, trial_id)
-    own = meta is None or (meta["trial_id"], meta["segment"]) == (trial_id, last and last.number)
+    # the trial's own checkpoint, or the donor's again: restarted (a driver resumed) before it had reported its own
+    own = meta is None or (meta["trial_id"], meta["segment"]) == (trial_id, last and last.number) or (
+        last is not None and last.donor == [meta["trial_id"], meta["segment"], meta["gepa_calls"]])
     if last is not None and own and comparable(last.config) == comparable(cfg.model_dump(mode="json")):
         if (last.dir / "gepa" / STATE_FILE).exists():
             # GEPA re-scores the seed on val when it loads a state, uncounted: counted here, as the segment starts
@@ -182,8 +188,9 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
     data = cfg.model_dump(mode="json")
     data["output_dir"] = str(seg_dir)
     data["optimizer"]["max_metric_calls"] = max(limit, val + cfg.optimizer.iteration_cost(val))
+    donor = [meta["trial_id"], meta["segment"], meta["gepa_calls"]] if meta is not None else None
     segment = Segment(trial_id, number, data, manifest_hash, components, base_calls, before, rescored, before + rescored,
-                      origins, limit)
+                      origins, limit, donor)
     seg_dir.mkdir(parents=True, exist_ok=True)
     segment.save()
     return segment
@@ -198,6 +205,7 @@ class SegmentSink:
         self.segment = segment
         self.attempt = uuid.uuid4().hex[:8]
         self.tokens = self.cost = 0.0
+        self.loaded = (segment.dir / "gepa" / STATE_FILE).exists()  # GEPA's first save will be the state it loaded
 
     def handle(self, event: Event) -> None:
         d = event.data
@@ -217,6 +225,9 @@ class SegmentSink:
         self.record()
         if self.ctx.ledger is not None:
             self.ctx.ledger.record.remote(trial_id, self.attempt, executed, int(self.tokens), self.cost)
+        if self.loaded:
+            self.loaded = False
+            return
         folder = Path(tempfile.mkdtemp(prefix="gepa_lab-pbt-"))
         try:
             shutil.copy2(run_dir / STATE_FILE, folder / STATE_FILE)

@@ -35,7 +35,7 @@ def state(segment: dict) -> GEPAState:
 def pbt_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("pbt") / "sweep"
     tag, env = tagged_env()
-    args = [*PBT, "lm.sim.latency_ms=40", "optimizer.max_metric_calls=200", f"output_dir={out}"]
+    args = [*PBT, "lm.sim.latency_ms=40", "optimizer.max_metric_calls=240", f"output_dir={out}"]
     proc = start_sweep(args, env)
     try:
         # an exploited segment that has run an iteration and reported since: a kill earlier loses the exploit (Tune's
