@@ -129,5 +129,4 @@ def gepa_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         stop_callbacks=[LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else None,
     )
     # The final report comes last: Tune may end this actor as soon as the trial's function returns after it.
-    keys = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "metric_calls", "lm_calls")
-    tune.report({k: summary[k] for k in keys})
+    tune.report({k: summary[k] for k in FINAL_REPORT})
