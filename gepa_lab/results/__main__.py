@@ -4,6 +4,7 @@
     python -m gepa_lab.results plot [DIR]      # PNGs into DIR/plots/, their paths printed
     python -m gepa_lab.results effects [DIR ...] [--format table|csv|json]   # test score by value of each swept key
     python -m gepa_lab.results examples [DIR] [--trial ID] [--limit N] [--format ...]   # what the winner fixed, broke, still gets wrong
+    python -m gepa_lab.results lms [DIR ...] [--task NAME] [--format ...]   # task LMs compared per task, paired intervals
     python -m gepa_lab.results report DIR [DIR ...] [--out FILE]   # one self-contained HTML page (DIR/report.html)
     python -m gepa_lab.results queries         # the named queries (--sql NAME)
     python -m gepa_lab.results diff DIR_A DIR_B   # "identical" (exit 0) or the first trial, candidate, example that differ (exit 1)
@@ -26,8 +27,8 @@ from gepa_lab.cli import one_line_errors
 from gepa_lab.results import diff as diffing
 from gepa_lab.results.query import example_changes
 from gepa_lab.results.query import (
-    EFFECTS_METHOD, INTERVAL_CAPTION, QUERIES, Result, effects, fold_intervals, leaderboard, newest_output_dir,
-    open_results, rich_table, short_headers, sql,
+    EFFECTS_METHOD, INTERVAL_CAPTION, LMS_METHOD, QUERIES, Result, ResultsError, effects, fold_intervals, leaderboard,
+    lm_comparison, newest_output_dir, open_results, rich_table, short_headers, sql,
 )
 
 
@@ -73,8 +74,8 @@ def _query_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gepa_lab.results",
         description="Query results folders with DuckDB (views: sweeps, trials, candidates, evaluations, lm_usage). "
-        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `examples [DIR]`, `report DIR ...`, `diff DIR_A DIR_B`, "
-        "`queries`.",
+        "Subcommands: `plot [DIR]`, `effects [DIR ...]`, `examples [DIR]`, `lms [DIR ...]`, `report DIR ...`, "
+        "`diff DIR_A DIR_B`, `queries`.",
     )
     parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
     parser.add_argument("--sql", help="SQL to run over the views, or the name of a named query (see `queries`)")
@@ -146,6 +147,32 @@ def _examples_main(argv: list[str]) -> None:
         print(changes.inputs_note, file=sys.stderr)
 
 
+def _lms_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gepa_lab.results lms",
+        description="The task LMs compared on each task (or one): each LM's best trial, its test score and the paired "
+        "difference to the task's winner, with 95% intervals. " + LMS_METHOD,
+    )
+    parser.add_argument("dirs", nargs="*", metavar="DIR", help="output folders (default: the newest under outputs/)")
+    parser.add_argument("--task", help="only this task (default: every task run with more than one task LM)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    args = parser.parse_args(argv)
+    dirs = _dirs(args.dirs)
+    where = ", ".join(map(str, dirs))
+    con = open_results(*dirs)
+    result = lm_comparison(con)
+    if args.task is not None:
+        tasks = [task for (task,) in sql(con, "SELECT DISTINCT task FROM trials ORDER BY task").rows]
+        if args.task not in tasks:
+            raise ResultsError(f"no task {args.task!r} in {where} (its tasks: {', '.join(map(str, tasks))})")
+        result = Result(result.columns, [row for row in result.rows if row[0] == args.task])
+    if not result.rows and args.task is None:
+        raise ResultsError(f"no task in {where} has finished trials of more than one task LM: no LMs to compare")
+    if not result.rows:
+        raise ResultsError(f"task {args.task!r} in {where} has finished trials of one task LM only: no LMs to compare")
+    render(result, args.format, title=f"task LMs: {where}", intervals=True)
+
+
 def _report_main(argv: list[str]) -> None:
     from gepa_lab.results.report import CONTENTS, write_report  # its imports (matplotlib, tracking) only when reporting
 
@@ -182,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         _effects_main(argv[1:])
     elif argv and argv[0] == "examples":
         _examples_main(argv[1:])
+    elif argv and argv[0] == "lms":
+        _lms_main(argv[1:])
     elif argv and argv[0] == "report":
         _report_main(argv[1:])
     elif argv and argv[0] == "diff":

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from results_data import write_trial
+
+from gepa_lab.results.stats import paired_bootstrap_ci
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -67,3 +70,32 @@ def test_plot_writes_pngs(sweep_dir: Path):
     assert [p.name for p in paths] == ["progress.png", "seed_vs_winner.png"]
     for p in paths:
         assert p.parent == sweep_dir / "plots" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_lms_compares_the_task_lms_per_task_with_paired_intervals(tmp_path: Path, sweep_dir: Path):
+    seed = [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    a_m1, a_m2 = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    out = tmp_path / "tasks-x-lms"
+    for trial_id, task, lm, vals, best in [("a1", "a", "m1", [0.2, 0.5], a_m1), ("a2", "a", "m2", [0.2, 0.6], a_m2),
+                                           ("b1", "b", "m1", [0.1, 0.9], a_m1), ("c1", "c", "m1", [0.1, 0.4], a_m1)]:
+        write_trial(out, trial_id, vals, [10, 20], params={"task.name": task, "lm.model": lm}, test_examples=(seed, best))
+
+    table = cli("lms", str(out))
+    assert table.returncode == 0, table.stderr
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.stdout.splitlines() if line.startswith("│")]
+    # task a only (b and c ran one LM); m2 won on val, m1 is 2 of 6 examples behind it, with its paired interval
+    low, high = paired_bootstrap_ci(a_m2, a_m1)
+    assert [row[:4] for row in rows] == [["a", "lm.model=m2", "1", "a2"], ["a", "lm.model=m1", "1", "a1"]]
+    assert rows[0][-1] == "" and rows[1][-1] == f"-0.333 [{low:+.3f}, {high:+.3f}]", rows
+    assert "paired" in table.stdout  # the caption says how the intervals are made
+
+    data = json.loads(cli("lms", str(out), "--task", "a", "--format", "json").stdout)
+    assert [(r["lm"], r["vs_winner_ci95_low"], r["vs_winner_ci95_high"]) for r in data] == [
+        ("lm.model=m2", None, None), ("lm.model=m1", pytest.approx(low), pytest.approx(high))]
+
+    # nothing to compare: one line, exit 2
+    for args, says in [([str(sweep_dir)], "no task in"), ([str(out), "--task", "b"], "task 'b' in"),
+                       ([str(out), "--task", "zz"], "no task 'zz' in")]:
+        refused = cli("lms", *args)
+        assert refused.returncode == 2 and refused.stdout == "", (args, refused)
+        assert refused.stderr.startswith(f"error: {says}") and refused.stderr.count("\n") == 1, refused.stderr
