@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gepa_lab.bench.pbt import PbtPlan
 from gepa_lab.paths import OUTPUTS_DIR, PROJECT_ROOT
 
 # the rate assumed for one GPU replica (vLLM) answering short classification requests: the "hundreds of short
@@ -43,6 +44,7 @@ class Plan:
     demo_overrides: list[str]
     llama_predictions: int
     llama_task: tuple[str, ...]
+    pbt: PbtPlan
     sweep_timeout_s: float = 1800
     notes: list[str] = field(default_factory=list)
 
@@ -52,7 +54,9 @@ FULL = Plan(client_calls=300, router_seconds=3.0, router_replicas=(1, 2, 4), rep
             corpus={"train": 100, "val": 50, "test": 50}, max_metric_calls=200, overhead_counts=(4, 16, 64),
             overhead_tracking="local",
             results_rows=(10_000, 100_000, 1_000_000), demo_overrides=[], llama_predictions=2,
-            llama_task=("task=banking77",))
+            llama_task=("task=banking77",),
+            pbt=PbtPlan(seeds=list(range(5)), population=4, max_metric_calls=600, interval_metric_calls=120,
+                        minibatches=[20, 30, 40], corpus={"train": 200, "val": 60, "test": 200}))
 QUICK = Plan(client_calls=40, router_seconds=0.5, router_replicas=(1, 2, 4), replicas=2, slots=4, seeds=[0],
              minibatches=[5, 10], concurrent=2, naive_configs=1, corpus={"train": 40, "val": 20, "test": 20},
              max_metric_calls=100, overhead_counts=(1, 2, 4), overhead_tracking="none",
@@ -60,6 +64,8 @@ QUICK = Plan(client_calls=40, router_seconds=0.5, router_replicas=(1, 2, 4), rep
              demo_overrides=["sweep.space.optimizer.seed={grid:[0]}", "optimizer.max_metric_calls=400",
                              "eval.test_limit=100"],
              llama_predictions=1, llama_task=("task=classify",), sweep_timeout_s=600,
+             pbt=PbtPlan(seeds=[0, 1], population=2, max_metric_calls=120, interval_metric_calls=40, minibatches=[4, 6],
+                         corpus={"train": 40, "val": 20, "test": 20}),
              notes=["--quick: every case at its smallest size; the overhead keys hold 1, 2 and 4 trials (tracking off) "
                     "and the results keys 10³, 10⁴ and 10⁵ rows. A smoke test, not a benchmark."])
 
@@ -134,11 +140,15 @@ def flat(cases: dict[str, Any], plan: Plan) -> dict[str, Any]:
         "llamacpp_s_per_prediction_after": llama["s_per_prediction_after"],
         "llamacpp_lm_calls_per_prediction_before": llama["lm_calls_per_prediction_before"],
         "llamacpp_lm_calls_per_prediction_after": llama["lm_calls_per_prediction_after"],
+        "pbt_test_gain": cases["pbt"]["gain_mean"],
+        "pbt_test_gain_ci_low": cases["pbt"]["gain_ci95"][0],
+        "pbt_test_gain_ci_high": cases["pbt"]["gain_ci95"][1],
+        "pbt_budget_ratio": cases["pbt"]["budget_ratio"],
     }
 
 
 def run(plan: Plan, work: Path, say) -> dict[str, Any]:
-    from gepa_lab.bench import hops, llamacpp, results_scale, sweeps
+    from gepa_lab.bench import hops, llamacpp, pbt, results_scale, sweeps
 
     cases: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -162,6 +172,7 @@ def run(plan: Plan, work: Path, say) -> dict[str, Any]:
     case("results", results_scale.results_at_scale, plan.results_rows)
     case("demo", sweeps.demo, plan.demo_overrides, work, plan.sweep_timeout_s)
     case("llamacpp", llamacpp.llamacpp_adapters, plan.llama_predictions, plan.llama_task)
+    case("pbt", pbt.pbt_vs_independent, plan.pbt, work, plan.sweep_timeout_s)
     cases["seconds"] = seconds
     return cases
 

@@ -100,8 +100,37 @@ def _details(report: dict[str, Any]) -> list[str]:
         f"({cases['llamacpp']['completion_tokens_per_prediction_before']} completion tokens); `adapter: json` "
         f"{cases['llamacpp']['s_per_prediction_after']} s and {cases['llamacpp']['lm_calls_per_prediction_after']} calls "
         f"({cases['llamacpp']['completion_tokens_per_prediction_after']} tokens): {cases['llamacpp']['speedup']}× faster.", "",
+        *_pbt(cases["pbt"], cases["llamacpp"]["s_per_prediction_after"]),
     ]
     return out
+
+
+def _pbt(pbt: dict[str, Any], llama_s_per_prediction: float) -> list[str]:
+    plan = pbt["plan"]
+    calls = sum(p["independent"]["executed_metric_calls"] + p["pbt"]["executed_metric_calls"] for p in pbt["pairs"])
+    low, high = pbt["gain_ci95"]
+    interval = "no interval from one seed" if low is None else f"95 % t interval [{low:+.3f}, {high:+.3f}]"
+    return [
+        "## Population-based search against independent trials", "",
+        f"On the LM simulator (docs/simulator.md), banking77 ({', '.join(f'{k} {v}' for k, v in plan['corpus'].items())} "
+        f"examples): for each of {len(plan['seeds'])} sweep "
+        f"seeds, a population of {plan['population']} trials (the same trial seeds, reflection minibatch "
+        f"{sorted(plan['minibatches'])[len(plan['minibatches']) // 2]}, {plan['max_metric_calls']} metric calls each) run as "
+        f"independent trials and as `sweep.scheduler=pbt` (every {plan['interval_metric_calls']} calls a trial in the bottom "
+        f"half continues from a top trial's GEPA state, minibatch mutated among {plan['minibatches']}). Each sweep's winner "
+        "is picked on val and scored on test; the pairs are by seed.", "",
+        *_table(["seed", "independent: test", "PBT: test", "PBT − independent", "independent: calls", "PBT: calls",
+                 "exploits"],
+                [[p["seed"], p["independent"]["best_test_score"], p["pbt"]["best_test_score"],
+                  f"{p['pbt']['best_test_score'] - p['independent']['best_test_score']:+.3f}",
+                  p["independent"]["executed_metric_calls"], p["pbt"]["executed_metric_calls"], p["pbt"]["exploits"]]
+                 for p in pbt["pairs"]]), "",
+        f"PBT − independent on test: mean {pbt['gain_mean']:+.3f}, {interval}; PBT better on {pbt['wins']} of "
+        f"{len(pbt['pairs'])} seeds, tied on {pbt['ties']}; metric calls executed PBT ÷ independent "
+        f"{pbt['budget_ratio']}. Not run on a real LM: the one at hand here is llama.cpp, whose "
+        f"{llama_s_per_prediction} s per prediction (above) would take these {calls:,} metric calls alone "
+        f"{calls * llama_s_per_prediction / 3600:.0f} hours on this machine, before any reflection or test scoring.", "",
+    ]
 
 
 # What is known about a missed target (from profiling it); printed under "Targets missed" when it is missed

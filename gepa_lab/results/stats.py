@@ -36,3 +36,19 @@ def paired_bootstrap_ci(
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"paired scores must cover the same examples: {a_arr.size} and {b_arr.size} scores")
     return _percentile_interval(_resampled_means(b_arr - a_arr, resamples, seed), level)
+
+
+def paired_t_interval(a: Sequence[float], b: Sequence[float], *, level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """mean(b - a) and its Student's t interval, for a few paired runs (sweep seeds) where a bootstrap over so few
+    points would be too narrow; no interval (None, None) from a single pair."""
+    from scipy import stats
+
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.ndim != 1 or a_arr.size == 0 or a_arr.shape != b_arr.shape:
+        raise ValueError(f"need the same non-empty number of paired values, got {a_arr.size} and {b_arr.size}")
+    diff = b_arr - a_arr
+    mean = float(diff.mean())
+    if diff.size < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.5 + level / 2, diff.size - 1) * diff.std(ddof=1) / np.sqrt(diff.size))
+    return mean, mean - half, mean + half

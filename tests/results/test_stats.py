@@ -1,10 +1,11 @@
-"""gepa_lab.results.stats: seeded percentile bootstrap intervals of a mean, and of a paired difference."""
+"""gepa_lab.results.stats: seeded percentile bootstrap intervals of a mean, and of a paired difference; Student's t
+interval of a paired difference over a few runs."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
+from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci, paired_t_interval
 
 
 def test_identical_scores_give_no_gain_and_constant_scores_no_spread():
@@ -54,3 +55,12 @@ def test_interval_holds_the_mean(scores, seed):
     zeros = [0.0] * len(scores)
     p_low, p_high = paired_bootstrap_ci(zeros, scores, resamples=1000, seed=seed)
     assert p_low - 1e-9 <= mean <= p_high + 1e-9
+
+
+def test_the_paired_t_interval_over_a_few_seeds_is_students_and_none_from_one_pair():
+    mean, low, high = paired_t_interval([0.5, 0.5, 0.5], [0.51, 0.52, 0.53])
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # t(0.975, 2 dof) · sd / √n
+    assert mean == pytest.approx(0.02) and (low, high) == pytest.approx((0.02 - half, 0.02 + half))
+    assert paired_t_interval([0.4], [0.5]) == (pytest.approx(0.1), None, None)
+    with pytest.raises(ValueError, match="same non-empty number"):
+        paired_t_interval([0.4, 0.5], [0.5, 0.6, 0.7])
