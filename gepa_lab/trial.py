@@ -90,6 +90,9 @@ class GEPAEvents:
     proposals: int = 0  # reflective proposals (new instruction texts) made in this process
     iteration_proposals: int = 0  # ... in the iteration under way
     iterations: int = 0  # GEPA's iteration count when it ended (it continues across a resume)
+    # GEPA starts from a saved state (a resume; a PBT segment's, or its donor's): every start notifies the seed's val
+    # scores the state holds, recorded already where it was made (a candidate is unique per trial, segment and index)
+    continues_state: bool = False
 
     def on_proposal_end(self, event):
         self.proposals += 1
@@ -107,6 +110,8 @@ class GEPAEvents:
 
     def on_valset_evaluated(self, event):
         self.best_val = max(self.best_val, event["average_score"])
+        if self.continues_state and (event["iteration"], event["candidate_idx"]) == (0, 0):
+            return
         self.events.emit(
             "candidate",
             iteration=event["iteration"],
@@ -377,7 +382,8 @@ def run_trial(
     threads = cfg.eval_threads()
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
     lm_lost = [lambda state: lost_endpoint(lms) is not None]  # GEPA stops at its next iteration; the trial then fails
-    gepa_events = GEPAEvents(events, meter, task.metric, task.val)
+    gepa_events = GEPAEvents(events, meter, task.metric, task.val,
+                             continues_state=(out / "gepa" / "gepa_state.bin").exists())
     stops = trial_stops(cfg, task, meter, started)
     optimizer = make_optimizer(cfg, task, reflection_lm, [gepa_events], [*(stop_callbacks or []), *lm_lost], stops)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
