@@ -38,6 +38,7 @@ def harnessed_trial(
     mlflow_parent_run_id: str | None = None,
     stop_callbacks: list[Callable] | None = None,
     extra_summary: dict[str, Any] | None = None,
+    segment: int | None = None,
     on_resume: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Run cfg as one trial into cfg.output_dir; return its summary.
@@ -49,13 +50,14 @@ def harnessed_trial(
     arguments from cache_service); None = start it here for this trial. wandb_run: an already-started W&B run to
     write into (a W&B Sweeps agent's, which holds the sweep's parameters); no other W&B run is started then.
     mlflow_parent_run_id: the sweep's MLflow run to nest under; None = a run of its own. on_resume(output_dir)
-    is called when output_dir already holds this config's run (the compile resumes)."""
+    is called when output_dir already holds this config's run (the compile resumes). segment: the PBT segment this
+    run is (gepa_lab.sweep.pbt), in the summary and every results row; None outside PBT (segment 0 in the results)."""
     out = Path(cfg.output_dir)
     if claim_output_dir(cfg, out) and on_resume is not None:
         on_resume(out)
     swept = {"params": params} if params is not None else {}
     tracked_config = {**swept, **cfg.model_dump(mode="json")}
-    results = ResultsWriter(root / "results", sweep_id, tracked_config)
+    results = ResultsWriter(root / "results", sweep_id, tracked_config, segment=segment or 0)
     trackers: list[Any] = []
     if wandb_run is not None or cfg.tracking.wandb.enabled:
         trackers.append(WandbSink(cfg.tracking.wandb, root, group=sweep_id or None, run_name=run_name or trial_id,
@@ -71,7 +73,9 @@ def harnessed_trial(
             if endpoints is None:
                 endpoints = started.enter_context(serve_all({"task": cfg.lm, "reflection": cfg.reflection_lm}))
             events = EventStream(trial_id, [*sinks, results, *trackers])
-            return run_trial(cfg, endpoints, events, stop_callbacks=stop_callbacks, extra_summary={**swept, **(extra_summary or {})})
+            segmented = {"segment": segment} if segment is not None else {}
+            return run_trial(cfg, endpoints, events, stop_callbacks=stop_callbacks,
+                             extra_summary={**swept, **segmented, **(extra_summary or {})})
     finally:
         sync_cache()  # Ray may end a trial's worker without running its exit hooks
         for tracker in trackers:

@@ -4,9 +4,10 @@ Trials are matched by their parameters (the `params` a sweep recorded in each tr
 k-th trial of a parameter set in A with the k-th in B, by trial id. Matched trials are compared on what they found,
 never on when or how fast: status, seed and best scores, the winner's index, candidates, metric calls, GEPA's
 iterations and stop reason, the user code errors counted; each candidate's iteration, parents, val score, metric
-calls and instructions; each evaluation's score, prediction and feedback (per split, candidate and example). The
-first difference is reported: trials in the order of their parameters, then candidate, then split (val first) and
-example."""
+calls and instructions; each evaluation's score, prediction and feedback (per split, candidate and example). A PBT
+trial's candidates are told apart by their segment too (candidate indices restart with each segment's GEPA state).
+The first difference is reported: trials in the order of their parameters, then segment and candidate, then split
+(val first) and example."""
 from __future__ import annotations
 
 import json
@@ -132,22 +133,26 @@ def diff(dir_a: str | Path, dir_b: str | Path) -> Diff:
     def trial_named(p: dict[str, Any]) -> str:
         return f"trial {_params_shown(p['key'])} (A: {p['a']['trial_id']}, B: {p['b']['trial_id']})"
 
-    candidate = _first_row_difference(con, "candidates", ("candidate_idx",), CANDIDATE_FIELDS, "ord, candidate_idx")
-    example = _first_row_difference(con, "evaluations", ("candidate_idx", "split", "example_id"), EVALUATION_FIELDS,
-                                    "ord, candidate_idx, split = 'test', split, example_id")
+    def candidate_named(row: dict[str, Any]) -> str:  # segment 0 (every trial outside PBT) goes unnamed
+        return f"{'segment ' + str(row['segment']) + ' ' if row['segment'] else ''}candidate {row['candidate_idx']}"
+
+    candidate = _first_row_difference(con, "candidates", ("segment", "candidate_idx"), CANDIDATE_FIELDS,
+                                      "ord, segment, candidate_idx")
+    example = _first_row_difference(con, "evaluations", ("segment", "candidate_idx", "split", "example_id"),
+                                    EVALUATION_FIELDS, "ord, segment, candidate_idx, split = 'test', split, example_id")
     trial_level = next(((p, changed) for p in pairs
                         if (changed := [f for f in TRIAL_FIELDS if p["a"][f] != p["b"][f]])), None)
     at = min([d["ord"] for d in (candidate, example) if d] + ([trial_level[0]["ord"]] if trial_level else []), default=None)
     if at is not None:
         pair = pairs[at]
         in_trial = [d for d in (example, candidate) if d and d["ord"] == at]
-        first = min(in_trial, key=lambda d: (d["candidate_idx"], d is candidate), default=None)
+        first = min(in_trial, key=lambda d: (d["segment"], d["candidate_idx"], d is candidate), default=None)
         if first is None:  # only the trial's own fields differ
             changed = trial_level[1]
             result.first = f"{trial_named(pair)}: " + ", ".join(
                 f"{f} {pair['a'][f]} in A, {pair['b'][f]} in B" for f in changed)
         elif first is example:
-            where = f"candidate {first['candidate_idx']}, {first['split']} example {first['example_id']}"
+            where = f"{candidate_named(first)}, {first['split']} example {first['example_id']}"
             if first["only"]:
                 result.first = f"{trial_named(pair)}: {where}: scored in {first['only']} only"
             else:
@@ -159,7 +164,7 @@ def diff(dir_a: str | Path, dir_b: str | Path) -> Diff:
                                   for f in ("prediction", "feedback") if f in _changed(first, EVALUATION_FIELDS)
                                   for side in SIDES]
         else:
-            where = f"candidate {first['candidate_idx']}"
+            where = candidate_named(first)
             if first["only"]:
                 result.first = f"{trial_named(pair)}: {where}: in {first['only']} only"
             else:

@@ -13,7 +13,8 @@ empty view with those columns, so queries never fail for want of data.
 The views list the files present when they were opened (a sweep still running keeps adding files):
 call open_results again to see new ones. Temp files of writes in progress (".NAME.tmp.parquet") are
 never read, nor are the parts that a compacted file replaced (gepa_lab.results.compact). Results written before
-evaluations.example_id became the corpus id (an int64 index in the split) read as strings like the new ones.
+evaluations.example_id became the corpus id (an int64 index in the split) read as strings like the new ones; those
+written before the `segment` column read it as 0 (schema.DEFAULTS).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from gepa_lab.errors import GepaLabError
 from gepa_lab.paths import OUTPUTS_DIR
 from gepa_lab.progress import with_interval
 from gepa_lab.results.compact import live_files
-from gepa_lab.results.schema import SCHEMAS
+from gepa_lab.results.schema import DEFAULTS, SCHEMAS
 from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 
 TABLES = tuple(SCHEMAS)
@@ -141,7 +142,11 @@ def open_results(
                     f"SELECT *, {_sql_str(label)} AS output_dir FROM read_parquet([{listing}], union_by_name=true)"
                 )
         # The empty typed SELECT comes first: every schema column exists, in schema order, with its type.
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL BY NAME ".join(parts))
+        union = " UNION ALL BY NAME ".join(parts)
+        defaults = ", ".join(f"coalesce({column}, {value}) AS {column}"
+                             for column, value in DEFAULTS.get(table, {}).items())
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS "
+                    + (f"SELECT * REPLACE ({defaults}) FROM ({union})" if defaults else union))
     return con
 
 
@@ -198,10 +203,14 @@ QUERIES: dict[str, tuple[str, str]] = {
     ),
     "winners": (
         "the instruction of each trial's winning candidate",
+        # the winner of a trial's last segment; one a PBT segment inherited is read where it was first made (lineage)
         """SELECT t.trial_id, t.best_val_score, t.best_test_score, t.best_candidate_idx, c.instruction
-           FROM trials t JOIN candidates c
-             ON c.output_dir = t.output_dir AND c.sweep_id = t.sweep_id AND c.trial_id = t.trial_id
-            AND c.candidate_idx = t.best_candidate_idx
+           FROM trials t
+           LEFT JOIN lineage l ON l.output_dir = t.output_dir AND l.sweep_id = t.sweep_id AND l.trial_id = t.trial_id
+            AND l.segment = t.segment AND l.candidate_idx = t.best_candidate_idx
+           JOIN candidates c ON c.output_dir = t.output_dir AND c.sweep_id = t.sweep_id
+            AND c.trial_id = coalesce(l.origin_trial_id, t.trial_id) AND c.segment = coalesce(l.origin_segment, t.segment)
+            AND c.candidate_idx = coalesce(l.origin_candidate_idx, t.best_candidate_idx)
            ORDER BY t.best_val_score DESC NULLS LAST, t.metric_calls""",
     ),
     "changed": (
@@ -209,10 +218,10 @@ QUERIES: dict[str, tuple[str, str]] = {
         """SELECT t.trial_id, w.example_id, s.score AS seed_score, w.score AS winner_score,
                   w.score - s.score AS delta
            FROM trials t
-           JOIN evaluations w ON w.output_dir = t.output_dir AND w.sweep_id = t.sweep_id
-            AND w.trial_id = t.trial_id AND w.split = 'test' AND w.candidate_idx = t.best_candidate_idx
-           JOIN evaluations s ON s.output_dir = t.output_dir AND s.sweep_id = t.sweep_id
-            AND s.trial_id = t.trial_id AND s.split = 'test' AND s.candidate_idx = 0 AND s.example_id = w.example_id
+           JOIN evaluations w ON w.output_dir = t.output_dir AND w.sweep_id = t.sweep_id AND w.trial_id = t.trial_id
+            AND w.segment = t.segment AND w.split = 'test' AND w.candidate_idx = t.best_candidate_idx
+           JOIN evaluations s ON s.output_dir = t.output_dir AND s.sweep_id = t.sweep_id AND s.trial_id = t.trial_id
+            AND s.segment = t.segment AND s.split = 'test' AND s.candidate_idx = 0 AND s.example_id = w.example_id
            WHERE t.best_candidate_idx <> 0 AND w.score <> s.score
            ORDER BY t.trial_id, delta DESC, w.example_id""",
     ),
@@ -379,7 +388,7 @@ def effects(con: duckdb.DuckDBPyConnection) -> Result:
                e.example_id, avg(e.score) AS score
         FROM trials t JOIN evaluations e
           ON e.output_dir = t.output_dir AND e.sweep_id = t.sweep_id AND e.trial_id = t.trial_id
-         AND e.split = 'test' AND e.candidate_idx = t.best_candidate_idx
+         AND e.segment = t.segment AND e.split = 'test' AND e.candidate_idx = t.best_candidate_idx
         WHERE t.best_test_score IS NOT NULL AND e.score IS NOT NULL
         GROUP BY t.output_dir, t.sweep_id, t.trial_id, e.example_id
         ORDER BY t.output_dir, t.sweep_id, t.trial_id""").dicts()  # trials in a stable order: sums in a stable order
@@ -426,14 +435,14 @@ LMS_METHOD = (
 
 _TEST_SCORES_SQL = """
 SELECT example_id, avg(score) AS score FROM evaluations
-WHERE output_dir = ? AND sweep_id IS NOT DISTINCT FROM ? AND trial_id = ? AND split = 'test' AND candidate_idx = ?
-  AND score IS NOT NULL
+WHERE output_dir = ? AND sweep_id IS NOT DISTINCT FROM ? AND trial_id = ? AND segment = ? AND split = 'test'
+  AND candidate_idx = ? AND score IS NOT NULL
 GROUP BY example_id
 """
 
 
 def _test_scores(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> dict[str, float]:
-    key = [row["output_dir"], row["sweep_id"], row["trial_id"], row["best_candidate_idx"]]
+    key = [row["output_dir"], row["sweep_id"], row["trial_id"], row["segment"], row["best_candidate_idx"]]
     return dict(con.execute(_TEST_SCORES_SQL, key).fetchall())
 
 
@@ -477,17 +486,17 @@ def lm_comparison(con: duckdb.DuckDBPyConnection) -> Result:
 # ---------------------------------------------------------------------------------------- examples
 
 # One trial's test examples, the winner against the seed (candidate 0): 'fixed' (the winner scores higher),
-# 'broken' (lower), 'wrong' (no change, below the perfect score). Parameters: output_dir, sweep_id, trial_id,
-# the winner's candidate_idx, the perfect score.
+# 'broken' (lower), 'wrong' (no change, below the perfect score), both scored in the trial's (last) segment.
+# Parameters: output_dir, sweep_id, trial_id, segment, the winner's candidate_idx, the perfect score.
 EXAMPLES_SQL = """
 SELECT CASE WHEN w.score > s.score THEN 'fixed' WHEN w.score < s.score THEN 'broken' ELSE 'wrong' END AS outcome,
        w.example_id, s.score AS seed_score, w.score AS winner_score,
        s.prediction AS seed_prediction, w.prediction AS winner_prediction, w.feedback
 FROM evaluations w LEFT JOIN evaluations s
-  ON s.output_dir = w.output_dir AND s.sweep_id = w.sweep_id AND s.trial_id = w.trial_id
+  ON s.output_dir = w.output_dir AND s.sweep_id = w.sweep_id AND s.trial_id = w.trial_id AND s.segment = w.segment
  AND s.split = 'test' AND s.candidate_idx = 0 AND s.example_id = w.example_id
-WHERE w.output_dir = ? AND w.sweep_id = ? AND w.trial_id = ? AND w.split = 'test' AND w.candidate_idx = ?
-  AND (w.score <> s.score OR w.score < ?)
+WHERE w.output_dir = ? AND w.sweep_id = ? AND w.trial_id = ? AND w.segment = ? AND w.split = 'test'
+  AND w.candidate_idx = ? AND (w.score <> s.score OR w.score < ?)
 ORDER BY CASE outcome WHEN 'fixed' THEN 0 WHEN 'broken' THEN 1 ELSE 2 END, w.example_id
 """
 OUTCOMES = ("fixed", "broken", "wrong")
@@ -542,7 +551,8 @@ def example_changes(con: duckdb.DuckDBPyConnection, trial_id: str | None = None,
     those it still gets wrong (below optimizer.perfect_score), with predictions, the winner's feedback and the inputs."""
     trial = _trial_row(con, trial_id)
     perfect = float(((trial.get("config") or {}).get("optimizer") or {}).get("perfect_score", 1.0))
-    key = [trial["output_dir"], trial["sweep_id"], trial["trial_id"], trial["best_candidate_idx"], perfect]
+    key = [trial["output_dir"], trial["sweep_id"], trial["trial_id"], trial["segment"], trial["best_candidate_idx"],
+           perfect]
     try:
         rows = con.execute(EXAMPLES_SQL, key).fetchall()
     except duckdb.Error as e:

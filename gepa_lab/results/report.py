@@ -51,12 +51,22 @@ CONTENTS = ("One self-contained HTML report (viewable offline): the leaderboard 
             "did not complete.")
 DATA_ID = "report-data"
 
-# A trial's candidates (lineage() walks them from the winner back to the seed). Parameters: output_dir, sweep_id,
-# trial_id.
+# The candidates of a trial's segment, its last (lineage() walks them from the winner back to the seed). A PBT segment
+# holds candidates inherited from a donor under their indices there: those are read where they were first made (the
+# lineage table), unless the segment has a row of its own (GEPA re-scores the seed): that one comes last. Parameters:
+# output_dir, sweep_id, trial_id, segment.
 CANDIDATES_SQL = """
-SELECT candidate_idx, iteration, parents, val_score, metric_calls, instructions_json
-FROM candidates WHERE output_dir = ? AND sweep_id IS NOT DISTINCT FROM ? AND trial_id = ?
-ORDER BY candidate_idx, created_at
+WITH inherited AS (
+    SELECT candidate_idx, origin_trial_id, origin_segment, origin_candidate_idx FROM lineage
+    WHERE output_dir = $1 AND sweep_id IS NOT DISTINCT FROM $2 AND trial_id = $3 AND segment = $4
+      AND (origin_trial_id, origin_segment) IS DISTINCT FROM (trial_id, segment))
+SELECT candidate_idx, iteration, parents, val_score, metric_calls, instructions_json, true AS own, created_at
+FROM candidates WHERE output_dir = $1 AND sweep_id IS NOT DISTINCT FROM $2 AND trial_id = $3 AND segment = $4
+UNION ALL
+SELECT i.candidate_idx, c.iteration, c.parents, c.val_score, c.metric_calls, c.instructions_json, false, c.created_at
+FROM inherited i JOIN candidates c ON c.output_dir = $1 AND c.sweep_id IS NOT DISTINCT FROM $2
+ AND c.trial_id = i.origin_trial_id AND c.segment = i.origin_segment AND c.candidate_idx = i.origin_candidate_idx
+ORDER BY candidate_idx, own, created_at
 """
 USAGE_BY_ROLE_SQL = """
 SELECT role, count(*) AS trials, sum(requests) AS requests, sum(cache_hits) AS cache_hits,
@@ -104,10 +114,11 @@ def word_diff(old: str, new: str) -> list[list[str]]:
 def lineage(con: duckdb.DuckDBPyConnection, trial: dict[str, Any]) -> list[dict[str, Any]]:
     """The trial's winning candidate and its ancestors (first parent of each: a merge names two), seed first; each
     step with its instructions and a word diff of every instruction that differs from its parent's."""
-    rows = con.execute(CANDIDATES_SQL, [trial["output_dir"], trial["sweep_id"], trial["trial_id"]]).fetchall()
+    key = [trial["output_dir"], trial["sweep_id"], trial["trial_id"], trial["segment"]]
+    rows = con.execute(CANDIDATES_SQL, key).fetchall()
     candidates = {idx: {"candidate_idx": idx, "iteration": it, "parents": list(parents or []), "val_score": val,
                         "metric_calls": calls, "instructions": json.loads(instructions or "{}")}
-                  for idx, it, parents, val, calls, instructions in rows}  # a resumed trial's repeat: the later row
+                  for idx, it, parents, val, calls, instructions, *_ in rows}  # a resumed trial's repeat: the later row
     chain, idx = [], trial["best_candidate_idx"]
     while idx in candidates and idx not in {step["candidate_idx"] for step in chain}:
         chain.append(candidates[idx])

@@ -29,9 +29,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         # why GEPA stopped on its own (its budget, a cap, optimizer.stop), null when the sweep stopped the trial (error
         # says why); GEPA's iterations and reflective proposals (the proposal knobs at work)
         ("gepa_stop_reason", pa.string()), ("iterations", pa.int64()), ("proposals", pa.int64()),
+        ("segment", pa.int64()),  # the PBT segment the row describes: a trial's last (0 outside PBT)
     ]),
+    # segment: the PBT segment (gepa_lab/sweep/pbt.py) the row was made in, 0 outside PBT; candidate indices restart
+    # with each segment's GEPA state, so a candidate is (trial_id, segment, candidate_idx)
     "candidates": pa.schema([
-        *_key, ("candidate_idx", pa.int64()), ("iteration", pa.int64()), ("parents", pa.list_(pa.int64())),
+        *_key, ("segment", pa.int64()), ("candidate_idx", pa.int64()), ("iteration", pa.int64()),
+        ("parents", pa.list_(pa.int64())),
         ("val_score", pa.float64()), ("metric_calls", pa.int64()), ("instruction", pa.string()),
         ("instructions_json", pa.string()), ("created_at", _ts),
     ]),
@@ -45,7 +49,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         # example_id: the corpus row's id (results written before it was one hold the index in the split, as int64:
         # query.open_results reads them as strings). prediction: JSON of the output fields; prediction and feedback
         # are capped at gepa_lab.tasks.outcomes.TEXT_CAP characters (per field), null where nothing was recorded.
-        *_key, ("split", pa.string()), ("candidate_idx", pa.int64()), ("example_id", pa.string()),
+        *_key, ("segment", pa.int64()), ("split", pa.string()), ("candidate_idx", pa.int64()),
+        ("example_id", pa.string()),
         ("score", pa.float64()), ("prediction", pa.string()), ("feedback", pa.string()),
     ]),
     "lm_usage": pa.schema([
@@ -55,3 +60,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("failovers", pa.int64()),  # the router moved a request to another replica after an error (gepa_lab.lm.accounting)
     ]),
 }
+
+# Columns added later whose absence means a value, not "unknown": query.open_results reads them as this value in files
+# written before them (a trial before PBT segments existed was one segment, 0)
+DEFAULTS: dict[str, dict[str, int]] = {table: {"segment": 0} for table in ("trials", "candidates", "evaluations")}

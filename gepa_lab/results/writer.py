@@ -31,12 +31,14 @@ def utc(ts: float) -> datetime:
 
 
 class ResultsWriter:
-    """Buffers candidate/evaluation rows and flushes them at every GEPA iteration and at the end."""
+    """Buffers candidate/evaluation rows and flushes them at every GEPA iteration and at the end. segment: the PBT
+    segment the trial runs in (0 outside PBT); its rows carry it."""
 
-    def __init__(self, root: str | Path, sweep_id: str = "", trial_config: dict | None = None):
+    def __init__(self, root: str | Path, sweep_id: str = "", trial_config: dict | None = None, segment: int = 0):
         self.root = Path(root)
         self.sweep_id = sweep_id
         self.trial_config = trial_config
+        self.segment = segment
         self.pending: dict[str, list[dict]] = defaultdict(list)
         self.trial_row: dict[str, Any] = {}
         self.lock = threading.Lock()
@@ -70,6 +72,7 @@ class ResultsWriter:
         self.pending["candidates"].append(
             {
                 **self._key(event),
+                "segment": self.segment,
                 "candidate_idx": d["candidate_idx"],
                 "iteration": d["iteration"],
                 "parents": d["parents"],
@@ -85,8 +88,8 @@ class ResultsWriter:
         d = event.data
         predictions, feedback = d.get("predictions") or {}, d.get("feedback") or {}
         self.pending["evaluations"].extend(
-            {**self._key(event), "split": d["split"], "candidate_idx": d["candidate_idx"], "example_id": str(i),
-             "score": s, "prediction": predictions.get(i), "feedback": feedback.get(i)}
+            {**self._key(event), "segment": self.segment, "split": d["split"], "candidate_idx": d["candidate_idx"],
+             "example_id": str(i), "score": s, "prediction": predictions.get(i), "feedback": feedback.get(i)}
             for i, s in d["scores"].items()
         )
 
@@ -119,7 +122,7 @@ class ResultsWriter:
         self._write_trial("paused", event)
 
     def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
-        row = {**self.trial_row, "status": status, "error": error}
+        row = {**self.trial_row, "segment": self.segment, "status": status, "error": error}
         row["ended_at"] = None if status in ("running", "paused") else utc(event.time)
         write_table(self.root / "trials" / f"{event.trial_id}.parquet", "trials", [row])
 
@@ -127,11 +130,13 @@ class ResultsWriter:
         for table, rows in self.pending.items():
             if rows:
                 folder = self.root / table
+                # a later PBT segment's parts carry its number: no segment of the trial ever writes another's names
+                prefix = f"{trial_id}-" if self.segment == 0 else f"{trial_id}-s{self.segment:03d}-"
                 # the folder is listed once per table and trial (a resumed trial continues after its parts), then
                 # counted here: listing a sweep's thousands of parts at every flush grew with the sweep
                 key = (table, trial_id)
                 if key not in self._next_part:
-                    self._next_part[key] = len(list(folder.glob(f"{trial_id}-*.parquet"))) if folder.exists() else 0
+                    self._next_part[key] = len(list(folder.glob(f"{prefix}[0-9]*.parquet"))) if folder.exists() else 0
                 seq, self._next_part[key] = self._next_part[key], self._next_part[key] + 1
-                write_table(folder / f"{trial_id}-{seq:05d}.parquet", table, rows)
+                write_table(folder / f"{prefix}{seq:05d}.parquet", table, rows)
         self.pending.clear()

@@ -311,10 +311,12 @@ def fault_point(name: str) -> None:
 
 def winner_test_scores(out: Path, trial_id: str, trial_summary: dict[str, Any]) -> dict[str, float]:
     """The winner's per-example test scores {example_id: score}, as its trial recorded them: what the promotion
-    guard pairs with the champion's."""
+    guard pairs with the champion's. A PBT trial's summary is its last segment's, which scored its winner on test
+    (an earlier segment's candidate of the same index is another candidate)."""
     rows = query.connect([out]).execute(
-        "SELECT example_id, score FROM evaluations WHERE trial_id = ? AND split = 'test' AND candidate_idx = ?",
-        [trial_id, trial_summary.get("best_candidate_idx") or 0]).fetchall()
+        "SELECT example_id, score FROM evaluations WHERE trial_id = ? AND segment = ? AND split = 'test' "
+        "AND candidate_idx = ?",
+        [trial_id, trial_summary.get("segment", 0), trial_summary.get("best_candidate_idx") or 0]).fetchall()
     return {str(example_id): float(score) for example_id, score in rows}
 
 

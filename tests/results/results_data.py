@@ -27,10 +27,12 @@ def write_trial(
     sweep_id: str = "s1",
     fail: bool = False,
     test_examples: tuple[list[float], list[float]] | None = None,
+    segment: int = 0,
 ) -> None:
     """One trial: the seed + candidates with val scores `vals` at metric calls `calls`, then finished
     (best = max val, earliest), or failed after the candidates. test_examples: the seed's and the winner's
-    per-example test scores (then `test` is their means); the summary's 95% intervals come from them."""
+    per-example test scores (then `test` is their means); the summary's 95% intervals come from them. segment: a PBT
+    segment of the trial (its candidates' instructions say which)."""
     seed_scores, best_scores = test_examples or ([0.0, 1.0, 0.0], [1.0, 1.0, 0.0])
     if test_examples:
         test = (sum(seed_scores) / len(seed_scores), sum(best_scores) / len(best_scores))
@@ -42,13 +44,14 @@ def write_trial(
         for part in parents:
             node = node[part]
         node[leaf] = value
-    writer = ResultsWriter(output_dir / "results", sweep_id=sweep_id, trial_config=config)
+    writer = ResultsWriter(output_dir / "results", sweep_id=sweep_id, trial_config=config, segment=segment)
     events = EventStream(trial_id, [writer])
     events.emit("trial_started", config=config, config_hash="h" + trial_id, manifest_hash="m", git_commit="abc")
     events.emit("evaluation", split="test", candidate_idx=0, scores=dict(enumerate(seed_scores)))
     for idx, (val, n) in enumerate(zip(vals, calls)):
+        instruction = f"instruction {idx} of {trial_id}" + (f" in segment {segment}" if segment else "")
         events.emit("candidate", iteration=idx, candidate_idx=idx, parents=[] if idx == 0 else [0],
-                    instructions={"predict": f"instruction {idx} of {trial_id}"}, val_score=val, metric_calls=n)
+                    instructions={"predict": instruction}, val_score=val, metric_calls=n)
         events.emit("evaluation", split="val", candidate_idx=idx, scores={0: val, 1: 1.0})
         events.emit("iteration", iteration=idx, accepted=True, best_val=max(vals[: idx + 1]), metric_calls=n,
                     seconds=1.0, usage={})

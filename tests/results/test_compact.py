@@ -74,6 +74,7 @@ def test_an_old_format_folder_compacts_to_the_current_schema(tmp_path: Path):
     compact(old / "results")
     assert all_rows(old) == before
     assert len(files(old, "evaluations")) == 1
+    assert open_results(old).execute("SELECT DISTINCT segment FROM evaluations").fetchall() == [(0,)]
 
 
 def test_a_part_that_does_not_fit_the_schema_leaves_the_table_as_it_was(sweep_dir: Path):

@@ -98,6 +98,7 @@ def test_an_old_format_results_dir_stays_readable_alone_and_beside_a_new_one(tmp
     write_old_format(tmp_path / "old")
     con = open_results(tmp_path / "old")
     assert sql(con, "SELECT typeof(example_id) AS t, count(*) AS n FROM evaluations GROUP BY t").rows == [("VARCHAR", 8)]
+    assert sql(con, "SELECT DISTINCT segment FROM evaluations").rows == [(0,)]  # written before segments: one, 0
     assert sql(con, "changed").dicts() == [{"trial_id": "run", "example_id": "0", "seed_score": 0.0, "winner_score": 1.0,
                                             "delta": 1.0}]
     assert sql(con, "SELECT count(*) FROM evaluations WHERE prediction IS NULL AND feedback IS NULL").rows == [(8,)]

@@ -1,7 +1,8 @@
 """Population-based search (sweep.scheduler=pbt): one small PBT sweep of two trials serves every assertion. Its driver
 is killed after the first exploit and the same command is run again, which must finish it. Then: the exploited
 trial's GEPA state holds the donor's instructions, no trial failed, the ledger counts what each segment executed
-(never a donor's spend), the lineage is unique. And the refusals, before anything starts."""
+(never a donor's spend), the lineage is unique, and so are the candidates per segment (a segment's indices restart
+from its donor's); a winner's test scores are its last segment's. And the refusals, before anything starts."""
 import json
 import signal
 import os
@@ -12,6 +13,7 @@ import pytest
 from gepa.core.state import GEPAState
 
 from gepa_lab.results import query
+from gepa_lab.sweep.driver import winner_test_scores
 from tests.conftest import run_cli
 from tests.support.processes import tagged_env, tagged_processes
 from tests.sweep.test_sweep_crashes import start_sweep, wait_for
@@ -99,6 +101,36 @@ def test_the_lineage_is_unique_and_covers_every_candidate_of_every_segment(pbt_s
         indices = {i for (i,) in con.execute("SELECT candidate_idx FROM lineage WHERE trial_id = ? AND segment = ?",
                                              [s["trial_id"], s["number"]]).fetchall()}
         assert indices == set(range(len(state(s).program_candidates)))
+
+
+def test_candidates_are_unique_per_trial_segment_and_index(pbt_sweep):
+    out, _ = pbt_sweep
+    con = query.connect([out])
+    total, distinct = con.execute(
+        "SELECT count(*), count(DISTINCT (trial_id, segment, candidate_idx)) FROM candidates").fetchone()
+    assert total == distinct
+    # an exploited segment's own candidates, apart from its earlier segments' under the same indices
+    made = {(t, s) for t, s in con.execute("SELECT DISTINCT trial_id, segment FROM candidates").fetchall()}
+    assert any(s["number"] >= 1 and (s["trial_id"], s["number"]) in made for s in segments(out) if s["donor"])
+
+
+def test_a_winners_test_scores_are_its_last_segments(pbt_sweep):
+    out, _ = pbt_sweep
+    con = query.connect([out])
+    last: dict[str, int] = {}
+    for s in segments(out):
+        last[s["trial_id"]] = max(last.get(s["trial_id"], 0), s["number"])
+    assert any(number >= 1 for number in last.values())
+    test_examples = 20
+    for trial_id, segment, best_idx, best_test in con.execute(
+            "SELECT trial_id, segment, best_candidate_idx, best_test_score FROM trials").fetchall():
+        trial_summary = json.loads((out / "trials" / trial_id / "summary.json").read_text())
+        assert segment == trial_summary["segment"] == last[trial_id]
+        scores = winner_test_scores(out, trial_id, trial_summary)
+        assert len(scores) == test_examples and sum(scores.values()) / len(scores) == pytest.approx(best_test)
+        recorded = con.execute("SELECT DISTINCT example_id, score FROM evaluations WHERE trial_id = ? AND segment = ? "
+                               "AND split = 'test' AND candidate_idx = ?", [trial_id, segment, best_idx]).fetchall()
+        assert dict(recorded) == scores
 
 
 @pytest.mark.parametrize("override, says", [
