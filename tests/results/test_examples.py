@@ -63,7 +63,9 @@ def test_examples_shows_fixed_broken_and_still_wrong_with_feedback_and_inputs(tm
     assert table.returncode == 0, table.stderr
     assert "1 fixed, 1 broken, 2 still wrong" in table.stdout and "at most 1 of each" in table.stdout
     limited = json.loads(cli("examples", str(tmp_path / "run"), "--limit", "1", "--format", "json").stdout)
-    assert [(r["outcome"], r["example_id"]) for r in limited] == [("fixed", ids[0]), ("broken", ids[1]), ("wrong", ids[2])]
+    # within an outcome, by example id
+    assert [(r["outcome"], r["example_id"]) for r in limited] == [("fixed", ids[0]), ("broken", ids[1]),
+                                                                  ("wrong", min(ids[2], ids[4]))]
 
 
 def test_examples_without_the_corpus_says_so_and_an_unknown_trial_is_one_line(tmp_path: Path):
