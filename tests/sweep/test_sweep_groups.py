@@ -91,6 +91,10 @@ def test_the_two_simulators_are_compared_per_task_with_paired_intervals(sweep):
         assert winner["vs_winner"] is None
         assert other["vs_winner"] == pytest.approx(other["best_test_score"] - winner["best_test_score"])
         assert other["vs_winner_ci95_low"] <= other["vs_winner"] <= other["vs_winner_ci95_high"]
+    # the same comparison from the results CLI, one task at a time
+    shown = run_cli("gepa_lab.results", "lms", str(sweep["out"]), "--task", "example_csv", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == [r for r in table if r["task"] == "example_csv"]
     page = (sweep["out"] / "report.html").read_text()
     data = json.loads(page.split(f'id="{DATA_ID}">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
     assert data["lm_comparison"]["rows"] == [list(r) for r in query.lm_comparison(con).rows]
