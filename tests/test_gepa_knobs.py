@@ -1,6 +1,6 @@
 """GEPA 0.1.4's typed knobs (optimizer.proposal_sampling, proposal_selection, stop.*) and the trial's caps (max_lm_tokens,
 max_wall_seconds, max_cost_usd) take effect: each test runs a real compile in-process (gepa_lab.harness against the
-session's simulator, the 27-row example_csv corpus) and reads what GEPA did from its own log (compile.log), the summary
+session's simulator, the small example_csv corpus) and reads what GEPA did from its own log (compile.log), the summary
 and the results tables; a knob that is ignored changes what they show."""
 from __future__ import annotations
 
