@@ -566,6 +566,11 @@ class RouterProcess:
         while not self._stopping.wait(interval_s):
             if self.child.alive():
                 continue
+            if self.child.proc.returncode == 0:
+                # it exits 0 only when told to (SIGTERM, SIGINT): a stop sent to every process of the sweep (`ray job
+                # stop`, Slurm's scancel), whose driver is stopping too; a restart would undo that stop
+                log.info("the LM router on port %d was stopped by a signal: not restarted", self.port)
+                return
             log.warning("the LM router on port %d exited (code %s): restarting it on the same socket",
                         self.port, self.child.proc.returncode)
             self.restarts.append(time.time())
