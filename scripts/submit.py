@@ -21,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# `ray job stop` sends the job SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default), which Ray's job
+# supervisor reads from the job's env_vars: too short for a sweep to stop its trials and servers and save its state
+STOP_WAIT = {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -59,7 +62,7 @@ def main(argv: list[str]) -> int:
     client = JobSubmissionClient(args.address)
     entrypoint = shlex.join(["python", "-m", "gepa_lab.sweep", *overrides])
     # runtime_env is shown by the Jobs API and the dashboard: the git state belongs there, a secret never does
-    runtime_env = {"working_dir": str(ROOT), "env_vars": git_state_env()}
+    runtime_env = {"working_dir": str(ROOT), "env_vars": {**git_state_env(), **STOP_WAIT}}
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     print(f"submitted {job_id} to {args.address}: {entrypoint}", file=sys.stderr)
     if args.no_wait:

@@ -87,7 +87,7 @@ def mlflow_server(tmp_path_factory):
 # nice 19 (below Ray's trial workers, which Ray runs at 15), so it takes the CPU the first one leaves idle (about
 # half: it waits on child processes) with little slowing of it. (xdist's --dist loadgroup groups nothing with pytest 9.)
 SERIAL = ["tests/sweep/test_sweep_e2e.py", "tests/sweep/test_submit.py", "tests/cluster/test_bed.py",
-          "tests/sweep/test_sweep_proposals.py",
+          "tests/cluster/test_job_stop.py", "tests/sweep/test_sweep_proposals.py",
           "tests/test_bench.py",
           "tests/cluster/test_loopback.py", "tests/cluster/test_router_keys.py", "tests/sweep/test_sweep_capacity.py",
           "tests/sweep/test_lm_load.py", "tests/servers/test_router_guard.py", "tests/sweep/test_sweep_lm_edge.py",
