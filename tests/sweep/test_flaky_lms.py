@@ -4,7 +4,8 @@
   that no call fails for good: every trial completes with exactly the scores of the same sweep without faults, and
   every error a replica returned is either one the trials' LM accounting saw or one of the router's failovers;
 - an endpoint that goes away for good mid-sweep: the trial that needs it fails with one line naming it, the other
-  finishes, the results tables and the final table say so, and the sweep exits 3 (some trials failed)."""
+  finishes, the results tables and the final table say so, and the sweep exits 3 (some trials failed);
+- a sweep none of whose trials completed (the user's metric raises on every example) exits 4."""
 import json
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from gepa_lab.results import query
 from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.sweep.__main__ import exit_status
 from tests.conftest import ROOT, run_cli
+from tests.support.processes import tagged_env
+from tests.sweep.test_sweep_interrupt import left_running
 from tests.sweep.test_sweep_lm_edge import scores_by_params
 from tests.sweep.test_sweep_search import TINY
+from tests.test_user_code import SUPPORT
 
 # two trials (minibatch 4 and 8), short; the cache off, so every rollout reaches the replicas and meets their faults
 SMALL = ["sweep=demo", *TINY, "cache=off", "optimizer.max_metric_calls=60", "optimizer.reflection_minibatch_size=8",
@@ -106,13 +110,38 @@ def test_an_endpoint_gone_mid_sweep_fails_only_the_trials_that_need_it(tmp_path)
     assert goes.url in error and "\n" not in error, error
     failed_id = next(r[0] for r in query.connect([out]).execute("SELECT trial_id FROM trials WHERE status = 'failed'").fetchall())
     assert " ".join(f"trial {failed_id} failed: {error}".split()) in " ".join(stdout.split())  # its line, after the table
-    rows_shown = [line.split("│")[3].strip() for line in stdout[:stdout.index("trials: 2")].splitlines()
-                  if line.startswith("│") and line.split("│")[1].strip()]  # the final table: status per ranked row
-    assert sorted(rows_shown) == ["completed", "failed"], stdout[-3000:]
+    assert sorted(final_table_statuses(stdout)) == ["completed", "failed"], stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["completed"] == summary["trials"]["failed"] == 1
     assert f"Trial task failed for trial gepa_trial_{failed_id}: {error.split(': ', 1)[1]}" in stderr, stderr[-5000:]
     assert "Traceback" not in stderr, stderr[-5000:]  # Tune's log of the failure is its line, not a traceback
+
+
+def final_table_statuses(stdout: str) -> list[str]:
+    """The status of each ranked row of the final table the sweep printed."""
+    table = stdout[:stdout.index("\ntrials: ")]
+    rows = [line.split("│") for line in table.splitlines() if line.startswith("│")]
+    return [cells[3].strip() for cells in rows if cells[1].strip()]
+
+
+def test_a_sweep_none_of_whose_trials_completed_exits_4(tmp_path):
+    out = tmp_path / "none"
+    metric = f"{SUPPORT}:metric_reading_a_missing_field"  # raises on every example: each trial stops before GEPA
+    tag, env = tagged_env()
+    result = run_cli("gepa_lab.sweep", *SMALL, f"output_dir={out}", f"task.metric={metric}", env=env, timeout=600)
+    assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-5000:]
+    rows = query.connect([out]).execute("SELECT trial_id, status, error FROM trials ORDER BY trial_id").fetchall()
+    assert len(rows) == 2 and {status for _, status, _ in rows} == {"failed"}, rows
+    for trial_id, _, error in rows:
+        assert error.startswith("UserCodeError: ") and f"task.metric {metric} on example " in error, error
+        assert "customer_tier" in error and "so GEPA was not started" in error and "\n" not in error, error
+        assert " ".join(f"trial {trial_id} failed: {error}".split()) in " ".join(result.stdout.split())
+    assert final_table_statuses(result.stdout) == ["failed", "failed"], result.stdout[-3000:]
+    assert "trials: 2: 2 failed" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == {"total": 2, "completed": 0, "stopped": 0, "skipped": 0, "failed": 2}
+    assert summary["best_trial_id"] is None and summary["winners"] == {} and summary["registered_model"] is None
+    assert not left_running(tag), f"the sweep left processes running: {left_running(tag)}"
 
 
 def test_exit_status_says_whether_trials_failed(capsys):
