@@ -31,8 +31,8 @@ def utc(ts: float) -> datetime:
 
 
 class ResultsWriter:
-    """Buffers candidate/evaluation rows and flushes them at every GEPA iteration and at the end. segment: the PBT
-    segment the trial runs in (0 outside PBT); its rows carry it."""
+    """Buffers candidate/evaluation rows and flushes them at every GEPA iteration, every save of GEPA's state and at
+    the end. segment: the PBT segment the trial runs in (0 outside PBT); its rows carry it."""
 
     def __init__(self, root: str | Path, sweep_id: str = "", trial_config: dict | None = None, segment: int = 0):
         self.root = Path(root)
@@ -94,6 +94,11 @@ class ResultsWriter:
         )
 
     def _on_iteration(self, event: Event) -> None:
+        self._flush(event.trial_id)
+
+    def _on_state_saved(self, event: Event) -> None:
+        # what a saved state holds is on disk with it: a run resumed from that state does not record the seed again
+        # (gepa_lab.trial.GEPAEvents), so a kill in the first iteration would otherwise lose the seed's row
         self._flush(event.trial_id)
 
     def _on_trial_finished(self, event: Event) -> None:
