@@ -179,7 +179,7 @@ def run(plan: Plan, work: Path, say) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gepa_lab.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="every case at its smallest size (a smoke test, ~3 min)")
+    parser.add_argument("--quick", action="store_true", help="every case at its smallest size (a smoke test)")
     parser.add_argument("--out", type=Path, help="write bench.json and benchmarks.md here (default: the project root "
                                                  "and docs/ for a full run, outputs/bench-quick/ with --quick)")
     args = parser.parse_args(argv)

@@ -168,8 +168,8 @@ def page(report: dict[str, Any]) -> str:
     dirty = " (with uncommitted changes)" if meta.get("git_dirty") else ""
     lines = [
         "# Benchmarks", "",
-        "Written by `python -m gepa_lab.bench` (every case in one run, about 15 minutes on 2 idle cores; `--quick` runs "
-        "each at its smallest size as a smoke test, about 3 minutes, into outputs/bench-quick/, and `make test` runs it). "
+        "Written by `python -m gepa_lab.bench` (every case in one run; `--quick` runs each at its smallest size as a smoke "
+        "test into outputs/bench-quick/, and `make test` runs it; how long each took is below). "
         "The figures are also in `bench.json` at the project root, one key each, with every case's details under "
         "`cases`. Measure on an idle machine: the figures are rates and CPU times of processes sharing its cores.", "",
         f"Run {meta['date']} on {m['cores']} cores, {m['memory_gib']} GiB ({m['cpu']}, Python {m['python']}; load average "
