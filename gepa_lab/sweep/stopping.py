@@ -70,6 +70,7 @@ class Ledger:
         spent, limits = self.spent(), self.budget.model_dump()
         for name, limit in limits.items():
             if limit is not None and spent[name] >= limit:
+                self._save()  # the file's wall_seconds is as of its last save: now it reaches the limit too
                 return f"sweep budget {name}={limit:g} spent ({spent[name]:.6g})"
         return None
 
