@@ -76,7 +76,10 @@ def wandb_env(cfg: WandbConfig, output_dir: str | os.PathLike) -> dict[str, str]
     check_wandb_key(cfg)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    return {"WANDB_MODE": cfg.mode, "WANDB_DIR": str(out)}
+    # WANDB_SERVICE empty: each trial process starts its own wandb-core. Inherited from whatever started the sweep (a
+    # notebook, a test process), it made every trial stream through that process's core, where a killed trial's run
+    # stayed open: its retry's records went into the killed attempt's file, written out only when that process exited
+    return {"WANDB_MODE": cfg.mode, "WANDB_DIR": str(out), "WANDB_SERVICE": ""}
 
 
 def log_report(cfg: WandbConfig, output_dir: str | os.PathLike, group: str | None, name: str, path: Path) -> None:

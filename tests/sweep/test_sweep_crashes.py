@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import wandb
 from mlflow.tracking import MlflowClient
 
 from gepa_lab.results import query
@@ -90,9 +91,14 @@ def assert_candidates_kept_their_numbers(out: Path) -> None:
 
 # ---- a trial's worker killed ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def killed_trial(tmp_path_factory):
+def killed_trial(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("crashes") / "trial_killed"
+    # a live wandb-core service whose token (WANDB_SERVICE) the sweep inherits, as from a notebook or an earlier W&B
+    # test in this process: the trials must not stream through it (a killed attempt's run would stay open there)
+    wandb.setup()
+    request.addfinalizer(wandb.teardown)
     tag, env = tagged_env()
+    assert env.get("WANDB_SERVICE")
     args = [*SWEEP, f"output_dir={out}", "optimizer.max_metric_calls=300"]
     proc = start_sweep(args, env)
     try:
@@ -154,10 +160,10 @@ def test_the_retried_trial_writes_on_into_its_mlflow_and_wandb_runs(killed_trial
     assert [len(folders) for trial, folders in wandb.items() if trial != trial_id] == [1]
     assert len(wandb[trial_id]) == 2  # resumed under its run id
     # the retry finished the run and went on past what was recorded before the kill (a killed attempt's folder may
-    # hold no data file, or one without an exit record: which attempt W&B wrote out when is a race)
+    # hold no data file, or a partial one: no exit record, not even the run's)
     attempts = {f.name: wandb_run(f) for f in wandb[trial_id] if any(f.glob("run-*.wandb"))}
     reached = max(r["metric_calls"] for r in killed_trial["before"])
-    seen = {name: (a["exit_code"], a["run"].display_name, max((row["metric_calls"] for row in a["history"]
+    seen = {name: (a["exit_code"], a["run"] and a["run"].display_name, max((row["metric_calls"] for row in a["history"]
                                                                if "metric_calls" in row), default=None))
             for name, a in attempts.items()}
     assert any(code == 0 and name == trial_id and (calls or 0) > reached for code, name, calls in seen.values()), \

@@ -22,7 +22,8 @@ def runs_by_name(out: Path) -> dict[str, dict]:
 
 
 def test_wandb_env_offline_default_online_needs_key(tmp_path, monkeypatch):
-    assert wandb_env(WandbConfig(), tmp_path / "o") == {"WANDB_MODE": "offline", "WANDB_DIR": str((tmp_path / "o").resolve())}
+    assert wandb_env(WandbConfig(), tmp_path / "o") == {"WANDB_MODE": "offline", "WANDB_DIR": str((tmp_path / "o").resolve()),
+                                                        "WANDB_SERVICE": ""}  # each trial process its own wandb-core
     assert (tmp_path / "o").is_dir()
     assert wandb_env(WandbConfig(enabled=False), tmp_path) == {"WANDB_MODE": "disabled"}
     assert wandb_env(WandbConfig(mode="disabled"), tmp_path) == {"WANDB_MODE": "disabled"}
