@@ -76,6 +76,9 @@ def scored_examples(examples: list[dspy.Example], scores: list[float], metric: R
     }
 
 
+STATE_FILE = "gepa_state.bin"  # GEPA saves its state as this file in its run directory (output_dir/gepa)
+
+
 @dataclass
 class GEPAEvents:
     """GEPA's callbacks (gepa.core.callbacks) -> our event stream."""
@@ -383,7 +386,7 @@ def run_trial(
     test = task.test[: cfg.eval.test_limit] if cfg.eval.test_limit else task.test
     lm_lost = [lambda state: lost_endpoint(lms) is not None]  # GEPA stops at its next iteration; the trial then fails
     gepa_events = GEPAEvents(events, meter, task.metric, task.val,
-                             continues_state=(out / "gepa" / "gepa_state.bin").exists())
+                             continues_state=(out / "gepa" / STATE_FILE).exists())
     stops = trial_stops(cfg, task, meter, started)
     optimizer = make_optimizer(cfg, task, reflection_lm, [gepa_events], [*(stop_callbacks or []), *lm_lost], stops)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)

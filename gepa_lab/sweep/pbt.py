@@ -41,7 +41,7 @@ from gepa_lab.sweep.config import SweepConfig
 from gepa_lab.sweep.stopping import LedgerStop
 from gepa_lab.sweep.trainable import FINAL_REPORT, SweepContext, recorded_row, report_recorded, trial_config
 from gepa_lab.tasks.task import build_program
-from gepa_lab.trial import NoOvershoot, TrialPaused
+from gepa_lab.trial import STATE_FILE, NoOvershoot, TrialPaused
 
 # What PBT may change mid-trial: GEPA's knobs (not its budget or seed) and the reflection LM's client-side settings
 # (not which server it talks to). Anything else would change what the inherited state means.
@@ -53,7 +53,6 @@ MUTABLE = {
 }
 SEGMENT_FILE = "segment.json"
 CHECKPOINT_META = "gepa_lab_segment.json"
-STATE_FILE = "gepa_state.bin"
 
 
 def check(cfg: SweepConfig) -> None:
@@ -157,10 +156,11 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
     saved = sorted(segments_dir(ctx, trial_id).glob(f"*/{SEGMENT_FILE}"))
     last = Segment(**json.loads(saved[-1].read_text())) if saved else None
     meta = json.loads((checkpoint_dir / CHECKPOINT_META).read_text()) if checkpoint_dir else None
+    donor = [meta["trial_id"], meta["segment"], meta["gepa_calls"]] if meta is not None else None
     cfg = trial_config(ctx, params, trial_id)
     # the trial's own checkpoint, or the donor's again: restarted (a driver resumed) before it had reported its own
     own = meta is None or (meta["trial_id"], meta["segment"]) == (trial_id, last and last.number) or (
-        last is not None and last.donor == [meta["trial_id"], meta["segment"], meta["gepa_calls"]])
+        last is not None and last.donor == donor)
     if last is not None and own and comparable(last.config) == comparable(cfg.model_dump(mode="json")):
         if (last.dir / "gepa" / STATE_FILE).exists():
             # GEPA re-scores the seed on val when it loads a state, uncounted: counted here, as the segment starts
@@ -188,7 +188,6 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
     data = cfg.model_dump(mode="json")
     data["output_dir"] = str(seg_dir)
     data["optimizer"]["max_metric_calls"] = max(limit, val + cfg.optimizer.iteration_cost(val))
-    donor = [meta["trial_id"], meta["segment"], meta["gepa_calls"]] if meta is not None else None
     segment = Segment(trial_id, number, data, manifest_hash, components, base_calls, before, rescored, before + rescored,
                       origins, limit, donor)
     seg_dir.mkdir(parents=True, exist_ok=True)
