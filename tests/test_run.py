@@ -18,6 +18,7 @@ from gepa_lab.results.stats import bootstrap_ci, paired_bootstrap_ci
 from gepa_lab.run import load_run_config
 from tests.conftest import ROOT, run_cli
 from tests.support import generated
+from tests.support.corpus import TINY_CORPUS
 from tests.support.processes import tagged_env, tagged_processes
 
 
@@ -83,8 +84,7 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
     budget = 200
     with start_simulator(max_in_flight=8, latency_ms=50) as sim:  # slow enough to kill mid-run
         args = ["task=banking77", "tracking=none", f"output_dir={out}", f"optimizer.max_metric_calls={budget}",
-                "optimizer.reflection_minibatch_size=4", "corpus.name=banking77_tiny", "corpus.splits.train=40",
-                "corpus.splits.val=20", "corpus.splits.test=20", f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
+                "optimizer.reflection_minibatch_size=4", *TINY_CORPUS, f"lm.api_base={sim.url}", f"reflection_lm.api_base={sim.url}"]
         proc = subprocess.Popen([sys.executable, "-m", "gepa_lab.run", *args], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300
@@ -106,8 +106,7 @@ def test_killed_run_resumes_without_spending_the_budget_twice(tmp_path):
 def test_cli_starts_and_stops_its_own_simulator_and_refuses_another_config(tmp_path):
     out = tmp_path / "cli"
     args = ["task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=48",
-            "optimizer.reflection_minibatch_size=4", "corpus.splits.train=40", "corpus.splits.val=20",
-            "corpus.splits.test=20", "corpus.name=banking77_tiny"]
+            "optimizer.reflection_minibatch_size=4", *TINY_CORPUS]
     tag, env = tagged_env()
     first = run_cli("gepa_lab.run", *args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -131,8 +130,7 @@ def test_run_is_tracked_like_a_trial_in_wandb_offline_and_mlflow(tmp_path, simul
 
     out = tmp_path / "tracked"
     done = run_cli("gepa_lab.run", "task=banking77", "tracking=local", f"output_dir={out}", "optimizer.max_metric_calls=48",
-                   "optimizer.reflection_minibatch_size=4", "corpus.splits.train=40", "corpus.splits.val=20",
-                   "corpus.splits.test=20", "corpus.name=banking77_tiny",
+                   "optimizer.reflection_minibatch_size=4", *TINY_CORPUS,
                    f"lm.api_base={simulator.url}", f"reflection_lm.api_base={simulator.url}",
                    env={"WANDB_MODE": "offline", "WANDB_SILENT": "false"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -266,8 +264,7 @@ def test_evaluations_hold_each_examples_corpus_id_prediction_and_feedback(tmp_pa
 
     out = tmp_path / "truth"
     done = run_cli("gepa_lab.run", "task=banking77", "tracking=none", f"output_dir={out}", "optimizer.max_metric_calls=120",
-                   "optimizer.reflection_minibatch_size=3", "corpus.name=banking77_tiny", "corpus.splits.train=40",
-                   "corpus.splits.val=20", "corpus.splits.test=20", f"lm.api_base={simulator.url}",
+                   "optimizer.reflection_minibatch_size=3", *TINY_CORPUS, f"lm.api_base={simulator.url}",
                    f"reflection_lm.api_base={simulator.url}")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

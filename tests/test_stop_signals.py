@@ -12,8 +12,8 @@ from pathlib import Path
 from tests.conftest import ROOT, run_cli
 from tests.support.processes import tagged_env, tagged_processes
 from tests.support.wandb_offline import wandb_records
+from tests.support.corpus import TINY_CORPUS
 
-TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
 # no lm.api_base: the run starts a simulator of its own, slow enough that each stop lands mid-compile
 RUN = ["task=banking77", "tracking=none", *TINY_CORPUS, "optimizer.max_metric_calls=240",
        "optimizer.reflection_minibatch_size=4", "lm.sim.latency_ms=100"]

@@ -16,8 +16,8 @@ from gepa_lab.trial import evaluate
 from tests.conftest import ROOT, run_cli
 from tests.support import failing_code
 from tests.support.processes import tagged_env, tagged_processes
+from tests.support.corpus import TINY_CORPUS
 
-TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
 SUPPORT = "tests.support.failing_code"
 
 

@@ -5,6 +5,7 @@ from tests.conftest import run_cli
 
 from gepa_lab.compose import compose
 from gepa_lab.config.schema import RunConfig
+from tests.support.corpus import TINY_CORPUS
 
 
 def run_kinds(tmp_path, name: str, *overrides: str) -> dict[str, int]:
@@ -12,8 +13,7 @@ def run_kinds(tmp_path, name: str, *overrides: str) -> dict[str, int]:
 
     with start_simulator(max_in_flight=8) as task_sim, start_simulator(max_in_flight=2) as reflection_sim:
         done = run_cli("gepa_lab.run", "task=banking77", "tracking=none", "cache=off", f"output_dir={tmp_path / name}",
-                       "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20",
-                       "corpus.splits.test=20", "optimizer.max_metric_calls=60", "optimizer.reflection_minibatch_size=4",
+                       *TINY_CORPUS, "optimizer.max_metric_calls=60", "optimizer.reflection_minibatch_size=4",
                        "eval.test_limit=10", f"lm.api_base={task_sim.url}", f"reflection_lm.api_base={reflection_sim.url}",
                        *overrides)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -17,8 +17,8 @@ from gepa_lab.sweep.driver import winner_test_scores
 from tests.conftest import run_cli
 from tests.support.processes import tagged_env, tagged_processes
 from tests.sweep.test_sweep_crashes import start_sweep, wait_for
+from tests.support.corpus import TINY_CORPUS
 
-TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
 PBT = ["sweep=demo", *TINY_CORPUS, "tracking=none", "sweep.max_concurrent=2", "sweep.scheduler=pbt",
        "sweep.pbt.interval_metric_calls=40", "sweep.pbt.quantile_fraction=0.5",
        "++sweep.pbt.mutations={optimizer.reflection_minibatch_size:[4,6]}",

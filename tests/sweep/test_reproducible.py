@@ -6,10 +6,10 @@ import pytest
 
 from gepa_lab.results import query
 from tests.conftest import run_cli
+from tests.support.corpus import TINY_CORPUS
 
 TINY_GRID = ["sweep=demo", "tracking=none", "~sweep.space.optimizer.reflection_minibatch_size",  # 2 trials: seeds 0, 1
-             "optimizer.reflection_minibatch_size=4", "optimizer.max_metric_calls=60", "corpus.name=banking77_tiny",
-             "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
+             "optimizer.reflection_minibatch_size=4", "optimizer.max_metric_calls=60", *TINY_CORPUS]
 
 
 @pytest.fixture(scope="module")

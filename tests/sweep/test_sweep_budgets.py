@@ -9,8 +9,8 @@ import pytest
 from gepa_lab.results import query
 from gepa_lab.sweep.stopping import LEDGER_FILE, Ledger
 from tests.conftest import run_cli
+from tests.support.corpus import TINY_CORPUS
 
-TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
 ITERATION = 2 * 4 + 20  # the most metric calls one GEPA iteration spends: two minibatches of 4 and the val set
 # two trials one after the other: the budget ends the first one early, and the second one never starts
 SWEEP = ["sweep=demo", *TINY_CORPUS, "tracking=none", "sweep.max_concurrent=1",

@@ -70,7 +70,7 @@ def sweep(tmp_path_factory):
                 "reflection_lm.sim.latency_ms=5",  # a simulator of its own: the reflection LM is sized on its own
                 "sweep.max_concurrent=3", "sweep.space.optimizer.seed={grid:[0,1,2]}",
                 "sweep.space.optimizer.reflection_minibatch_size={grid:[12]}", "optimizer.max_metric_calls=150",
-                "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=24", "corpus.splits.test=16",
+                "corpus.name=banking77_capacity", "corpus.splits.train=40", "corpus.splits.val=24", "corpus.splits.test=16",
                 env={KEY_ENV: canary, "TMPDIR": str(tmp_root)}, timeout=850,
             )
             stats = [s.stats() for s in sims]

@@ -20,8 +20,8 @@ from gepa_lab.results import query
 from tests.conftest import ROOT, run_cli
 from tests.support.processes import TAG, tagged_env, tagged_processes
 from tests.support.wandb_offline import wandb_run
+from tests.support.corpus import TINY_CORPUS
 
-TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
 MINIBATCH, VAL = 4, 20
 ITERATION = 2 * MINIBATCH + VAL  # the most metric calls one GEPA iteration spends: two minibatches and a full val pass
 SWEEP = ["sweep=demo", *TINY_CORPUS, "sweep.space.optimizer.reflection_minibatch_size={grid:[4]}", "lm.sim.latency_ms=40"]

@@ -8,6 +8,7 @@ import pytest
 from gepa_lab.servers.simulator import start_simulator
 from gepa_lab.results import query
 from tests.conftest import run_cli
+from tests.support.corpus import TINY_CORPUS
 
 CAP = 3  # lm.max_in_flight: what the router allows per replica
 
@@ -24,7 +25,7 @@ def sweep_against_two_replicas(out, cache: str) -> tuple[dict, list[dict]]:
             # short trials: the seed program's evaluations, which every trial repeats, are most of their calls
             "sweep.space.optimizer.reflection_minibatch_size={grid:[4,8]}", "optimizer.max_metric_calls=60",
             "optimizer.reflection_minibatch_size=8",  # the base config must pay for an iteration too
-            "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20",
+            *TINY_CORPUS,
             timeout=1200,
         )
         stats = [a.stats(), b.stats()]

@@ -6,8 +6,9 @@ from pathlib import Path
 from gepa_lab.config.schema import MlflowConfig
 from gepa_lab.tracking import registry
 from tests.conftest import run_cli
+from tests.support.corpus import TINY_CORPUS
 
-TINY = ["sweep=demo", "corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20",
+TINY = ["sweep=demo", *TINY_CORPUS,
         "sweep.space.optimizer.seed={grid:[0]}", "sweep.space.optimizer.reflection_minibatch_size={grid:[4]}",
         "optimizer.max_metric_calls=100", "tracking.wandb.enabled=false"]
 

@@ -6,8 +6,8 @@ import json
 from gepa_lab.results import query
 from tests.conftest import run_cli
 from tests.support.wandb_offline import runs_by_job_type
+from tests.support.corpus import TINY_CORPUS
 
-TINY_CORPUS = ["corpus.name=banking77_tiny", "corpus.splits.train=40", "corpus.splits.val=20", "corpus.splits.test=20"]
 TINY = ["tracking=none", *TINY_CORPUS]
 
 
