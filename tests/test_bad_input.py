@@ -182,6 +182,7 @@ def test_the_generators_reach_every_kind_of_mistake():
     ("optimizer.component_selector=bogus", "optimizer.component_selector"),
     ("output_dir=${nope}", "output_dir"),  # an interpolation that does not resolve
     ("optimizer.seed=${oc.env:GEPA_LAB_UNSET_VARIABLE}", "optimizer.seed"),
+    ("lm.router.workers=9", "router.workers (9) exceeds max_in_flight (8)"),
 ])
 def test_mistakes_once_accepted_or_raised_are_refused(override, message):
     assert message in refusal("run", [override])

@@ -63,6 +63,9 @@ class RouterOptions(StrictModel):
     queue_timeout_s: float = Field(600.0, gt=0, description="a request waiting this long for a free slot gets 503 + Retry-After")
     request_timeout_s: float = Field(900.0, gt=0, description="upstream timeout per attempt, in seconds")
     max_attempts: int = Field(3, ge=1, description="replicas tried per request (failover)")
+    workers: int = Field(1, ge=1, description="router processes serving its one address, each holding an equal share "
+                                              "of every replica's max_in_flight slots: one process forwards about "
+                                              "1,500 requests/s per core (docs/benchmarks.md)")
 
 
 class LMRouterOptions(RouterOptions):
@@ -105,6 +108,9 @@ class LMConfig(StrictModel):
     def _endpoint_given_when_external(self):
         if self.kind not in MANAGED_KINDS and not self.api_base:
             raise ValueError(f"lm kind '{self.kind}' needs api_base (the URL of a running OpenAI-compatible server)")
+        if self.router.workers > self.max_in_flight:
+            raise ValueError(f"router.workers ({self.router.workers}) exceeds max_in_flight ({self.max_in_flight}): "
+                             "each router worker needs at least one slot of every replica")
         return self
 
     def api_key(self, required: bool = False) -> str | None:

@@ -24,7 +24,8 @@ Trials of a sweep cannot see each other, so they all talk to this one process, w
 
 Run: GEPA_LAB_ROUTER_TOKEN=... python -m gepa_lab.servers.router --replicas http://h1:8000/v1 http://h2:8000/v1
 --max-in-flight 32 [options] (`--help` lists them: `RouterConfig`'s fields). `RouterProcess` does that from Python,
-handing it the validated config, and restarts it on the same socket when it dies.
+handing it the validated config, and restarts it on the same socket when it dies; with `workers` > 1 it starts that
+many on one address, each capping its share of every replica's slots (one process's CPU is the limit otherwise).
 """
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ class RouterConfig(RouterOptions, LoggingOptions):
                                                            "sent upstream in place of the client's token")
     listen_fd: int | None = Field(None, ge=0, description="serve on this inherited, already bound socket "
                                                           "(the launcher keeps it, so a restart keeps the address)")
+    admin_fd: int | None = Field(None, ge=0, description="serve on this inherited loopback socket too: this process's "
+                                                         "own address, where the launcher reads its stats and sends "
+                                                         "replica changes when several workers share listen_fd")
 
     def bind_host(self) -> str:
         return self.host or "127.0.0.1"  # the launcher resolves host None for a multi-node cluster (serving.py)
@@ -452,9 +456,12 @@ def _failovers_header(failovers: int) -> dict[str, str]:
     return {FAILOVERS_HEADER: str(failovers)} if failovers > 0 else {}
 
 
-def listening_socket(host: str, port: int | None) -> socket.socket:
+def listening_socket(host: str, port: int | None, *, reuse_port: bool = False) -> socket.socket:
+    """reuse_port: several sockets share the port, and the kernel spreads the connections over them evenly."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port or 0))
     sock.listen(1024)
     return sock
@@ -474,8 +481,9 @@ def serve(router: Router) -> None:
     async def main():
         runner = web.AppRunner(router.app(), access_log=None)
         await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
+        await web.SockSite(runner, sock).start()
+        if config.admin_fd is not None:
+            await web.SockSite(runner, socket.socket(fileno=config.admin_fd)).start()
         if port_file:
             tmp = f"{port_file}.tmp"
             Path(tmp).write_text(str(actual))
@@ -515,35 +523,48 @@ class RouterError(RuntimeError):
 
 
 class RouterProcess:
-    """The router as a child process of the sweep driver (own process group), handed `config` as the flags that
-    differ from its defaults, the token (`token`, or a fresh random one) in its environment, the LM's key in the
-    variable `config.upstream_key_env` names (inherited from this process's environment, never on a command line).
+    """The router as child processes of the sweep driver (each in its own process group): `config.workers` of them
+    serve one address, handed `config` as the flags that differ from its defaults, the token (`token`, or a fresh
+    random one) in their environment, the LM's key in the variable `config.upstream_key_env` names (inherited from
+    this process's environment, never on a command line).
 
-    This process binds the listening socket and keeps it: the child serves on it, and a supervisor thread starts a
-    new child on it within a fraction of a second when one dies, with the replica list it last had. Connections
-    made meanwhile wait in the socket's backlog instead of being refused, and the LM edge (gepa_lab.lm.endpoint)
-    retries the requests that were in flight. `stop()` ends it all."""
+    This process binds the listening sockets and keeps them: one per worker, all on one port (SO_REUSEPORT: the
+    kernel spreads the connections over them evenly), and a supervisor thread starts a new worker on its socket
+    within a fraction of a second when one dies, with the replica list it last had. Connections made meanwhile wait in the socket's backlog
+    instead of being refused, and the LM edge (gepa_lab.lm.endpoint) retries the requests that were in flight.
+    Each worker holds an equal share of every replica's max_in_flight slots, so together they never exceed it, and
+    also serves on a loopback socket of its own, where `stats()` (summed) and `set_replicas()` reach every worker.
+    `stop()` ends it all."""
 
     def __init__(self, config: RouterConfig, *, token: str | None = None, advertise_host: str | None = None,
                  log_path: str | os.PathLike | None = None, startup_timeout_s: float = 30.0, supervise: bool = True,
                  check_interval_s: float = 0.1):
+        if config.workers > config.max_in_flight:
+            raise RouterError(f"router: {config.workers} workers need at least as many slots per replica "
+                              f"(max_in_flight {config.max_in_flight})")
         self._tmp = tempfile.TemporaryDirectory(prefix="gepa_lab_router_")
         self.token = token or secrets.token_urlsafe(32)
         self.host = config.bind_host()
         self.advertise_host = advertise_host or ("127.0.0.1" if self.host in ("0.0.0.0", "") else self.host)
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "router.log"
         self.startup_timeout_s = startup_timeout_s
-        self._sock = listening_socket(self.host, config.port)
-        self.port = self._sock.getsockname()[1]
-        self._port_file = Path(self._tmp.name) / "port"
-        self.config = config.model_copy(update={"port_file": str(self._port_file), "listen_fd": self._sock.fileno()})
+        shared = config.workers > 1
+        first = listening_socket(self.host, config.port, reuse_port=shared)
+        self.port = first.getsockname()[1]
+        self._socks = [first, *(listening_socket(self.host, self.port, reuse_port=True) for _ in range(config.workers - 1))]
+        self._admin = [listening_socket("127.0.0.1", None) for _ in range(config.workers)]
+        whole, rest = divmod(config.max_in_flight, config.workers)
+        self._shares = [whole + (i < rest) for i in range(config.workers)]
+        self.config = config
         self.restarts: list[float] = []  # wall times of the restarts, for reports and tests
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self.child: ChildProcess | None = None
+        self.children: list[ChildProcess | None] = [None] * config.workers
         try:
-            self._start_child()
+            for i in range(config.workers):
+                self._start_child(i)
         except RouterError:
+            self._stop_children(10.0)
             self._close()
             raise
         self._supervisor = None
@@ -552,40 +573,48 @@ class RouterProcess:
                                                 daemon=True)
             self._supervisor.start()
 
-    def _start_child(self) -> None:
-        self._port_file.unlink(missing_ok=True)
+    def _start_child(self, i: int) -> None:
+        port_file = Path(self._tmp.name) / f"port-{i}"
+        port_file.unlink(missing_ok=True)
         with self._lock:
-            config = self.config
+            config = self.config.model_copy(update={"workers": 1, "max_in_flight": self._shares[i], "port_file": str(port_file),
+                                                    "listen_fd": self._socks[i].fileno(), "admin_fd": self._admin[i].fileno()})
         cmd = [sys.executable, "-m", "gepa_lab.servers.router", *model_argv(config)]
-        child = ChildProcess(cmd, log_path=self.log_path, env={**os.environ, config.token_env: self.token},
-                             pass_fds=(self._sock.fileno(),))
-        self.child = child
-        child.wait_until(self._port_file.exists, self.startup_timeout_s, "the LM router (writing its port file)", error=RouterError)
+        log_path = self.log_path if i == 0 else self.log_path.with_name(f"{self.log_path.stem}-{i}{self.log_path.suffix}")
+        child = ChildProcess(cmd, log_path=log_path, env={**os.environ, config.token_env: self.token},
+                             pass_fds=(self._socks[i].fileno(), self._admin[i].fileno()))
+        self.children[i] = child
+        child.wait_until(port_file.exists, self.startup_timeout_s, "the LM router (writing its port file)", error=RouterError)
 
     def _supervise(self, interval_s: float) -> None:
         while not self._stopping.wait(interval_s):
-            if self.child.alive():
-                continue
-            if self.child.proc.returncode == 0:
-                # it exits 0 only when told to (SIGTERM, SIGINT): a stop sent to every process of the sweep (`ray job
-                # stop`, Slurm's scancel), whose driver is stopping too; a restart would undo that stop
-                log.info("the LM router on port %d was stopped by a signal: not restarted", self.port)
-                return
-            log.warning("the LM router on port %d exited (code %s): restarting it on the same socket",
-                        self.port, self.child.proc.returncode)
-            self.restarts.append(time.time())
-            try:
-                self._start_child()
-            except RouterError as e:  # try again on the next round; say why now
-                log.error("%s", e)
-                self._stopping.wait(1.0)
+            for i, child in enumerate(self.children):
+                if child.alive():
+                    continue
+                if child.proc.returncode == 0:
+                    # it exits 0 only when told to (SIGTERM, SIGINT): a stop sent to every process of the sweep (`ray
+                    # job stop`, Slurm's scancel), whose driver is stopping too; a restart would undo that stop
+                    log.info("the LM router on port %d was stopped by a signal: not restarted", self.port)
+                    return
+                log.warning("the LM router on port %d exited (code %s): restarting it on the same socket",
+                            self.port, child.proc.returncode)
+                self.restarts.append(time.time())
+                try:
+                    self._start_child(i)
+                except RouterError as e:  # try again on the next round; say why now
+                    log.error("%s", e)
+                    self._stopping.wait(1.0)
 
     @property
     def pid(self) -> int:
-        return self.child.pid
+        return self.children[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children]
 
     def alive(self) -> bool:
-        return self.child is not None and self.child.alive()
+        return all(child is not None and child.alive() for child in self.children)
 
     @property
     def base(self) -> str:
@@ -596,39 +625,45 @@ class RouterProcess:
         return f"{self.base}/v1"
 
     @property
-    def _local(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
     def auth(self) -> dict[str, str]:
         """The header every request to the router needs."""
         return {"Authorization": f"Bearer {self.token}"}
 
-    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+    def _each_worker(self, method: str, path: str, timeout: float, **kwargs: Any) -> list[dict[str, Any]]:
         import httpx
 
-        return httpx.get(f"{self._local}/router/stats", headers=self.auth, timeout=timeout).raise_for_status().json()
+        return [httpx.request(method, f"http://127.0.0.1:{sock.getsockname()[1]}{path}", headers=self.auth,
+                              timeout=timeout, **kwargs).raise_for_status().json() for sock in self._admin]
+
+    def worker_stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Each worker's own /router/stats."""
+        return self._each_worker("GET", "/router/stats", timeout)
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """/router/stats over every worker (merged_stats)."""
+        return merged_stats(self.worker_stats(timeout))
 
     def set_replicas(self, urls: list[str], timeout: float = 10.0) -> dict[str, Any]:
         """Route to `urls` from now on (and after a restart)."""
-        import httpx
-
         with self._lock:
             self.config = self.config.model_copy(update={"replicas": list(urls)})
-        return httpx.post(f"{self._local}/router/replicas", json={"replicas": list(urls)}, headers=self.auth,
-                          timeout=timeout).raise_for_status().json()
+        return merged_stats(self._each_worker("POST", "/router/replicas", timeout, json={"replicas": list(urls)}))
+
+    def _stop_children(self, timeout: float) -> None:
+        for child in self.children:
+            if child is not None:
+                child.stop(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=self.startup_timeout_s + 5)
-        if self.child is not None:
-            self.child.stop(timeout)
+        self._stop_children(timeout)
         self._close()
 
     def _close(self) -> None:
-        self._sock.close()
+        for sock in (*self._socks, *self._admin):
+            sock.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -640,7 +675,39 @@ class RouterProcess:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"RouterProcess(url={self.url!r}, pid={self.pid})"
+        return f"RouterProcess(url={self.url!r}, pids={self.pids})"
+
+
+_SUMMED = ("max_in_flight", "capacity", "in_flight", "in_flight_seconds", "requests", "failovers", "rejected", "waiting",
+           "peak_waiting")
+_REPLICA_SUMMED = ("in_flight", "peak_in_flight", "requests", "completed", "errors", "failovers", "affinity_hits")
+
+
+def merged_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One /router/stats for workers sharing an address: counts and slot-seconds add up, max_in_flight and capacity
+    are the shares' sums; a replica is healthy when every worker finds it so. Peaks are the sums of the workers'
+    peaks: a bound (each worker stays within its share), not a moment every worker reached at once."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {key: sum(p[key] for p in parts) for key in _SUMMED}
+    out["in_flight_seconds"] = round(out["in_flight_seconds"], 6)
+    replicas: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for r in part["replicas"]:
+            m = replicas.get(r["url"])
+            if m is None:
+                replicas[r["url"]] = {**r, "latency_s": r["mean_latency_s"] * r["completed"]}
+                continue
+            for key in _REPLICA_SUMMED:
+                m[key] += r[key]
+            m["healthy"] = m["healthy"] and r["healthy"]
+            m["last_error"] = m["last_error"] or r["last_error"]
+            m["latency_s"] += r["mean_latency_s"] * r["completed"]
+    for m in replicas.values():
+        m["mean_latency_s"] = round(m.pop("latency_s") / m["completed"], 6) if m["completed"] else 0.0
+    out["healthy_replicas"] = sum(1 for m in replicas.values() if m["healthy"])
+    out["replicas"] = list(replicas.values())
+    return out
 
 
 if __name__ == "__main__":

@@ -45,12 +45,13 @@ class Endpoint:
     replicas: tuple[str, ...] = ()  # the servers behind it
     routed: bool = False
     replica_set: Any = dataclasses.field(default=None, compare=False)  # vllm_ray: the supervised ReplicaSet behind it
+    router: Any = dataclasses.field(default=None, compare=False)  # the RouterProcess this process started, if routed
     # routed: what clients present to the router instead of the LM's key. A per-run secret of the router alone
     # (worthless once the run ends) that travels with the pickled endpoint; gepa_lab writes it to no file.
     token: str | None = dataclasses.field(default=None, repr=False)
 
-    def __reduce__(self):  # a trial gets the address and token (pickled); the ReplicaSet stays in the process that supervises it
-        return Endpoint, (self.cfg, self.api_base, self.replicas, self.routed, None, self.token)
+    def __reduce__(self):  # a trial gets the address and token (pickled); the ReplicaSet and router stay with their supervisor
+        return Endpoint, (self.cfg, self.api_base, self.replicas, self.routed, None, None, self.token)
 
     def direct_base(self) -> str:
         """A server behind the endpoint (the first replica now up), for the driver's own calls: it holds the key."""
@@ -58,7 +59,10 @@ class Endpoint:
         return urls[0] if urls else self.api_base
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The router's /router/stats when routed; else the server's /stats (the simulator has one)."""
+        """The router's /router/stats when routed (summed over its workers where it was started here); else the
+        server's /stats (the simulator has one)."""
+        if self.router is not None:
+            return self.router.stats(timeout)
         base = self.api_base.rstrip("/").removesuffix("/v1")
         url = f"{base}/router/stats" if self.routed else f"{base}/stats"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -176,7 +180,8 @@ def serve(cfg: LMConfig, *, workdir: str | os.PathLike | None = None, name: str 
                 holder["router"] = router
                 router.set_replicas(replica_set.urls)  # in case one was restarted meanwhile
             check_endpoint(router.url, api_key=router.token)
-            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True, replica_set=replica_set, token=router.token)
+            endpoint = Endpoint(cfg, router.url, tuple(replicas), routed=True, replica_set=replica_set, router=router,
+                                token=router.token)
         else:
             endpoint = Endpoint(cfg, replicas[0], tuple(replicas), routed=False, replica_set=replica_set)
         log.info("lm '%s' (%s) at %s", cfg.model, cfg.kind, endpoint.api_base)

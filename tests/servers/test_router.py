@@ -3,6 +3,7 @@ clients, failover when a replica is killed mid-traffic, prefix affinity, dead en
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -64,6 +65,34 @@ def test_router_caps_in_flight_per_replica_under_load():
         assert stats["peak_waiting"] > 0  # the cap was actually exercised: requests queued in the router
         assert all(r["peak_in_flight"] <= 3 for r in stats["replicas"])
         assert min(r["requests"] for r in stats["replicas"]) > 0  # both replicas used
+
+
+def test_router_workers_share_one_address_and_each_replica_s_slots():
+    # 3 slots per replica over 2 workers: shares of 2 and 1, so together they never give a replica more than 3
+    with start_simulator(max_in_flight=64, latency_ms=60) as a, start_simulator(max_in_flight=64, latency_ms=60) as b:
+        with RouterProcess(RouterConfig(replicas=[a.url, b.url], max_in_flight=3, workers=2)) as router:
+            statuses = _run_clients(12, 6, router)
+            workers, merged = router.worker_stats(), router.stats()
+            first = router.pids[1]
+            os.killpg(first, signal.SIGKILL)  # a worker dies: restarted on its own socket, with its share
+            deadline = time.monotonic() + 30
+            while not router.restarts or not router.alive():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            router.set_replicas([a.url])
+            statuses += _run_clients(12, 2, router)
+            after = router.worker_stats()
+        assert statuses == [200] * 96
+        assert [w["max_in_flight"] for w in workers] == [2, 1] and merged["max_in_flight"] == 3
+        assert all(w["requests"] > 0 for w in workers)  # the kernel spread the connections over both
+        for w in workers:
+            assert all(r["peak_in_flight"] <= w["max_in_flight"] for r in w["replicas"]), w
+        for sim in (a, b):
+            assert sim.stats()["peak_in_flight"] <= 3, sim.stats()
+        assert merged["requests"] == 72 == sum(w["requests"] for w in workers)
+        assert a.stats()["requests_served"] + b.stats()["requests_served"] == 96
+        assert router.pids[1] != first and [w["max_in_flight"] for w in after] == [2, 1]
+        assert all([r["url"] for r in w["replicas"]] == [a.url] for w in after)  # the new set reached every worker
 
 
 def test_failover_when_a_replica_dies_mid_traffic(tmp_path):
