@@ -33,7 +33,7 @@ def test_the_requests_counted_are_those_the_simulators_served(quick):
     cases = report["cases"]
     client = cases["client"]
     assert client["trial_server_requests"] == client["trial_simulator_served"] > 0
-    for n, point in cases["router"]["points"].items():
+    for n, point in [*cases["router"]["points"].items(), *cases["router"]["workers"].items()]:
         assert point["errors"] == 0, (n, point)
         assert point["requests_sent"] == point["simulator_served"] > 0, (n, point)
     sweep = cases["saturation"]["sweep"]

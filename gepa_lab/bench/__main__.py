@@ -119,6 +119,7 @@ def flat(cases: dict[str, Any], plan: Plan) -> dict[str, Any]:
         "httpx_cpu_ms_per_call": client["httpx_cpu_ms"],
         "router_max_rps": router["router_max_rps"],
         **{f"router_rps_{n}": p["router_rps"] for n, p in points.items()},
+        "router_rps_workers_2": router["workers"][2]["router_rps"],
         **{f"direct_rps_{n}": p["direct_rps"] for n, p in points.items()},
         "router_cpu_ms_per_request": router["router_cpu_ms_per_request"],
         "router_cpu_ceiling_rps": router["router_cpu_ceiling_rps"],

@@ -75,6 +75,10 @@ def _details(report: dict[str, Any]) -> list[str]:
                  "simulator CPU ms/request", "requests sent", "simulators served", "errors"],
                 [[n, p["direct_rps"], p["router_rps"], p["router_cpu_ms_per_request"], p["sim_cpu_ms_per_request"],
                   p["requests_sent"], p["simulator_served"], p["errors"]] for n, p in router["points"].items()]), "",
+        *_table(["router workers", "replicas", "through the router req/s", "router CPU ms/request (all workers)",
+                 "requests sent", "simulators served", "errors"],
+                [[w, p["replicas"], p["router_rps"], p["router_cpu_ms_per_request"], p["requests_sent"],
+                  p["simulator_served"], p["errors"]] for w, p in router["workers"].items()]), "",
         f"Load: {router['concurrency']} connections from one asyncio process on the same machine, "
         f"{router['seconds_per_point']} s per point: on {meta['machine']['cores']} cores the load generator, the router "
         f"and the simulators share the CPU, so router_cpu_ceiling_rps ({report['router_cpu_ceiling_rps']}) is what one "
