@@ -61,7 +61,7 @@ def test_the_probe_measures_a_full_router_and_stitches_over_its_restart():
         endpoint = Endpoint(LMConfig(kind="sim", model="sim", max_in_flight=4), router.url, (sim.url,), routed=True,
                             token=router.token)
         with LoadProbe([endpoint], interval_s=0.2) as probe:
-            window = _busy_clients(router, 4, 8)  # 4 clients on 4 slots: full the whole time
+            window = _busy_clients(router, 6, 6)  # 6 clients on 4 slots: two always queued, so full the whole time
             before_kill = probe.samples[-1][1]
             os.killpg(router.pid, signal.SIGKILL)
             deadline = time.monotonic() + 30
