@@ -143,9 +143,10 @@ WHY_MISSED = {
         "py-spy on the router under this load (2026-12-01): about 90 % of its CPU goes to aiohttp's HTTP handling on both "
         "sides (parsing, writing headers and bodies, the socket writes themselves) and about 9 % to gepa_lab's own "
         "routing (slot accounting, picking a replica, the affinity key); no small change in our code moves it. "
-        "router_cpu_ceiling_rps is what one process forwards with a core to itself; past it the remedy the issue names "
-        "remains: several router processes behind one address (the slots split between them), or trials choosing "
-        "replicas from a shared view of load. Not done. At the assumed GPU replica rate one router process carries "
+        "router_cpu_ceiling_rps is what one process forwards with a core to itself; past it, `router.workers` runs "
+        "several router processes on one address (the slots split between them: the router workers table). Here the "
+        "load generator, the router and the Python simulators share 2 cores, so a second worker finds no free core: "
+        "the machine, not the router, sets this figure. At the assumed GPU replica rate one router process carries "
         "about 1 ÷ routers_per_gpu_replica replicas"),
     "speedup_vs_naive": (
         "the sweep's rate is taken over its whole wall time, start-up and teardown included (see where the slot-seconds "
