@@ -35,11 +35,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("gepa_lab.servers.process")
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct TCP ports that were free a moment ago (bound to port 0 all at once, read, released). One at a
+    time they could repeat: a port just released may be the next one the kernel hands out."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free a moment ago."""
+    return free_ports(1, host)[0]
 
 
 def _signal_when_parent_dies(sig: int):

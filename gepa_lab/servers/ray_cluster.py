@@ -26,7 +26,7 @@ from gepa_lab import atomic
 from gepa_lab.cli import reclaim_stop_signals
 from gepa_lab.strict import StrictModel
 from gepa_lab.errors import ConfigError, GepaLabError
-from gepa_lab.servers.process import ChildProcess, EndpointError, check_endpoint, free_port
+from gepa_lab.servers.process import ChildProcess, EndpointError, check_endpoint, free_ports
 
 class RayConfig(StrictModel):
     address: str | None = None  # None: RAY_ADDRESS, else a local Ray started for this sweep; "auto": a running cluster
@@ -144,8 +144,9 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
     not Ray, and killing the group ends every Ray process at once (nothing is left to drain after a sweep). Its
     temp dir (sessions, logs) is its own, so it never becomes the address that `ray.init()` and the job agents
     of another cluster on this machine look up in /tmp/ray/ray_current_cluster."""
-    ports = {flag: free_port() for flag in ("port", "metrics-export-port", "dashboard-agent-grpc-port",
-                                            "dashboard-agent-listen-port", "runtime-env-agent-port")}
+    flags = ("port", "metrics-export-port", "dashboard-agent-grpc-port", "dashboard-agent-listen-port",
+             "runtime-env-agent-port")
+    ports = dict(zip(flags, free_ports(len(flags))))  # distinct: Ray refuses to start when two flags share a port
     temp_dir = tempfile.mkdtemp(prefix="gepa_lab-ray-")  # short: Ray's socket paths live under it
     argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", LOCAL_NODE_IP,
             f"--temp-dir={temp_dir}", *(f"--{flag}={port}" for flag, port in ports.items())]

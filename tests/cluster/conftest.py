@@ -36,7 +36,7 @@ from typing import Iterator
 
 import pytest
 
-from gepa_lab.servers.process import ChildProcess, free_port
+from gepa_lab.servers.process import ChildProcess, free_port, free_ports
 from tests.conftest import ROOT
 
 RECIPE = ROOT / "docs" / "cluster.md"
@@ -144,7 +144,7 @@ def node_argv(line: str, subs: dict[str, str], env: dict[str, str], temp_dir: st
         env[name] = value.replace("$PATH", env["PATH"])
     assert words[:2] == ["ray", "start"], line
     argv = [sys.executable, "-m", "ray.scripts.scripts", *words[1:], "--block", f"--temp-dir={temp_dir}",
-            *(f"--{flag}={free_port()}" for flag in NODE_PORTS)]
+            *(f"--{flag}={port}" for flag, port in zip(NODE_PORTS, free_ports(len(NODE_PORTS))))]
     for i, word in enumerate(argv[:-1]):
         if word in ("--num-cpus", "--num-gpus") and argv[i + 1] != "0":
             argv[i + 1] = "1"
@@ -178,7 +178,7 @@ def bed(tmp_path_factory):
     private.mkdir()
     unshare = mount_namespace(private)
     wrap = private_mount(unshare, private) if unshare else []
-    gcs, dashboard = str(free_port()), str(free_port())
+    gcs, dashboard = map(str, free_ports(2))
     base_env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
     base_env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", RAY_ADDRESS="")
     job_key = f"sk-job-canary-{uuid.uuid4().hex}"

@@ -6,7 +6,7 @@ from threading import Thread
 
 import pytest
 
-from gepa_lab.servers.process import ChildProcess, EndpointError, check_endpoint, free_port
+from gepa_lab.servers.process import ChildProcess, EndpointError, check_endpoint, free_port, free_ports
 
 
 def child(tmp_path, code: str) -> ChildProcess:
@@ -72,3 +72,10 @@ def test_a_running_server_that_refuses_is_up_only_for_readiness(status):
         server.shutdown()
     with pytest.raises(EndpointError, match="does not answer"):
         check_endpoint(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2, running_is_up=True)
+
+
+def test_free_ports_are_distinct_where_one_at_a_time_they_repeat():
+    # a port just released may be the next one handed out: the local Ray head once got one port for two of its
+    # flags and refused to start (dashboard_agent_grpc == dashboard_agent_http)
+    draws = [free_ports(5) for _ in range(20_000)]
+    assert all(len(set(ports)) == 5 for ports in draws)
