@@ -99,16 +99,24 @@ class Bed:
         env = dict(self.node_env)
         argv = node_argv(self.cpu_node_line, {"NODE_IP": ip}, env, str(temp_dir))
         argv += [f"--resources={resources}"] if resources else []
-        node = ChildProcess([*(private_mount(self.unshare, self.private_dir) if own_private_dir else []), *argv],
-                            log_path=log_path, env=env, die_with_parent=True,
-                            death_signal=signal.SIGTERM)
+        node = None
         try:
-            node.wait_until(lambda: "Ray runtime started" in node.log_tail(100_000), 180, f"the node joining at {ip}",
-                            interval_s=0.2)
+            for attempt in (1, 2):  # on 2 busy cores Ray's own start-up waits (30 s for the raylet) can run out: once more
+                node = ChildProcess([*(private_mount(self.unshare, self.private_dir) if own_private_dir else []), *argv],
+                                    log_path=log_path, env=env, die_with_parent=True, death_signal=signal.SIGTERM)
+                try:
+                    node.wait_until(lambda: "Ray runtime started" in node.log_tail(100_000), 180,
+                                    f"the node joining at {ip}", interval_s=0.2)
+                    break
+                except RuntimeError:
+                    node.kill()
+                    if attempt == 2:
+                        raise
             yield temp_dir
         finally:
-            node.stop(timeout=60)  # SIGTERM: Ray leaves the cluster, which marks it dead at once
-            node.kill()  # whatever of its group is left
+            if node is not None:
+                node.stop(timeout=60)  # SIGTERM: Ray leaves the cluster, which marks it dead at once
+                node.kill()  # whatever of its group is left
             shutil.rmtree(temp_dir, ignore_errors=True)
             deadline = time.monotonic() + 120
             while ip in self.alive_node_ips() and time.monotonic() < deadline:
