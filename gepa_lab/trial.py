@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,15 @@ def scored_examples(examples: list[dspy.Example], scores: list[float], metric: R
 
 
 STATE_FILE = "gepa_state.bin"  # GEPA saves its state as this file in its run directory (output_dir/gepa)
+
+
+def saved_candidates(gepa_dir: Path) -> int:
+    """How many candidates GEPA's saved state in gepa_dir holds (0 without one). Read from the file, not from the
+    state_saved callback: a stop can land between GEPA's save and its callback."""
+    if not (gepa_dir / STATE_FILE).exists():
+        return 0
+    with open(gepa_dir / STATE_FILE, "rb") as f:
+        return len(pickle.load(f)["program_candidates"])
 
 
 @dataclass
@@ -446,10 +456,10 @@ def run_trial(
         }
         atomic.write_json(out / "summary.json", summary)
     except TrialPaused:
-        events.emit("trial_paused")
+        events.emit("trial_paused", saved_candidates=saved_candidates(out / "gepa"))
         raise
     except BaseException as exc:  # the sinks record the failure; the caller decides what it means
-        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}")
+        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}", saved_candidates=saved_candidates(out / "gepa"))
         raise
     events.emit("trial_finished", summary=summary)
     return summary

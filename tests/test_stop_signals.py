@@ -61,7 +61,18 @@ def stop_mid_compile(module: str, args: list[str], env: dict, tag: str, sig: int
     assert f"interrupted ({name}): stopped; rerun with the same output_dir to resume" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert not none_left(tag, "gepa_lab.sim"), f"{name} left the simulator running"
+    assert_recorded_only_what_the_state_holds(out, trial)
     return stderr
+
+
+def assert_recorded_only_what_the_state_holds(out: Path, trial: Path) -> None:
+    """The stopped process recorded the candidates its saved GEPA state holds and no other: the rerun proposes those
+    again under the same indices."""
+    from gepa_lab.results.query import open_results
+    from gepa_lab.trial import saved_candidates
+
+    recorded = {idx for (idx,) in open_results(out).execute("SELECT candidate_idx FROM candidates").fetchall()}
+    assert recorded == set(range(saved_candidates(trial / "gepa"))), recorded
 
 
 def assert_went_on_from_saved_state(out: Path) -> None:

@@ -31,8 +31,10 @@ def utc(ts: float) -> datetime:
 
 
 class ResultsWriter:
-    """Buffers candidate/evaluation rows and flushes them at every GEPA iteration, every save of GEPA's state and at
-    the end. segment: the PBT segment the trial runs in (0 outside PBT); its rows carry it."""
+    """Buffers candidate/evaluation rows and writes them with the GEPA state that holds them: at every save of GEPA's
+    state and at the end. A trial stopped early (paused, failed, killed) keeps only the rows of the candidates its
+    saved state holds: a rerun resumes from that state and proposes the others again, under the same indices.
+    segment: the PBT segment the trial runs in (0 outside PBT); its rows carry it."""
 
     def __init__(self, root: str | Path, sweep_id: str = "", trial_config: dict | None = None, segment: int = 0):
         self.root = Path(root)
@@ -93,9 +95,6 @@ class ResultsWriter:
             for i, s in d["scores"].items()
         )
 
-    def _on_iteration(self, event: Event) -> None:
-        self._flush(event.trial_id)
-
     def _on_state_saved(self, event: Event) -> None:
         # what a saved state holds is on disk with it: a run resumed from that state does not record the seed again
         # (gepa_lab.trial.GEPAEvents), so a kill in the first iteration would otherwise lose the seed's row
@@ -117,14 +116,21 @@ class ResultsWriter:
         self._write_trial("stopped" if stop_reason else "completed", event, error=stop_reason)
 
     def _on_trial_failed(self, event: Event) -> None:
+        self._keep_saved(event.data["saved_candidates"])
         self._flush(event.trial_id)
         self.trial_row.setdefault("sweep_id", self.sweep_id)
         self.trial_row.setdefault("trial_id", event.trial_id)
         self._write_trial("failed", event, error=event.data["error"])
 
     def _on_trial_paused(self, event: Event) -> None:
+        self._keep_saved(event.data["saved_candidates"])
         self._flush(event.trial_id)
         self._write_trial("paused", event)
+
+    def _keep_saved(self, saved_candidates: int) -> None:
+        """Drops the pending rows of candidates GEPA's saved state does not hold (indices from saved_candidates on)."""
+        for table in ("candidates", "evaluations"):
+            self.pending[table] = [row for row in self.pending[table] if row["candidate_idx"] < saved_candidates]
 
     def _write_trial(self, status: str, event: Event, error: str | None = None) -> None:
         row = {**self.trial_row, "segment": self.segment, "status": status, "error": error}

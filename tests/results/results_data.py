@@ -55,8 +55,10 @@ def write_trial(
         events.emit("evaluation", split="val", candidate_idx=idx, scores={0: val, 1: 1.0})
         events.emit("iteration", iteration=idx, accepted=True, best_val=max(vals[: idx + 1]), metric_calls=n,
                     seconds=1.0, usage={})
+        # GEPA saves its state before its next iteration (and after the last): the rows it holds are written then
+        events.emit("state_saved", run_dir=config["output_dir"] + "/gepa", best_val=max(vals[: idx + 1]), metric_calls=n)
     if fail:
-        events.emit("trial_failed", error="RuntimeError: boom")
+        events.emit("trial_failed", error="RuntimeError: boom", saved_candidates=len(vals))
         return
     best_idx = vals.index(max(vals))
     if best_idx:

@@ -9,7 +9,7 @@ from gepa_lab.results.writer import ResultsWriter
 
 def test_the_rows_a_saved_gepa_state_holds_are_written_when_gepa_saves_it(tmp_path: Path):
     """A run resumed from GEPA's state does not record the seed's val scores again, so they must be on disk by the time
-    the state is: GEPA saves it before its first iteration, whose end is the next flush."""
+    the state is: GEPA saves it before its first iteration."""
     writer = ResultsWriter(tmp_path, sweep_id="s")
     writer.handle(Event("candidate", "t", {"candidate_idx": 0, "iteration": 0, "parents": [], "val_score": 0.5,
                                            "metric_calls": 10, "instructions": {"self": "seed"}}))
@@ -19,3 +19,32 @@ def test_the_rows_a_saved_gepa_state_holds_are_written_when_gepa_saves_it(tmp_pa
     [part] = (tmp_path / "candidates").iterdir()
     assert [(r["candidate_idx"], r["instruction"]) for r in pq.read_table(part).to_pylist()] == [(0, "seed")]
     assert len(pq.read_table(next((tmp_path / "evaluations").iterdir())).to_pylist()) == 2
+
+
+def candidate(idx: int) -> Event:
+    return Event("candidate", "t", {"candidate_idx": idx, "iteration": idx, "parents": [0] if idx else [],
+                                    "val_score": 0.5, "metric_calls": 10 * (idx + 1), "instructions": {"self": f"c{idx}"}})
+
+
+def recorded(folder: Path) -> list[int]:
+    return sorted(r["candidate_idx"] for part in folder.glob("*.parquet") for r in pq.read_table(part).to_pylist())
+
+
+def test_a_stopped_trial_keeps_the_rows_of_the_candidates_its_saved_state_holds_and_no_other(tmp_path: Path):
+    """A rerun resumes from GEPA's saved state and proposes again, under the same index, a candidate accepted after
+    that save: recording it now would record that index twice. A stop just after a save (before its callback) keeps
+    the candidate the save holds."""
+    saved = {"run_dir": str(tmp_path / "gepa"), "best_val": 0.5, "metric_calls": 10}
+    writer = ResultsWriter(tmp_path / "paused")
+    for event in (candidate(0), Event("state_saved", "t", saved), candidate(1),
+                  Event("evaluation", "t", {"split": "val", "candidate_idx": 1, "scores": {"a": 1.0}}),
+                  Event("iteration", "t", {}), Event("trial_paused", "t", {"saved_candidates": 1})):
+        writer.handle(event)
+    assert recorded(tmp_path / "paused" / "candidates") == [0]
+    assert not (tmp_path / "paused" / "evaluations").exists()
+
+    writer = ResultsWriter(tmp_path / "failed")
+    for event in (candidate(0), Event("state_saved", "t", saved), candidate(1),
+                  Event("trial_failed", "t", {"error": "KeyboardInterrupt: ", "saved_candidates": 2})):
+        writer.handle(event)
+    assert recorded(tmp_path / "failed" / "candidates") == [0, 1]
