@@ -150,6 +150,7 @@ def flat(cases: dict[str, Any], plan: Plan) -> dict[str, Any]:
 
 def run(plan: Plan, work: Path, say) -> dict[str, Any]:
     from gepa_lab.bench import hops, llamacpp, pbt, results_scale, sweeps
+    from gepa_lab.servers.ray_cluster import local_head
 
     cases: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -167,13 +168,17 @@ def run(plan: Plan, work: Path, say) -> dict[str, Any]:
     sat = sweeps.SaturationPlan(replicas=plan.replicas, slots=plan.slots, trials=len(plan.seeds) * len(plan.minibatches),
                                 concurrent=plan.concurrent, seeds=plan.seeds, minibatches=plan.minibatches,
                                 naive_configs=plan.naive_configs, corpus=plan.corpus, max_metric_calls=plan.max_metric_calls)
-    case("saturation", sweeps.saturation_and_cache, sat, latency, work, plan.sweep_timeout_s)
-    cases["saturation"]["latency_choice"] = why
-    case("overhead", sweeps.overhead, plan.overhead_counts, work, plan.sweep_timeout_s, plan.overhead_tracking)
+    # one Ray head for the sweeps below (gepa_lab.bench.sweeps), a CPU for each trial any of them runs at once
+    trials_at_once = max(plan.concurrent, plan.pbt.population, sweeps.OVERHEAD_CONCURRENT)
+    with local_head(work / "ray-head.log", num_cpus=trials_at_once) as ray_address:
+        case("saturation", sweeps.saturation_and_cache, sat, latency, work, plan.sweep_timeout_s, ray_address)
+        cases["saturation"]["latency_choice"] = why
+        case("overhead", sweeps.overhead, plan.overhead_counts, work, plan.sweep_timeout_s, ray_address,
+             plan.overhead_tracking)
+        case("pbt", pbt.pbt_vs_independent, plan.pbt, work, plan.sweep_timeout_s, ray_address)
     case("results", results_scale.results_at_scale, plan.results_rows)
     case("demo", sweeps.demo, plan.demo_overrides, work, plan.sweep_timeout_s)
     case("llamacpp", llamacpp.llamacpp_adapters, plan.llama_predictions, plan.llama_task)
-    case("pbt", pbt.pbt_vs_independent, plan.pbt, work, plan.sweep_timeout_s)
     cases["seconds"] = seconds
     return cases
 

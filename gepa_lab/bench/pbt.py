@@ -35,7 +35,7 @@ def population_overrides(plan: PbtPlan, seed: int) -> list[str]:
             f"sweep.space.optimizer.seed={{grid:[{trial_seeds}]}}",
             "~sweep.space.optimizer.reflection_minibatch_size",
             f"eval.test_limit={plan.corpus['test']}", f"sweep.max_concurrent={plan.population}",
-            f"ray.num_cpus={plan.population}", f"sweep.searcher_seed={seed}", "cache=off", "tracking=none"]
+            f"sweep.searcher_seed={seed}", "cache=off", "tracking=none"]
 
 
 def pbt_overrides(plan: PbtPlan) -> list[str]:
@@ -53,13 +53,13 @@ def outcome(run: dict[str, Any], out: Path) -> dict[str, Any]:
             "exploits": sum(1 for p in out.glob("trials/*/segments/*/segment.json") if p.parent.name != "000")}
 
 
-def pbt_vs_independent(plan: PbtPlan, work: Path, timeout_s: float) -> dict[str, Any]:
+def pbt_vs_independent(plan: PbtPlan, work: Path, timeout_s: float, ray_address: str) -> dict[str, Any]:
     pairs = []
     for seed in plan.seeds:
         common = population_overrides(plan, seed)
         fifo, pbt = work / f"pbt-{seed}-independent", work / f"pbt-{seed}-pbt"
-        independent = outcome(run_sweep(fifo, common, timeout_s), fifo)
-        population = outcome(run_sweep(pbt, [*common, *pbt_overrides(plan)], timeout_s), pbt)
+        independent = outcome(run_sweep(fifo, common, timeout_s, ray_address), fifo)
+        population = outcome(run_sweep(pbt, [*common, *pbt_overrides(plan)], timeout_s, ray_address), pbt)
         pairs.append({"seed": seed, "independent": independent, "pbt": population})
     indep = [p["independent"]["best_test_score"] for p in pairs]
     popbt = [p["pbt"]["best_test_score"] for p in pairs]

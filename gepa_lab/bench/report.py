@@ -53,7 +53,8 @@ def _details(report: dict[str, Any]) -> list[str]:
         *_table(["busy", "start-up", "teardown", "nothing in flight", "partly filled", "stragglers at the end"],
                 [[idle["busy"], f"{idle['startup']} ({idle['startup_s']} s)", f"{idle['teardown']} ({idle['teardown_s']} s)",
                   idle["nothing_in_flight"], idle["partly_filled"], f"{idle['tail_stragglers']} ({idle['tail_s']} s)"]]), "",
-        "Start-up: before the first trial starts (Ray's head and workers, the router, the corpus, each worker's imports); "
+        "Start-up: before the first trial starts (joining the benchmark's running Ray head, as a sweep on a cluster "
+        "does, the router, the corpus, each trial worker's start and imports); "
         "teardown: after the last trial ends (compaction, the report; no registration with tracking off); nothing in "
         "flight: every running trial reflecting, starting, or writing results (each trial waited "
         f"{idle['reflection_wait_s_per_trial']} s on its reflection LM in all); partly filled: some slots idle while "
@@ -176,7 +177,9 @@ def page(report: dict[str, Any]) -> str:
         "Written by `python -m gepa_lab.bench` (every case in one run; `--quick` runs each at its smallest size as a smoke "
         "test into outputs/bench-quick/, and `make test` runs it; how long each took is below). "
         "The figures are also in `bench.json` at the project root, one key each, with every case's details under "
-        "`cases`. Measure on an idle machine: the figures are rates and CPU times of processes sharing its cores.", "",
+        "`cases`. Measure on an idle machine: the figures are rates and CPU times of processes sharing its cores. "
+        "The demo starts a local Ray head of its own, as a first sweep does; the other sweeps join one Ray head the "
+        "benchmark starts, as sweeps on a cluster join a running one.", "",
         f"Run {meta['date']} on {m['cores']} cores, {m['memory_gib']} GiB ({m['cpu']}, Python {m['python']}; load average "
         f"at the start {m['load_avg_at_start']}), commit `{meta.get('git_commit')}`{dirty}, {meta['wall_s']} s in all "
         f"(per case, seconds: {', '.join(f'{k} {v:g}' for k, v in report['cases']['seconds'].items())}).", "",

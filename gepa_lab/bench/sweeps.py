@@ -9,6 +9,9 @@ child process) so the benchmark measures what users run, and survives changes in
 - the shared cache (item 4): the saturation sweep again with cache=disk; requests served and every trial's scores;
 - overhead (item 3): sweeps of n trials with tiny budgets on an instant simulator, tracking on;
 - the demo (item 6): `python -m gepa_lab.sweep sweep=demo`, its wall time and the peak summed RSS of its process tree.
+
+The demo starts a local Ray head of its own, as a user's first sweep does; the other sweeps join one Ray head the
+benchmark starts (as sweeps join a running cluster), so each measures the sweep, not Ray's start-up again.
 """
 from __future__ import annotations
 
@@ -106,14 +109,15 @@ class InFlight:
         return sum(self.interval_s for _, n in self.samples if n > 0)
 
 
-def run_sweep(out: Path, overrides: list[str], timeout_s: float) -> dict[str, Any]:
+def run_sweep(out: Path, overrides: list[str], timeout_s: float, ray_address: str = "") -> dict[str, Any]:
     """`python -m gepa_lab.sweep sweep=demo OVERRIDES output_dir=OUT`: its wall time, the peak memory of its process
-    tree, its summary.json and trials (the results' trials table, and each trial's summary.json)."""
+    tree, its summary.json and trials (the results' trials table, and each trial's summary.json). ray_address: the
+    running Ray cluster it joins (RAY_ADDRESS), as a sweep on a cluster does; "": a local Ray head of its own."""
     # MLflow in the sweep's own folder: the benchmark's winners stay out of the project's registry
     cmd = [sys.executable, "-m", "gepa_lab.sweep", "sweep=demo", *overrides, f"output_dir={out}",
            f"tracking.mlflow.tracking_uri=sqlite:///{out}/mlflow.db"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "RAY_AUTH_MODE": "disabled"}
+           "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray_address}
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -195,7 +199,7 @@ def saturation_overrides(plan: SaturationPlan, urls: list[str], latency_s: float
         "lm.num_retries=3", f"reflection_lm.sim.latency_ms={latency_s * 1000:g}",
         f"optimizer.max_metric_calls={budget(corpus, plan.minibatches, plan.max_metric_calls)}",
         f"eval.test_limit={plan.corpus['test']}",
-        f"sweep.max_concurrent={plan.concurrent}", f"ray.num_cpus={plan.concurrent}", f"cache={cache}", "tracking=none",
+        f"sweep.max_concurrent={plan.concurrent}", f"cache={cache}", "tracking=none",
     ]
 
 
@@ -238,7 +242,8 @@ def _idle_breakdown(run: dict[str, Any], probe: InFlight, capacity: int, concurr
     }
 
 
-def saturation_and_cache(plan: SaturationPlan, latency_s: float, work: Path, timeout_s: float) -> dict[str, Any]:
+def saturation_and_cache(plan: SaturationPlan, latency_s: float, work: Path, timeout_s: float,
+                         ray_address: str) -> dict[str, Any]:
     """The saturation sweep (cache off), the naive loop on the same replicas, and the same sweep with the cache on."""
     from gepa_lab.lm.config import RouterOptions
     from gepa_lab.servers.router import RouterConfig, RouterProcess
@@ -255,7 +260,8 @@ def saturation_and_cache(plan: SaturationPlan, latency_s: float, work: Path, tim
         # 1. the sweep, cache off: every request reaches a server
         before = _served(sims)
         with InFlight([s.base for s in sims]) as probe:
-            off = run_sweep(work / "saturation-cache-off", saturation_overrides(plan, urls, latency_s, "off"), timeout_s)
+            off = run_sweep(work / "saturation-cache-off", saturation_overrides(plan, urls, latency_s, "off"), timeout_s,
+                            ray_address)
         served_off = _served(sims) - before
         counted = sum((t["lm_usage"].get("task") or {}).get("attempts", 0) for t in off["trials"])
         out["sweep"] = {
@@ -282,7 +288,8 @@ def saturation_and_cache(plan: SaturationPlan, latency_s: float, work: Path, tim
                         "useful_rps": round(served_naive / naive["wall_s"], 2), "threads": naive["threads"]}
         # 3. the same sweep with the shared cache
         before = _served(sims)
-        on = run_sweep(work / "saturation-cache-on", saturation_overrides(plan, urls, latency_s, "disk"), timeout_s)
+        on = run_sweep(work / "saturation-cache-on", saturation_overrides(plan, urls, latency_s, "disk"), timeout_s,
+                       ray_address)
         served_on = _served(sims) - before
     out["speedup_vs_naive"] = round(out["sweep"]["useful_rps"] / out["naive"]["useful_rps"], 2)
 
@@ -327,8 +334,12 @@ def naive_loop(configs: list[tuple[int, int]], plan: SaturationPlan, task_url: s
     return {"wall_s": time.time() - started, "threads": dspy.settings.num_threads}
 
 
-def overhead(counts: tuple[int, ...], work: Path, timeout_s: float, tracking: str = "local") -> dict[str, Any]:
-    """Sweeps of n trials with tiny budgets on an instant simulator, 2 at a time, tracking on: the slot time each trial
+OVERHEAD_CONCURRENT = 2  # trials at once in the overhead sweeps
+
+
+def overhead(counts: tuple[int, ...], work: Path, timeout_s: float, ray_address: str,
+             tracking: str = "local") -> dict[str, Any]:
+    """Sweeps of n trials with tiny budgets on an instant simulator, OVERHEAD_CONCURRENT at a time: the slot time each trial
     takes, from the first trial's start to the last one's end, and the fixed time before and after."""
     out: dict[str, Any] = {}
     for n in counts:
@@ -336,13 +347,13 @@ def overhead(counts: tuple[int, ...], work: Path, timeout_s: float, tracking: st
         corpus = corpus_overrides("bench_tiny", {"train": 20, "val": 10, "test": 10})
         overrides = [*corpus, *space_overrides(seeds, minibatches),
                      f"optimizer.max_metric_calls={budget(corpus, minibatches, 40)}",
-                     "eval.test_limit=10", "sweep.max_concurrent=2", "ray.num_cpus=2", "cache=disk", f"tracking={tracking}"]
-        run = run_sweep(work / f"overhead-{n}", overrides, timeout_s)
+                     "eval.test_limit=10", f"sweep.max_concurrent={OVERHEAD_CONCURRENT}", "cache=disk", f"tracking={tracking}"]
+        run = run_sweep(work / f"overhead-{n}", overrides, timeout_s, ray_address)
         trials = [t for t in run["trials"] if t["started"] and t["ended"]]
         first, last = min(t["started"] for t in trials), max(t["ended"] for t in trials)
         calls = sum(sum(u.get("requests", 0) for u in t["lm_usage"].values()) for t in trials) / len(trials)
         out[str(n)] = {"trials": len(trials), "wall_s": round(run["wall_s"], 2),
-                       "per_trial_s": round((last - first) * min(2, len(trials)) / len(trials), 3),
+                       "per_trial_s": round((last - first) * min(OVERHEAD_CONCURRENT, len(trials)) / len(trials), 3),
                        "inside_trial_s": round(sum(t["wall_seconds"] or 0 for t in trials) / len(trials), 3),
                        "fixed_s": round(run["wall_s"] - (last - first), 2), "lm_calls_per_trial": round(calls, 1),
                        "completed": run["summary"]["trials"]["completed"]}
