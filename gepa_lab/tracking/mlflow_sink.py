@@ -66,12 +66,17 @@ class SecretInArtifact(RuntimeError):
 
 
 # ---- where things go ------------------------------------------------------------------------------------
+# MLflow's URIs are global to the process (and its MLFLOW_*_URI variables): one thread's section at a time, or two
+# threads' saves and restores interleave and one leaves the other's URI set (two promotions racing in one process)
+_URIS_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def mlflow_uris(uri: str | None) -> Iterator[None]:
     """Use `uri` as MLflow's tracking and registry URI for a while (models:/ URIs resolve through the
     global registry URI only), then restore exactly what was set before: get_*_uri() would return MLflow's
     derived defaults, and setting those back would pin this process (and its children, through the
-    MLFLOW_*_URI variables) to them."""
+    MLFLOW_*_URI variables) to them. Other threads' sections wait for this one."""
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -79,20 +84,21 @@ def mlflow_uris(uri: str | None) -> Iterator[None]:
     if not uri:
         yield
         return
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with _URIS_LOCK:
+        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            registry_utils._registry_uri = saved[1]
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def tracking_uri(cfg: MlflowConfig, output_dir: str | os.PathLike) -> str:

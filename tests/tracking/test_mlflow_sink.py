@@ -1,5 +1,6 @@
 """MLflow sink on the embedded store (SQLite + artifact folder inside output_dir), read back with MlflowClient."""
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -93,3 +94,30 @@ def test_new_sqlite_stores_start_from_one_migrated_template_and_share_nothing(tm
     create_sqlite_store(tmp_path / "a" / "mlflow.db")  # an existing store is never replaced
     assert sink_client(cfg, tmp_path / "a").get_experiment_by_name("only-in-a") is not None
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no staged copy left behind
+
+
+def test_mlflow_uris_in_two_threads_at_once_leave_no_uri_set(tmp_path, monkeypatch):
+    """The second thread's section waits for the first: interleaved, it would save the first's URI as "before" and
+    restore it last, leaving MLFLOW_TRACKING_URI set for this process and every child it starts."""
+    import threading
+
+    from gepa_lab.tracking.mlflow_sink import mlflow_uris
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    second_inside, first_done = threading.Event(), threading.Event()
+
+    def second():
+        with mlflow_uris(uri):
+            second_inside.set()
+            first_done.wait(30)  # interleaved, the first section would end while this one is inside
+
+    with mlflow_uris(uri):
+        other = threading.Thread(target=second)
+        other.start()
+        second_inside.wait(1.0)  # it gets in only after this section ends
+    first_done.set()
+    other.join(30)
+    assert second_inside.is_set()
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
