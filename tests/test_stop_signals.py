@@ -3,6 +3,7 @@ terminal) stop `python -m gepa_lab.run` and the W&B agent as Ctrl-C does (everyt
 state stays, exit 128 + the signal), a rerun resumes; a run killed by SIGKILL takes its simulator with it.
 The sweep's stop signals are tested with its Ctrl-C (tests/sweep/test_sweep_interrupt.py)."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -55,8 +56,13 @@ def stop_mid_compile(module: str, args: list[str], env: dict, tag: str, sig: int
     wait_for(lambda: iterations_recorded(out) > before and (trial / "gepa" / "gepa_state.bin").exists(), proc,
              "a new GEPA iteration")
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=180)
     name = signal.Signals(sig).name
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its session: it, and its simulators with it (they die with their parent)
+        proc.wait(30)
+        raise AssertionError(f"{name} did not stop {module} within 180 s") from None
     assert proc.returncode == 128 + sig, f"{name}: exit {proc.returncode}\n{stderr[-3000:]}"
     assert f"interrupted ({name}): stopped; rerun with the same output_dir to resume" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
