@@ -272,13 +272,13 @@ def fit(cfg: SweepConfig, ctx: SweepContext, out: Path, concurrent: int, progres
     # stops everything it started; Tune's experiment state and each trial's GEPA state let a rerun resume.
     with refusal_as_one_line():  # a trial's node refused it: one line, resumable
         tuner.fit()
-    mark_unfinished(out / "results" / "trials")
+    mark_unfinished(out / "results")
 
 
-def mark_unfinished(trials_dir: Path) -> None:
+def mark_unfinished(results: Path) -> None:
     """After fit() nothing runs: a trial whose row still says running lost its worker without a word (killed,
-    out of memory); Tune's own log in tune/ tells more."""
-    for path in trials_dir.glob("*.parquet"):
+    out of memory); Tune's own log in tune/ tells more. A SIGKILL mid-write leaves a temp file: not a row."""
+    for path in query.parquet_files(results, "trials"):
         row = pq.read_table(path).to_pylist()[0]
         if row["status"] == "running":
             write_table(path, "trials", [{**row, "status": "failed", "ended_at": utc(time.time()),

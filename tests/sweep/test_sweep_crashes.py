@@ -17,6 +17,8 @@ import wandb
 from mlflow.tracking import MlflowClient
 
 from gepa_lab.results import query
+from gepa_lab.results.writer import write_table
+from gepa_lab.sweep.driver import mark_unfinished
 from tests.conftest import ROOT, run_cli
 from tests.support.processes import TAG, tagged_env, tagged_processes
 from tests.support.wandb_offline import wandb_run
@@ -253,3 +255,12 @@ def test_one_mlflow_parent_run_and_one_run_per_trial_across_the_rerun(killed_dri
     assert {r.info.status for r in trial_runs} == {"FINISHED"}
     wandb = wandb_trial_runs(out)
     assert sorted(wandb) == ran and all(wandb.values())  # one W&B run per trial, resumed under its id
+
+
+def test_a_temp_file_left_by_a_killed_write_is_not_read_as_a_trial(tmp_path):
+    """A SIGKILL mid-write leaves an empty hidden temp file beside the trial rows; the rerun's end must skip it."""
+    trials = tmp_path / "results" / "trials"
+    write_table(trials / "t0.parquet", "trials", [{"trial_id": "t0", "status": "running"}])
+    (trials / ".t1.parquet.x1y2.tmp.parquet").touch()
+    mark_unfinished(tmp_path / "results")
+    assert [row["status"] for row in rows(tmp_path, "trials")] == ["failed"]
