@@ -7,6 +7,7 @@
   finishes, the results tables and the final table say so, and the sweep exits 3 (some trials failed);
 - a sweep none of whose trials completed (the user's metric raises on every example) exits 4."""
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -25,6 +26,8 @@ from tests.sweep.test_sweep_interrupt import left_running
 from tests.sweep.test_sweep_lm_edge import scores_by_params
 from tests.sweep.test_sweep_search import TINY
 from tests.test_user_code import SUPPORT
+
+RAY_WORKER_LINE = re.compile(r"(\x1b\[\d+m)?\(\w+ pid=\d+")  # Ray's prefix of what a worker printed
 
 # two trials (minibatch 4 and 8), short; the cache off, so every rollout reaches the replicas and meets their faults
 SMALL = ["sweep=demo", *TINY, "cache=off", "optimizer.max_metric_calls=60", "optimizer.reflection_minibatch_size=8",
@@ -114,7 +117,10 @@ def test_an_endpoint_gone_mid_sweep_fails_only_the_trials_that_need_it(tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["completed"] == summary["trials"]["failed"] == 1
     assert f"Trial task failed for trial gepa_trial_{failed_id}: {error.split(': ', 1)[1]}" in stderr, stderr[-5000:]
-    assert "Traceback" not in stderr, stderr[-5000:]  # Tune's log of the failure is its line, not a traceback
+    # Tune's log of the failure is its line, not a traceback. Lines a worker printed are Ray's to print: a worker that
+    # Tune stops may take Ray's SIGTERM handler (SystemExit) inside a garbage-collection callback, printed as ignored
+    driver_lines = [line for line in stderr.splitlines() if not RAY_WORKER_LINE.match(line)]
+    assert not [line for line in driver_lines if "Traceback" in line], stderr[-5000:]
 
 
 def final_table_statuses(stdout: str) -> list[str]:
