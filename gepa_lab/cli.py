@@ -4,12 +4,13 @@ programs gepa_lab starts: the simulator, the router)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import signal
 import sys
 import threading
-from typing import Callable, Literal, TypeVar, get_args, get_origin
+from typing import Any, Callable, Iterator, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -23,21 +24,72 @@ M = TypeVar("M", bound=BaseModel)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _honoured = False  # an entry point's one_line_errors installed the stop-signal handlers in this process
 _received: int | None = None  # the stop signal that interrupted this process; None: Ctrl-C (SIGINT)
+_deferring = False  # a compile runs in the main thread (stops_deferred): a stop waits for its next safe point
+_stop_requested = threading.Event()  # a deferred stop arrived
 
 
 def _stop_like_ctrl_c(signum: int, frame) -> None:
     """A stop signal does what Ctrl-C does: the SIGINT handler in force runs (dspy's parallel evaluation's first
     cancels the work it has queued), and KeyboardInterrupt rises in the main thread, so every `finally` and context
-    manager stops what it started. Later stop signals are ignored: they would cut that cleanup short (SIGKILL does
-    not wait for it; the servers then die with the process, gepa_lab.servers.process)."""
+    manager stops what it started. During a compile (stops_deferred) the stop is recorded instead and taken at the
+    compile's next safe point. Later stop signals are ignored: they would cut that cleanup short (SIGKILL does not wait
+    for it; the servers then die with the process, gepa_lab.servers.process)."""
     global _received
-    _received = signum
+    if _stop_requested.is_set():
+        return  # a deferred stop is under way (also dspy's SIGINT handler calling back into this one)
+    if signum != signal.SIGINT:
+        _received = signum
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     handler = signal.getsignal(signal.SIGINT)
+    if _deferring:
+        _stop_requested.set()
+        if callable(handler) and handler is not _stop_like_ctrl_c:
+            handler(signal.SIGINT, frame)  # dspy's evaluation in this thread: it cancels what it queued and raises
+        return
     if callable(handler):
         handler(signal.SIGINT, frame)
     raise KeyboardInterrupt  # Ctrl-C ignored here (a background job's SIGINT): the stop signal still stops
+
+
+def stop_requested() -> bool:
+    """A stop (Ctrl-C, SIGTERM, SIGHUP) arrived while a compile deferred it: LM calls are refused from now on, so the
+    evaluation under way ends at once, and the compile stops at its next safe point (raise_if_stop_requested)."""
+    return _stop_requested.is_set()
+
+
+def raise_if_stop_requested(*_: Any) -> bool:
+    """Take a deferred stop: KeyboardInterrupt. Also a GEPA stop callback (False: go on): GEPA checks it before each
+    iteration, before it saves its state, so a state scored against refused LM calls is never saved."""
+    if _stop_requested.is_set():
+        raise KeyboardInterrupt
+    return False
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Run a compile with stops deferred: a KeyboardInterrupt raised by a signal handler at any instruction can land
+    while the main thread holds a lock of a thread pool's future, and the pool's shutdown then waits forever for a
+    worker that needs it. Here Ctrl-C, SIGTERM and SIGHUP only record the stop (stop_requested); the code stops at
+    raise_if_stop_requested, and an error the refused LM calls caused on the way there is the stop's
+    KeyboardInterrupt. Nothing changes outside an entry point's main thread."""
+    global _deferring
+    if not _honoured or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, _stop_like_ctrl_c)
+    _deferring = True
+    try:
+        yield
+    except Exception:
+        if _stop_requested.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        _deferring = False
+        signal.signal(signal.SIGINT, saved)
+    raise_if_stop_requested()
 
 
 def honour_stop_signals() -> None:

@@ -22,6 +22,7 @@ from gepa.utils.stop_condition import (FileStopper, MaxCandidateProposalsStopper
                                        NoImprovementStopper, ScoreThresholdStopper, TimeoutStopCondition)
 
 from gepa_lab import atomic
+from gepa_lab.cli import raise_if_stop_requested, stops_deferred
 from gepa_lab.config.schema import RunConfig
 from gepa_lab.config.identity import run_identity
 from gepa_lab.corpus import ensure_prepared, read_manifest, read_split
@@ -398,13 +399,16 @@ def run_trial(
     gepa_events = GEPAEvents(events, meter, task.metric, task.val,
                              continues_state=(out / "gepa" / STATE_FILE).exists())
     stops = trial_stops(cfg, task, meter, started)
-    optimizer = make_optimizer(cfg, task, reflection_lm, [gepa_events], [*(stop_callbacks or []), *lm_lost], stops)
+    # a deferred stop first: GEPA's composite stopper asks in turn and stops asking at the first that holds
+    optimizer = make_optimizer(cfg, task, reflection_lm, [gepa_events],
+                               [raise_if_stop_requested, *(stop_callbacks or []), *lm_lost], stops)
     events.emit("trial_started", config=cfg.model_dump(mode="json"), manifest_hash=task.manifest["manifest_hash"], **identity)
     try:
-        with library_output_to(out / "compile.log"), ending_on_lm_outage(lms), \
+        with stops_deferred(), library_output_to(out / "compile.log"), ending_on_lm_outage(lms), \
                 dspy.context(lm=task_lm, adapter=cfg.lm.dspy_adapter(),
                              callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
             seed_test, seed_scores, raised = evaluate(task.program, test, task.metric, threads, cfg.optimizer.failure_score)
+            raise_if_stop_requested()  # before scores of refused calls are recorded as the seed's
             raise_if_unavailable(lms)  # before its failure scores are recorded as the seed's
             stop_if_nothing_scores(raised, test, cfg)
             events.emit("evaluation", split="test", candidate_idx=0,
@@ -415,6 +419,7 @@ def run_trial(
             best_test, best_scores = seed_test, seed_scores
             if best_idx != 0:
                 best_test, best_scores, _ = evaluate(winner, test, task.metric, threads, cfg.optimizer.failure_score)
+                raise_if_stop_requested()
                 events.emit("evaluation", split="test", candidate_idx=best_idx,
                             **scored_examples(test, best_scores, task.metric, program_instructions(winner)))
         save_program(winner, out / "program.json")

@@ -140,3 +140,62 @@ def test_sigterm_stops_the_wandb_agent_marks_its_run_preempted_and_the_requeued_
     summary = json.loads((trial / "summary.json").read_text())
     assert summary["wandb_run_id"] == "requeued1" and summary["metric_calls"] <= 240
     assert_went_on_from_saved_state(out)
+
+
+# A compile's stop is deferred (gepa_lab.cli.stops_deferred): the signal handler only records it, LM calls are refused
+# from then on, and the code stops where it asks. A KeyboardInterrupt raised at whatever instruction the main thread
+# was running deadlocked a stopped run: it landed while the main thread held a thread pool future's lock, and the
+# pool's shutdown waited forever for the worker that needed it.
+DEFERRED = """
+import os, signal, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+import dspy
+from dspy.utils.parallelizer import ParallelExecutor
+from gepa_lab import cli
+from gepa_lab.lm.config import LMConfig
+from gepa_lab.lm.endpoint import build_lm
+
+lm = build_lm(LMConfig(kind="sim", model="sim", num_retries=0), sys.argv[2], role="task")
+ask = lambda: lm(messages=[{"role": "user", "content": "question: hi"}], cache=False)
+
+@cli.one_line_errors
+def main():
+    with cli.stops_deferred():
+        ask()
+        if sys.argv[1] == "pool":  # the signal lands while the main thread waits on a pool's futures
+            with ThreadPoolExecutor(4) as pool:
+                threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                done = list(pool.map(lambda i: time.sleep(0.05) or i, range(40)))
+            print("went on", len(done), cli.stop_requested(), flush=True)
+            try:
+                ask()
+            except Exception as e:
+                print("refused:", e, flush=True)
+            cli.raise_if_stop_requested()  # where GEPA asks, before each iteration
+        else:  # dspy's parallel evaluation in the main thread: its SIGINT handler cancels what it queued
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            started = []
+            ParallelExecutor(num_threads=2, disable_progress_bar=True).execute(
+                lambda i: started.append(i) or time.sleep(0.1), range(200))
+        print("not reached", flush=True)
+
+main()
+"""
+
+
+def test_a_stop_during_a_compile_is_taken_where_the_code_asks_and_refuses_lm_calls_meanwhile(sim):
+    pool = subprocess.run([sys.executable, "-c", DEFERRED, "pool", sim.url], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert pool.returncode == 128 + signal.SIGTERM, pool.stdout + pool.stderr[-3000:]
+    lines = pool.stdout.splitlines()
+    assert lines[0] == "went on 40 True", pool.stdout  # the pool's work was not cut off by the signal
+    assert lines[1].startswith("refused:") and "not sent: stopping" in lines[1], pool.stdout
+    assert "not reached" not in pool.stdout
+    assert "interrupted (SIGTERM): stopped; rerun with the same output_dir to resume" in pool.stderr
+    assert "Traceback" not in pool.stderr, pool.stderr[-3000:]
+
+    evaluation = subprocess.run([sys.executable, "-c", DEFERRED, "evaluation", sim.url], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+    assert evaluation.returncode == 128 + signal.SIGINT, evaluation.stdout + evaluation.stderr[-3000:]
+    assert "not reached" not in evaluation.stdout
+    assert "interrupted (SIGINT)" in evaluation.stderr and "Traceback" not in evaluation.stderr, evaluation.stderr[-3000:]

@@ -38,6 +38,7 @@ from dspy.clients._http import retry_after_seconds
 from dspy.clients.lm15_boundary import request_kwargs, response_value
 
 from gepa_lab.api_keys import MissingKeyError, key_from_env
+from gepa_lab.cli import stop_requested
 from gepa_lab.errors import TrialFailed
 from gepa_lab.lm import accounting
 from gepa_lab.lm.cache import release_failed_call
@@ -318,15 +319,19 @@ class OpenAIEngine:
         return pause
 
     def _refuse_if_lost(self) -> None:
+        """Checked before every attempt: an endpoint lost, or the process stopping (gepa_lab.cli.stop_requested: the
+        evaluation under way ends at once, its results unused), sends nothing more."""
         if self.outage.error:
             raise lm15.TransportError(f"{self.outage.error} (earlier; not sent again)")
+        if stop_requested():
+            raise lm15.TransportError(f"{self._where()}: not sent: stopping")
 
     def complete(self, request: lm15.Request) -> lm15.Response:
         payload, headers, client = json.dumps(self.body(request)).encode(), self._headers(), self._client_sync()
         call = _Call()
         try:
-            self._refuse_if_lost()
             while True:
+                self._refuse_if_lost()
                 try:
                     outcome = self._judge(call, request, client.post(self.url, content=payload, headers=headers), None)
                 except httpx.TransportError as e:  # timeouts included
@@ -343,9 +348,9 @@ class OpenAIEngine:
         payload, headers = json.dumps(self.body(request)).encode(), self._headers()
         call = _Call()
         try:
-            self._refuse_if_lost()
             async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))) as client:
                 while True:
+                    self._refuse_if_lost()
                     try:
                         outcome = self._judge(call, request, await client.post(self.url, content=payload, headers=headers), None)
                     except httpx.TransportError as e:
