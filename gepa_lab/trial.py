@@ -6,6 +6,7 @@ and never knows who listens."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import pickle
@@ -79,6 +80,7 @@ def scored_examples(examples: list[dspy.Example], scores: list[float], metric: R
 
 
 STATE_FILE = "gepa_state.bin"  # GEPA saves its state as this file in its run directory (output_dir/gepa)
+SEED_TEST_FILE = "seed_test.json"  # the seed's test scores, in output_dir (seed_test_scores)
 
 
 def saved_candidates(gepa_dir: Path) -> int:
@@ -375,6 +377,24 @@ def save_program(program: dspy.Module, path: Path) -> None:
         program.save(str(tmp))  # state only (instructions, demos): no LM, no key
 
 
+def seed_test_scores(cfg: RunConfig, task: Task, test: list, events: EventStream,
+                     lms: dict[str, dspy.LM]) -> tuple[float, list[float]]:
+    """The seed program's test score and per-example scores: evaluated and recorded once per output_dir (kept in
+    seed_test.json, after its rows are written), read back when the compile resumes."""
+    path = Path(cfg.output_dir) / SEED_TEST_FILE
+    if path.exists():
+        scores = json.loads(path.read_text())["scores"]
+        return sum(scores) / len(scores) if scores else 0.0, scores
+    score, scores, raised = evaluate(task.program, test, task.metric, cfg.eval_threads(), cfg.optimizer.failure_score)
+    raise_if_stop_requested()  # before scores of refused calls are recorded as the seed's
+    raise_if_unavailable(lms)  # before its failure scores are recorded as the seed's
+    stop_if_nothing_scores(raised, test, cfg)
+    events.emit("evaluation", split="test", candidate_idx=0,
+                **scored_examples(test, scores, task.metric, program_instructions(task.program)))
+    atomic.write_json(path, {"scores": scores})
+    return score, scores
+
+
 def run_trial(
     cfg: RunConfig,
     endpoints: dict[str, Endpoint],
@@ -407,12 +427,7 @@ def run_trial(
         with stops_deferred(), library_output_to(out / "compile.log"), ending_on_lm_outage(lms), \
                 dspy.context(lm=task_lm, adapter=cfg.lm.dspy_adapter(),
                              callbacks=[*dspy.settings.callbacks, meter, task.metric.running]):
-            seed_test, seed_scores, raised = evaluate(task.program, test, task.metric, threads, cfg.optimizer.failure_score)
-            raise_if_stop_requested()  # before scores of refused calls are recorded as the seed's
-            raise_if_unavailable(lms)  # before its failure scores are recorded as the seed's
-            stop_if_nothing_scores(raised, test, cfg)
-            events.emit("evaluation", split="test", candidate_idx=0,
-                        **scored_examples(test, seed_scores, task.metric, program_instructions(task.program)))
+            seed_test, seed_scores = seed_test_scores(cfg, task, test, events, lms)
             winner = optimizer.compile(task.program, trainset=task.train, valset=task.val)
             results = winner.detailed_results
             best_idx = results.best_idx

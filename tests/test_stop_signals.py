@@ -85,9 +85,12 @@ def assert_went_on_from_saved_state(out: Path) -> None:
     """GEPA went on from its saved state: the proposals of the stopped processes kept their numbers, none reused."""
     from gepa_lab.results.query import open_results
 
-    candidates = [idx for (idx,) in open_results(out).execute(
-        "SELECT candidate_idx FROM candidates WHERE candidate_idx > 0").fetchall()]
+    results = open_results(out)
+    candidates = [idx for (idx,) in results.execute("SELECT candidate_idx FROM candidates WHERE candidate_idx > 0").fetchall()]
     assert candidates and len(candidates) == len(set(candidates)), candidates
+    # each example scored once per candidate and split: the seed's test scores too, though each process needs them
+    assert not results.execute("SELECT split, candidate_idx, example_id FROM evaluations "
+                               "GROUP BY ALL HAVING count(*) > 1").fetchall()
 
 
 def test_sigterm_and_sighup_stop_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path):

@@ -33,7 +33,8 @@ def utc(ts: float) -> datetime:
 class ResultsWriter:
     """Buffers candidate/evaluation rows and writes them with the GEPA state that holds them: at every save of GEPA's
     state and at the end. A trial stopped early (paused, failed, killed) keeps only the rows of the candidates its
-    saved state holds: a rerun resumes from that state and proposes the others again, under the same indices.
+    saved state holds: a rerun resumes from that state and proposes the others again, under the same indices. Test
+    evaluations are the trial's own, not GEPA's: written at once (a resumed run reads the seed's back, not again).
     segment: the PBT segment the trial runs in (0 outside PBT); its rows carry it."""
 
     def __init__(self, root: str | Path, sweep_id: str = "", trial_config: dict | None = None, segment: int = 0):
@@ -89,11 +90,13 @@ class ResultsWriter:
     def _on_evaluation(self, event: Event) -> None:
         d = event.data
         predictions, feedback = d.get("predictions") or {}, d.get("feedback") or {}
-        self.pending["evaluations"].extend(
-            {**self._key(event), "segment": self.segment, "split": d["split"], "candidate_idx": d["candidate_idx"],
-             "example_id": str(i), "score": s, "prediction": predictions.get(i), "feedback": feedback.get(i)}
-            for i, s in d["scores"].items()
-        )
+        rows = [{**self._key(event), "segment": self.segment, "split": d["split"], "candidate_idx": d["candidate_idx"],
+                 "example_id": str(i), "score": s, "prediction": predictions.get(i), "feedback": feedback.get(i)}
+                for i, s in d["scores"].items()]
+        if d["split"] == "test":  # the trial's own evaluation, whole once made and not held by GEPA's state: on disk now
+            self._write_part(event.trial_id, "evaluations", rows)
+        else:
+            self.pending["evaluations"].extend(rows)
 
     def _on_state_saved(self, event: Event) -> None:
         # what a saved state holds is on disk with it: a run resumed from that state does not record the seed again
@@ -140,14 +143,17 @@ class ResultsWriter:
     def _flush(self, trial_id: str) -> None:
         for table, rows in self.pending.items():
             if rows:
-                folder = self.root / table
-                # a later PBT segment's parts carry its number: no segment of the trial ever writes another's names
-                prefix = f"{trial_id}-" if self.segment == 0 else f"{trial_id}-s{self.segment:03d}-"
-                # the folder is listed once per table and trial (a resumed trial continues after its parts), then
-                # counted here: listing a sweep's thousands of parts at every flush grew with the sweep
-                key = (table, trial_id)
-                if key not in self._next_part:
-                    self._next_part[key] = len(list(folder.glob(f"{prefix}[0-9]*.parquet"))) if folder.exists() else 0
-                seq, self._next_part[key] = self._next_part[key], self._next_part[key] + 1
-                write_table(folder / f"{prefix}{seq:05d}.parquet", table, rows)
+                self._write_part(trial_id, table, rows)
         self.pending.clear()
+
+    def _write_part(self, trial_id: str, table: str, rows: list[dict]) -> None:
+        folder = self.root / table
+        # a later PBT segment's parts carry its number: no segment of the trial ever writes another's names
+        prefix = f"{trial_id}-" if self.segment == 0 else f"{trial_id}-s{self.segment:03d}-"
+        # the folder is listed once per table and trial (a resumed trial continues after its parts), then counted
+        # here: listing a sweep's thousands of parts at every flush grew with the sweep
+        key = (table, trial_id)
+        if key not in self._next_part:
+            self._next_part[key] = len(list(folder.glob(f"{prefix}[0-9]*.parquet"))) if folder.exists() else 0
+        seq, self._next_part[key] = self._next_part[key], self._next_part[key] + 1
+        write_table(folder / f"{prefix}{seq:05d}.parquet", table, rows)
