@@ -65,7 +65,7 @@ class RouterOptions(StrictModel):
     max_attempts: int = Field(3, ge=1, description="replicas tried per request (failover)")
     workers: int = Field(1, ge=1, description="router processes serving its one address, each holding an equal share "
                                               "of every replica's max_in_flight slots: one process forwards about "
-                                              "1,500 requests/s per core (docs/benchmarks.md)")
+                                              "2,000 requests/s with a core to itself (docs/benchmarks.md)")
 
 
 class LMRouterOptions(RouterOptions):
