@@ -40,6 +40,7 @@ def harnessed_trial(
     extra_summary: dict[str, Any] | None = None,
     segment: int | None = None,
     on_resume: Callable[[Path], Any] | None = None,
+    recorded_config: RunConfig | None = None,
 ) -> dict[str, Any]:
     """Run cfg as one trial into cfg.output_dir; return its summary.
 
@@ -51,12 +52,14 @@ def harnessed_trial(
     write into (a W&B Sweeps agent's, which holds the sweep's parameters); no other W&B run is started then.
     mlflow_parent_run_id: the sweep's MLflow run to nest under; None = a run of its own. on_resume(output_dir)
     is called when output_dir already holds this config's run (the compile resumes). segment: the PBT segment this
-    run is (gepa_lab.sweep.pbt), in the summary and every results row; None outside PBT (segment 0 in the results)."""
+    run is (gepa_lab.sweep.pbt), in the summary and every results row; None outside PBT (segment 0 in the results).
+    recorded_config: the config the results and trackers record (default cfg): a PBT segment runs its trial's config
+    with a budget of GEPA's own count, which is not a parameter the user set."""
     out = Path(cfg.output_dir)
     if claim_output_dir(cfg, out) and on_resume is not None:
         on_resume(out)
     swept = {"params": params} if params is not None else {}
-    tracked_config = {**swept, **cfg.model_dump(mode="json")}
+    tracked_config = {**swept, **(recorded_config or cfg).model_dump(mode="json")}
     results = ResultsWriter(root / "results", sweep_id, tracked_config, segment=segment or 0)
     trackers: list[Any] = []
     if wandb_run is not None or cfg.tracking.wandb.enabled:

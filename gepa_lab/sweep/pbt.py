@@ -270,7 +270,7 @@ def pbt_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         endpoints={"task": ctx.endpoints[cfg.lm.server_key()], "reflection": ctx.endpoints[cfg.reflection_lm.server_key()]},
         cache=ctx.cache, mlflow_parent_run_id=ctx.mlflow_parent_run_id,
         stop_callbacks=[segment.budget_stop(), *([LedgerStop(ctx.ledger, trial_id)] if ctx.ledger is not None else [])],
-        segment=segment.number,
+        segment=segment.number, recorded_config=trial_config(ctx, params, trial_id),
     )
     executed = segment.count(summary["metric_calls"])
     # the trial's record is its last segment's: the sweep crowns its winner from the trial's folder

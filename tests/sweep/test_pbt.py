@@ -133,6 +133,16 @@ def test_a_winners_test_scores_are_its_last_segments(pbt_sweep):
         assert dict(recorded) == scores
 
 
+def test_the_results_record_each_trials_config_not_its_segments_budget(pbt_sweep):
+    """A segment runs with a budget in GEPA's own count (its donor's spend included): not a knob the user swept, so the
+    swept keys the results show are the sweep's and the mutation's only."""
+    out, _ = pbt_sweep
+    configs = [c for (c,) in query.connect([out]).execute("SELECT config_json FROM trials").fetchall()]
+    swept = {key for params in query.varying_params(configs).values() for key in params}
+    assert swept == {"optimizer.seed", "optimizer.reflection_minibatch_size"}, swept
+    assert {json.loads(c)["optimizer"]["max_metric_calls"] for c in configs} == {240}
+
+
 @pytest.mark.parametrize("override, says", [
     ("sweep.search=optuna", "sweep.scheduler=pbt takes sweep.search=grid or random"),
     ("++sweep.pbt.mutations={optimizer.max_metric_calls:[10,20]}", "optimizer.max_metric_calls may not change mid-trial"),
