@@ -29,7 +29,9 @@ def test_two_segments_keep_their_rows_apart_and_the_winner_is_read_from_the_last
     out = tmp_path / "sweep"
     write_two_segments(out)
     names = sorted(p.name for p in (out / "results" / "evaluations").iterdir())
-    assert names == [*(f"t-{n:05d}.parquet" for n in range(3)), *(f"t-s001-{n:05d}.parquet" for n in range(3))]
+    # per segment: the seed's and the winner's test rows (each written at once) and two of val rows (written with GEPA's
+    # saved states)
+    assert names == [*(f"t-{n:05d}.parquet" for n in range(4)), *(f"t-s001-{n:05d}.parquet" for n in range(4))]
     for _ in ("parts", "compacted"):
         con = open_results(out)
         assert sql(con, "SELECT segment, candidate_idx, instruction FROM candidates ORDER BY ALL").rows == [
