@@ -476,10 +476,11 @@ def run_trial(
         }
         atomic.write_json(out / "summary.json", summary)
     except TrialPaused:
-        events.emit("trial_paused", saved_candidates=saved_candidates(out / "gepa"))
+        events.emit("trial_paused", saved_candidates=saved_candidates(out / "gepa"), lm_usage=meter.snapshot())
         raise
     except BaseException as exc:  # the sinks record the failure; the caller decides what it means
-        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}", saved_candidates=saved_candidates(out / "gepa"))
+        events.emit("trial_failed", error=f"{type(exc).__name__}: {exc}", saved_candidates=saved_candidates(out / "gepa"),
+                    lm_usage=meter.snapshot())
         raise
     events.emit("trial_finished", summary=summary)
     return summary

@@ -110,6 +110,12 @@ def test_sigterm_and_sighup_stop_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path)
     assert iterations_recorded(out) > iterations_before
     assert_went_on_from_saved_state(out)
     assert not tagged_processes(tag, "gepa_lab.sim")
+    from gepa_lab.results.query import open_results
+
+    # each of the three processes recorded what it sent, stopped or not
+    usage = open_results(out).execute("SELECT role, requests FROM lm_usage ORDER BY role").fetchall()
+    assert [role for role, _ in usage] == ["reflection"] * 3 + ["task"] * 3, usage
+    assert all(requests > 0 for role, requests in usage if role == "task"), usage
 
 
 def test_a_run_killed_by_sigkill_takes_its_simulator_with_it(tmp_path):

@@ -54,7 +54,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("score", pa.float64()), ("prediction", pa.string()), ("feedback", pa.string()),
     ]),
     "lm_usage": pa.schema([
-        *_key, ("role", pa.string()), ("requests", pa.int64()), ("cache_hits", pa.int64()), ("errors", pa.int64()),
+        *_key, ("segment", pa.int64()), ("role", pa.string()), ("requests", pa.int64()), ("cache_hits", pa.int64()),
+        ("errors", pa.int64()),
         ("retries", pa.int64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
         ("latency_p50_s", pa.float64()), ("latency_p95_s", pa.float64()), ("cost_usd", pa.float64()),
         ("failovers", pa.int64()),  # the router moved a request to another replica after an error (gepa_lab.lm.accounting)
@@ -63,4 +64,4 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 # Columns added later whose absence means a value, not "unknown": query.open_results reads them as this value in files
 # written before them (a trial before PBT segments existed was one segment, 0)
-DEFAULTS: dict[str, dict[str, int]] = {table: {"segment": 0} for table in ("trials", "candidates", "evaluations")}
+DEFAULTS: dict[str, dict[str, int]] = {table: {"segment": 0} for table in ("trials", "candidates", "evaluations", "lm_usage")}

@@ -105,8 +105,7 @@ class ResultsWriter:
 
     def _on_trial_finished(self, event: Event) -> None:
         summary = event.data["summary"]
-        for role, usage in summary["lm_usage"].items():
-            self.pending["lm_usage"].append({**self._key(event), "role": role, **usage})
+        self._usage(event, summary["lm_usage"])
         self._flush(event.trial_id)
         fields = ("seed_val_score", "seed_test_score", "best_val_score", "best_test_score", "best_candidate_idx",
                   "num_candidates", "metric_calls", "lm_calls", "wall_seconds", "program_path")
@@ -120,6 +119,7 @@ class ResultsWriter:
 
     def _on_trial_failed(self, event: Event) -> None:
         self._keep_saved(event.data["saved_candidates"])
+        self._usage(event, event.data.get("lm_usage") or {})
         self._flush(event.trial_id)
         self.trial_row.setdefault("sweep_id", self.sweep_id)
         self.trial_row.setdefault("trial_id", event.trial_id)
@@ -127,8 +127,15 @@ class ResultsWriter:
 
     def _on_trial_paused(self, event: Event) -> None:
         self._keep_saved(event.data["saved_candidates"])
+        self._usage(event, event.data.get("lm_usage") or {})
         self._flush(event.trial_id)
         self._write_trial("paused", event)
+
+    def _usage(self, event: Event, usage: dict[str, dict[str, Any]]) -> None:
+        """This process's use of the LMs, per role, as it ends the trial (finished, paused or failed): the requests were
+        sent whatever became of the trial, and a resumed trial's next process adds its own rows."""
+        for role, counts in usage.items():
+            self.pending["lm_usage"].append({**self._key(event), "segment": self.segment, "role": role, **counts})
 
     def _keep_saved(self, saved_candidates: int) -> None:
         """Drops the pending rows of candidates GEPA's saved state does not hold (indices from saved_candidates on)."""

@@ -48,3 +48,15 @@ def test_a_stopped_trial_keeps_the_rows_of_the_candidates_its_saved_state_holds_
                   Event("trial_failed", "t", {"error": "KeyboardInterrupt: ", "saved_candidates": 2})):
         writer.handle(event)
     assert recorded(tmp_path / "failed" / "candidates") == [0, 1]
+
+
+def test_a_paused_or_failed_process_records_its_lm_usage_under_its_segment(tmp_path: Path):
+    """The requests were sent whatever became of the trial: a paused PBT segment (exploited away), a stopped process
+    that a rerun resumes, a failed one; each adds its rows (a finished one too), and the trial's use is their sum."""
+    usage = {"task": {"requests": 5, "prompt_tokens": 50}, "reflection": {"requests": 1, "prompt_tokens": 9}}
+    for segment, event in [(0, Event("trial_failed", "t", {"error": "x", "saved_candidates": 0, "lm_usage": usage})),
+                           (1, Event("trial_paused", "t", {"saved_candidates": 0, "lm_usage": usage}))]:
+        ResultsWriter(tmp_path, segment=segment).handle(event)
+    rows = [r for part in (tmp_path / "lm_usage").glob("*.parquet") for r in pq.read_table(part).to_pylist()]
+    assert sorted((r["segment"], r["role"], r["requests"]) for r in rows) == [
+        (0, "reflection", 1), (0, "task", 5), (1, "reflection", 1), (1, "task", 5)]

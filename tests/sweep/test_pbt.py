@@ -143,6 +143,13 @@ def test_the_results_record_each_trials_config_not_its_segments_budget(pbt_sweep
     assert {json.loads(c)["optimizer"]["max_metric_calls"] for c in configs} == {240}
 
 
+def test_lm_usage_is_recorded_per_segment(pbt_sweep):
+    out, _ = pbt_sweep
+    recorded = set(query.connect([out]).execute("SELECT DISTINCT trial_id, segment FROM lm_usage").fetchall())
+    assert recorded <= {(s["trial_id"], s["number"]) for s in segments(out)}, recorded
+    assert any(segment >= 1 for _, segment in recorded), recorded  # an exploited segment's own use
+
+
 @pytest.mark.parametrize("override, says", [
     ("sweep.search=optuna", "sweep.scheduler=pbt takes sweep.search=grid or random"),
     ("++sweep.pbt.mutations={optimizer.max_metric_calls:[10,20]}", "optimizer.max_metric_calls may not change mid-trial"),
