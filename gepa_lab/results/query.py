@@ -226,7 +226,7 @@ QUERIES: dict[str, tuple[str, str]] = {
            ORDER BY t.trial_id, delta DESC, w.example_id""",
     ),
     "usage": (
-        "LM requests, tokens, latency and cost per trial, segment and role (task | reflection)",
+        "LM requests, tokens, latency and cost per trial, segment and role (task | reflection); a row per process that ran it",
         """SELECT trial_id, segment, role, requests, cache_hits, errors, retries, prompt_tokens, completion_tokens,
                   latency_p50_s, latency_p95_s, cost_usd
            FROM lm_usage ORDER BY output_dir, trial_id, segment, role""",
