@@ -78,7 +78,8 @@ def stops_deferred() -> Iterator[None]:
         yield
         return
     saved = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, _stop_like_ctrl_c)
+    if saved is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+        signal.signal(signal.SIGINT, _stop_like_ctrl_c)
     _deferring = True
     try:
         yield
