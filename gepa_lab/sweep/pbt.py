@@ -172,6 +172,9 @@ def open_segment(ctx: SweepContext, params: dict[str, Any], trial_id: str, check
     before = last.executed if last else 0
     manifest_hash, components = program_components(cfg)
     seg_dir = segments_dir(ctx, trial_id) / f"{number:03d}"
+    # a segment exists once its segment.json does: a folder without one was left by a process killed while making it
+    # (a donor's GEPA state copied in, maybe), and GEPA would load that state into this segment
+    shutil.rmtree(seg_dir, ignore_errors=True)
     base_calls, rescored, origins = 0, 0, {}
     if meta is not None:
         if (meta["manifest_hash"], meta["components"]) != (manifest_hash, components):

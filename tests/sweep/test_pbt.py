@@ -161,3 +161,26 @@ def test_a_pbt_sweep_it_cannot_run_is_refused_in_one_line_before_anything_starts
     assert result.returncode != 0
     assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not out.exists()
+
+
+def test_a_segment_a_killed_process_made_only_in_part_is_made_again(tmp_path):
+    """A segment exists once its segment.json does. The fresh-clone run met a folder left without one by a process
+    killed while making it: its copy of a donor's GEPA state was loaded into the segment made again there, which then
+    held candidates its lineage (and budget) knew nothing of."""
+    from gepa_lab.compose import compose
+    from gepa_lab.config.load import load_config
+    from gepa_lab.servers.ray_cluster import NodeChecks
+    from gepa_lab.sweep.config import SweepConfig
+    from gepa_lab.sweep.pbt import open_segment, segments_dir
+    from gepa_lab.sweep.trainable import SweepContext
+    from gepa_lab.trial import STATE_FILE
+
+    cfg = load_config(compose("sweep", ["sweep=demo", *TINY_CORPUS, "eval.num_threads=4", f"output_dir={tmp_path}"]),
+                      SweepConfig)
+    ctx = SweepContext(sweep_id="s", output_dir=str(tmp_path), base_config=cfg.base_run(), endpoints={}, eval_threads={},
+                       node_checks=NodeChecks(str(tmp_path), "", (), frozenset()))
+    left = segments_dir(ctx, "t") / "000" / "gepa"
+    left.mkdir(parents=True)
+    (left / STATE_FILE).write_bytes(b"a donor's state, copied in before the kill")
+    segment = open_segment(ctx, {"optimizer.seed": 0}, "t", None)
+    assert segment.number == 0 and segment.donor is None and not (segment.dir / "gepa" / STATE_FILE).exists()
