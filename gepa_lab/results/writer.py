@@ -119,7 +119,7 @@ class ResultsWriter:
 
     def _on_trial_failed(self, event: Event) -> None:
         self._keep_saved(event.data["saved_candidates"])
-        self._usage(event, event.data.get("lm_usage") or {})
+        self._usage(event, event.data["lm_usage"])
         self._flush(event.trial_id)
         self.trial_row.setdefault("sweep_id", self.sweep_id)
         self.trial_row.setdefault("trial_id", event.trial_id)
@@ -127,7 +127,7 @@ class ResultsWriter:
 
     def _on_trial_paused(self, event: Event) -> None:
         self._keep_saved(event.data["saved_candidates"])
-        self._usage(event, event.data.get("lm_usage") or {})
+        self._usage(event, event.data["lm_usage"])
         self._flush(event.trial_id)
         self._write_trial("paused", event)
 

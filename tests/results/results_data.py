@@ -58,7 +58,7 @@ def write_trial(
         # GEPA saves its state before its next iteration (and after the last): the rows it holds are written then
         events.emit("state_saved", run_dir=config["output_dir"] + "/gepa", best_val=max(vals[: idx + 1]), metric_calls=n)
     if fail:
-        events.emit("trial_failed", error="RuntimeError: boom", saved_candidates=len(vals))
+        events.emit("trial_failed", error="RuntimeError: boom", saved_candidates=len(vals), lm_usage={})
         return
     best_idx = vals.index(max(vals))
     if best_idx:

@@ -38,14 +38,14 @@ def test_a_stopped_trial_keeps_the_rows_of_the_candidates_its_saved_state_holds_
     writer = ResultsWriter(tmp_path / "paused")
     for event in (candidate(0), Event("state_saved", "t", saved), candidate(1),
                   Event("evaluation", "t", {"split": "val", "candidate_idx": 1, "scores": {"a": 1.0}}),
-                  Event("iteration", "t", {}), Event("trial_paused", "t", {"saved_candidates": 1})):
+                  Event("iteration", "t", {}), Event("trial_paused", "t", {"saved_candidates": 1, "lm_usage": {}})):
         writer.handle(event)
     assert recorded(tmp_path / "paused" / "candidates") == [0]
     assert not (tmp_path / "paused" / "evaluations").exists()
 
     writer = ResultsWriter(tmp_path / "failed")
     for event in (candidate(0), Event("state_saved", "t", saved), candidate(1),
-                  Event("trial_failed", "t", {"error": "KeyboardInterrupt: ", "saved_candidates": 2})):
+                  Event("trial_failed", "t", {"error": "KeyboardInterrupt: ", "saved_candidates": 2, "lm_usage": {}})):
         writer.handle(event)
     assert recorded(tmp_path / "failed" / "candidates") == [0, 1]
 

@@ -88,7 +88,7 @@ def emit_trial(
     events.emit("candidate", iteration=1, candidate_idx=1, parents=[0], instructions={"p": SEED_INSTRUCTION + " v1"}, val_score=0.6, metric_calls=12)
     events.emit("iteration", iteration=1, accepted=True, best_val=0.6, metric_calls=12, seconds=0.5, usage=usage(12))
     if fail:
-        events.emit("trial_failed", error=fail, saved_candidates=2)
+        events.emit("trial_failed", error=fail, saved_candidates=2, lm_usage={})
         return {}
     events.emit("candidate", iteration=2, candidate_idx=2, parents=[1], instructions={"p": WINNER_INSTRUCTION}, val_score=best_val, metric_calls=19)
     events.emit("iteration", iteration=2, accepted=True, best_val=best_val, metric_calls=19, seconds=1.0, usage=usage(19))
