@@ -2,6 +2,7 @@
 conf/sweep.yaml with overrides (tests, the W&B agent, scripts), and a corpus YAML as a config of its own folder."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from gepa_lab.paths import CONF_DIR, PROJECT_ROOT
 
 # The primary config when a config is composed over `under`: `under` itself, then the config on top of it.
 _UNDER = "gepa_lab_compose_under"
+_COMPOSING = threading.Lock()
 
 
 def register_resolvers() -> None:
@@ -65,7 +67,14 @@ def compose(config_name: str | None, overrides: Sequence[str] = (), *, config_di
     """config_dir/config_name.yaml with Hydra command-line overrides (``a.b=1``, ``+new=2``, ``~gone``, ``group=option``),
     composed as the entry points compose it. `under`: values the config is composed on top of, so that
     ``key=value`` reaches them without a '+' (a schema's defaults); with no config_name, `under` alone is the config.
-    A Hydra app running in this process is left undisturbed. Raises ConfigError with Hydra's message on one line."""
+    A Hydra app running in this process is left undisturbed; threads compose one at a time (Hydra's state is the
+    process's). Raises ConfigError with Hydra's message on one line."""
+    with _COMPOSING:
+        return _compose(config_name, overrides, config_dir, under, return_hydra_config)
+
+
+def _compose(config_name: str | None, overrides: Sequence[str], config_dir: str | Path,
+             under: Mapping[str, Any] | None, return_hydra_config: bool) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra

@@ -56,3 +56,14 @@ def test_a_running_hydra_app_is_left_undisturbed(conf, app):
         assert compose("tiny", ["+size=2"], config_dir=conf).size == 2
         assert hydra_compose("app", ["size=3"]).color.rgb == [255, 0, 0]  # the app's own config folder, still
     assert not GlobalHydra.instance().is_initialized()
+
+
+def test_threads_compose_at_once_each_getting_its_own_config(app):
+    """Hydra's state is the process's: the benchmark's cases compose from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def size(n: int) -> int:
+        return compose("app", [f"size={n}", "color=red"], config_dir=app).size
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(size, range(32))) == list(range(32))
