@@ -558,6 +558,7 @@ class RouterProcess:
         self.config = config
         self.restarts: list[float] = []  # wall times of the restarts, for reports and tests
         self._lock = threading.Lock()
+        self._admin_client = None  # httpx.Client for the workers' admin sockets, made on first use
         self._stopping = threading.Event()
         self.children: list[ChildProcess | None] = [None] * config.workers
         try:
@@ -632,8 +633,11 @@ class RouterProcess:
     def _each_worker(self, method: str, path: str, timeout: float, **kwargs: Any) -> list[dict[str, Any]]:
         import httpx
 
-        return [httpx.request(method, f"http://127.0.0.1:{sock.getsockname()[1]}{path}", headers=self.auth,
-                              timeout=timeout, **kwargs).raise_for_status().json() for sock in self._admin]
+        with self._lock:
+            if self._admin_client is None:  # one client: a new one per call builds an SSL context (~0.1 s of CPU)
+                self._admin_client = httpx.Client(headers=self.auth)
+        return [self._admin_client.request(method, f"http://127.0.0.1:{sock.getsockname()[1]}{path}", timeout=timeout,
+                                           **kwargs).raise_for_status().json() for sock in self._admin]
 
     def worker_stats(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Each worker's own /router/stats."""
@@ -662,6 +666,8 @@ class RouterProcess:
         self._close()
 
     def _close(self) -> None:
+        if self._admin_client is not None:
+            self._admin_client.close()
         for sock in (*self._socks, *self._admin):
             sock.close()
         if self._tmp is not None:
