@@ -161,7 +161,9 @@ def local_head(log_path: Path, num_cpus: int | None = None, resources: dict[str,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.unlink(missing_ok=True)  # "started" below must come from this head
     # if this process dies without its finally (SIGKILL, out of memory), SIGTERM makes `ray start` stop its cluster
-    head = ChildProcess(argv, log_path=log_path, env={**os.environ, "RAY_ADDRESS": ""}, die_with_parent=True,
+    # no prestarted workers: a trial (a Tune actor) never runs in one, so on a job's start they only take CPU
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
+    head = ChildProcess(argv, log_path=log_path, env=env, die_with_parent=True,
                         death_signal=signal.SIGTERM)
     try:
         head.wait_until(lambda: "Ray runtime started" in head.log_tail(100_000), timeout_s,
