@@ -11,10 +11,11 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gepa_lab.bench.pbt import PbtPlan
 from gepa_lab.paths import OUTPUTS_DIR, PROJECT_ROOT
@@ -43,9 +44,11 @@ class Plan:
     results_rows: tuple[int, int, int]
     demo_overrides: list[str]
     llama_predictions: int
-    llama_task: tuple[str, ...]
+    llama_overrides: tuple[str, ...]  # the run's (task and lm) for the llama.cpp case
     pbt: PbtPlan
     sweep_timeout_s: float = 1800
+    # the cases that need nothing from each other run at once, the sweeps of each too: a smoke test's figures only
+    at_once: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -54,20 +57,22 @@ FULL = Plan(client_calls=300, router_seconds=3.0, router_replicas=(1, 2, 4), rep
             corpus={"train": 100, "val": 50, "test": 50}, max_metric_calls=200, overhead_counts=(4, 16, 64),
             overhead_tracking="local",
             results_rows=(10_000, 100_000, 1_000_000), demo_overrides=[], llama_predictions=2,
-            llama_task=("task=banking77",),
+            llama_overrides=("task=banking77",),
             pbt=PbtPlan(seeds=list(range(5)), population=4, max_metric_calls=600, interval_metric_calls=120,
                         minibatches=[20, 30, 40], corpus={"train": 200, "val": 60, "test": 200}))
 QUICK = Plan(client_calls=40, router_seconds=0.5, router_replicas=(1, 2, 4), replicas=2, slots=4, seeds=[0],
              minibatches=[5, 10], concurrent=2, naive_configs=1, corpus={"train": 40, "val": 20, "test": 20},
-             max_metric_calls=100, overhead_counts=(1, 2, 4), overhead_tracking="none",
+             max_metric_calls=100, overhead_counts=(1, 1, 1), overhead_tracking="none",
              results_rows=(1_000, 10_000, 100_000),
-             demo_overrides=["sweep.space.optimizer.seed={grid:[0]}", "optimizer.max_metric_calls=400",
+             demo_overrides=["sweep.space.optimizer.seed={grid:[0]}", "sweep.space.optimizer.reflection_minibatch_size={grid:[30]}",
+                             "optimizer.max_metric_calls=400",
                              "eval.test_limit=100"],
-             llama_predictions=1, llama_task=("task=classify",), sweep_timeout_s=600,
+             llama_predictions=1, llama_overrides=("task=classify", "lm.max_tokens=64"), sweep_timeout_s=600, at_once=True,
              pbt=PbtPlan(seeds=[0, 1], population=2, max_metric_calls=120, interval_metric_calls=40, minibatches=[4, 6],
                          corpus={"train": 40, "val": 20, "test": 20}),
-             notes=["--quick: every case at its smallest size; the overhead keys hold 1, 2 and 4 trials (tracking off) "
-                    "and the results keys 10³, 10⁴ and 10⁵ rows. A smoke test, not a benchmark."])
+             notes=["--quick: every case at its smallest size; the overhead keys all hold one sweep of 1 trial (tracking "
+                    "off), the results keys 10³, 10⁴ and 10⁵ rows; the cases ran at once, sharing the cores. A smoke "
+                    "test, not a benchmark."])
 
 
 def saturation_latency(plan: Plan, client: dict[str, Any], router: dict[str, Any]) -> tuple[float, str]:
@@ -148,6 +153,18 @@ def flat(cases: dict[str, Any], plan: Plan) -> dict[str, Any]:
     }
 
 
+def in_lanes(lanes: list[list[Callable[[], None]]], at_once: bool) -> None:
+    """Each lane's steps in turn; the lanes one after another, or (at_once) each in a thread of its own."""
+    if not at_once:
+        for lane in lanes:
+            for step in lane:
+                step()
+        return
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        for done in [pool.submit(lambda lane=lane: [step() for step in lane]) for lane in lanes]:
+            done.result()
+
+
 def run(plan: Plan, work: Path, say) -> dict[str, Any]:
     from gepa_lab.bench import hops, llamacpp, pbt, results_scale, sweeps
     from gepa_lab.servers.ray_cluster import local_head
@@ -162,23 +179,36 @@ def run(plan: Plan, work: Path, say) -> dict[str, Any]:
         seconds[name] = round(time.perf_counter() - started, 1)
         say(f"[bench] {name}: {seconds[name]} s")
 
-    case("client", hops.client_cpu, plan.client_calls)
-    case("router", hops.router_rates, plan.router_replicas, plan.router_seconds)
-    latency, why = saturation_latency(plan, cases["client"], cases["router"])
     sat = sweeps.SaturationPlan(replicas=plan.replicas, slots=plan.slots, trials=len(plan.seeds) * len(plan.minibatches),
                                 concurrent=plan.concurrent, seeds=plan.seeds, minibatches=plan.minibatches,
                                 naive_configs=plan.naive_configs, corpus=plan.corpus, max_metric_calls=plan.max_metric_calls)
-    # one Ray head for the sweeps below (gepa_lab.bench.sweeps), a CPU for each trial any of them runs at once
-    trials_at_once = max(plan.concurrent, plan.pbt.population, sweeps.OVERHEAD_CONCURRENT)
-    with local_head(work / "ray-head.log", num_cpus=trials_at_once) as ray_address:
+
+    def saturation(ray_address: str) -> None:  # its latency follows from the client's and router's CPU per request
+        latency, why = saturation_latency(plan, cases["client"], cases["router"])
         case("saturation", sweeps.saturation_and_cache, sat, latency, work, plan.sweep_timeout_s, ray_address)
         cases["saturation"]["latency_choice"] = why
-        case("overhead", sweeps.overhead, plan.overhead_counts, work, plan.sweep_timeout_s, ray_address,
-             plan.overhead_tracking)
-        case("pbt", pbt.pbt_vs_independent, plan.pbt, work, plan.sweep_timeout_s, ray_address)
-    case("results", results_scale.results_at_scale, plan.results_rows)
-    case("demo", sweeps.demo, plan.demo_overrides, work, plan.sweep_timeout_s)
-    case("llamacpp", llamacpp.llamacpp_adapters, plan.llama_predictions, plan.llama_task)
+
+    hops_first = [lambda: case("client", hops.client_cpu, plan.client_calls),
+                  lambda: case("router", hops.router_rates, plan.router_replicas, plan.router_seconds)]
+    # the demo starts a Ray head of its own, as a user's first sweep does
+    own_head = [lambda: case("results", results_scale.results_at_scale, plan.results_rows),
+                lambda: case("demo", sweeps.demo, plan.demo_overrides, work, plan.sweep_timeout_s),
+                lambda: case("llamacpp", llamacpp.llamacpp_adapters, plan.llama_predictions, plan.llama_overrides)]
+    if not plan.at_once:  # the hops' ceilings on a machine with nothing else running
+        in_lanes([hops_first], at_once=False)
+    # one Ray head for the sweeps below (gepa_lab.bench.sweeps), a CPU for each trial any of them runs at once
+    pbt_trials = plan.pbt.population * (len(plan.pbt.seeds) if plan.at_once else 1)
+    trials = (plan.concurrent, pbt_trials, sweeps.OVERHEAD_CONCURRENT)
+    with local_head(work / "ray-head.log", num_cpus=sum(trials) if plan.at_once else max(trials)) as ray_address:
+        on_the_head = [
+            [*(hops_first if plan.at_once else []), lambda: saturation(ray_address)],
+            [lambda: case("overhead", sweeps.overhead, plan.overhead_counts, work, plan.sweep_timeout_s, ray_address,
+                          plan.overhead_tracking)],
+            [lambda: case("pbt", pbt.pbt_vs_independent, plan.pbt, work, plan.sweep_timeout_s, ray_address, plan.at_once)],
+        ]
+        in_lanes([*on_the_head, own_head] if plan.at_once else on_the_head, plan.at_once)
+    if not plan.at_once:
+        in_lanes([own_head], at_once=False)
     cases["seconds"] = seconds
     return cases
 
@@ -205,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": stamp.isoformat(timespec="seconds"), "quick": args.quick, "machine": machine(), **git_state(),
             "plan": asdict(plan), "gpu_replica_rps_assumed": GPU_REPLICA_RPS, "work_dir": str(work)}
     started = time.perf_counter()
-    cases = run(plan, work, lambda line: print(line, file=sys.stderr, flush=True))
+    # stderr as it is now: the naive loop redirects sys.stderr into its log while other cases may still be saying
+    cases = run(plan, work, lambda line, stderr=sys.stderr: print(line, file=stderr, flush=True))
     meta["wall_s"] = round(time.perf_counter() - started, 1)
     report = {**flat(cases, plan), "meta": meta, "cases": cases}
     json_path.parent.mkdir(parents=True, exist_ok=True)

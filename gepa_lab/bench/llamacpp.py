@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 
-def llamacpp_adapters(predictions: int, task: tuple[str, ...] = ("task=banking77",)) -> dict[str, Any]:
+def llamacpp_adapters(predictions: int, overrides: tuple[str, ...] = ("task=banking77",)) -> dict[str, Any]:
+    """overrides: the run's, over `lm=llamacpp` (the task; --quick: a lower lm.max_tokens, so 'before' wastes less)."""
     import dspy
 
     from gepa_lab.bench.hops import task_program
@@ -19,9 +20,10 @@ def llamacpp_adapters(predictions: int, task: tuple[str, ...] = ("task=banking77
     from gepa_lab.lm.endpoint import build_lm
     from gepa_lab.servers.llamacpp import start_llamacpp
 
-    cfg = RunConfig.model_validate(compose("run", ["lm=llamacpp", "output_dir=/tmp/gepa-lab-bench-unused"])).lm
-    program, field, queries = task_program(task)
-    out: dict[str, Any] = {"model": cfg.model, "max_tokens": cfg.max_tokens, "predictions": predictions, "task": list(task),
+    run_overrides = ("lm=llamacpp", *overrides)
+    cfg = RunConfig.model_validate(compose("run", [*run_overrides, "output_dir=/tmp/gepa-lab-bench-unused"])).lm
+    program, field, queries = task_program(run_overrides)
+    out: dict[str, Any] = {"model": cfg.model, "max_tokens": cfg.max_tokens, "predictions": predictions, "overrides": list(overrides),
                            "adapter_after": cfg.adapter}
     with tempfile.TemporaryDirectory() as tmp:
         server = start_llamacpp(cfg, log_dir=tmp)

@@ -8,6 +8,7 @@ the metric calls their trials executed (a PBT segment never counts its donor's s
 too. On the LM simulator: what it says about GEPA on a real LM is only what the simulator's model of one says."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,18 @@ def outcome(run: dict[str, Any], out: Path) -> dict[str, Any]:
             "exploits": sum(1 for p in out.glob("trials/*/segments/*/segment.json") if p.parent.name != "000")}
 
 
-def pbt_vs_independent(plan: PbtPlan, work: Path, timeout_s: float, ray_address: str) -> dict[str, Any]:
-    pairs = []
-    for seed in plan.seeds:
+def pbt_vs_independent(plan: PbtPlan, work: Path, timeout_s: float, ray_address: str,
+                       at_once: bool = False) -> dict[str, Any]:
+    """at_once: every seed's pair of sweeps runs at once (a smoke test's figures: the sweeps share the cores)."""
+    def pair(seed: int) -> dict[str, Any]:
         common = population_overrides(plan, seed)
         fifo, pbt = work / f"pbt-{seed}-independent", work / f"pbt-{seed}-pbt"
         independent = outcome(run_sweep(fifo, common, timeout_s, ray_address), fifo)
         population = outcome(run_sweep(pbt, [*common, *pbt_overrides(plan)], timeout_s, ray_address), pbt)
-        pairs.append({"seed": seed, "independent": independent, "pbt": population})
+        return {"seed": seed, "independent": independent, "pbt": population}
+
+    with ThreadPoolExecutor(len(plan.seeds) if at_once else 1) as pool:
+        pairs = list(pool.map(pair, plan.seeds))
     indep = [p["independent"]["best_test_score"] for p in pairs]
     popbt = [p["pbt"]["best_test_score"] for p in pairs]
     mean, low, high = paired_t_interval(indep, popbt)

@@ -99,7 +99,7 @@ def _details(report: dict[str, Any]) -> list[str]:
         "## The demo and the real CPU LM", "",
         f"The demo ({cases['demo']['overrides'] or 'as `make demo` runs it'}): {cases['demo']['wall_s']} s, peak "
         f"{cases['demo']['peak_rss_mb']} MiB over its process tree, {cases['demo']['trials_completed']} trials completed.", "",
-        f"llama.cpp ({cases['llamacpp']['model']}, {' '.join(cases['llamacpp']['task'])}, "
+        f"llama.cpp ({cases['llamacpp']['model']}, {' '.join(cases['llamacpp']['overrides'])}, "
         f"{cases['llamacpp']['predictions']} predictions each): ChatAdapter {cases['llamacpp']['s_per_prediction_before']} s "
         f"and {cases['llamacpp']['lm_calls_per_prediction_before']} calls per prediction "
         f"({cases['llamacpp']['completion_tokens_per_prediction_before']} completion tokens); `adapter: json` "
@@ -174,8 +174,9 @@ def page(report: dict[str, Any]) -> str:
     dirty = " (with uncommitted changes)" if meta.get("git_dirty") else ""
     lines = [
         "# Benchmarks", "",
-        "Written by `python -m gepa_lab.bench` (every case in one run; `--quick` runs each at its smallest size as a smoke "
-        "test into outputs/bench-quick/, and `make test` runs it; how long each took is below). "
+        "Written by `python -m gepa_lab.bench` (every case in one run, one after another; `--quick` runs each at its "
+        "smallest size, all at once, as a smoke test into outputs/bench-quick/, and `make test` runs it; how long each "
+        "took is below). "
         "The figures are also in `bench.json` at the project root, one key each, with every case's details under "
         "`cases`. Measure on an idle machine: the figures are rates and CPU times of processes sharing its cores. "
         "The demo starts a local Ray head of its own, as a first sweep does; the other sweeps join one Ray head the "

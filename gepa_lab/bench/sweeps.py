@@ -340,9 +340,9 @@ OVERHEAD_CONCURRENT = 2  # trials at once in the overhead sweeps
 def overhead(counts: tuple[int, ...], work: Path, timeout_s: float, ray_address: str,
              tracking: str = "local") -> dict[str, Any]:
     """Sweeps of n trials with tiny budgets on an instant simulator, OVERHEAD_CONCURRENT at a time: the slot time each trial
-    takes, from the first trial's start to the last one's end, and the fixed time before and after."""
+    takes, from the first trial's start to the last one's end, and the fixed time before and after. Each count once."""
     out: dict[str, Any] = {}
-    for n in counts:
+    for n in dict.fromkeys(counts):
         seeds, minibatches = list(range(max(1, n // 2))), [2, 3] if n > 1 else [2]
         corpus = corpus_overrides("bench_tiny", {"train": 20, "val": 10, "test": 10})
         overrides = [*corpus, *space_overrides(seeds, minibatches),
