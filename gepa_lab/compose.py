@@ -15,13 +15,23 @@ from gepa_lab.paths import CONF_DIR, PROJECT_ROOT
 
 # The primary config when a config is composed over `under`: `under` itself, then the config on top of it.
 _UNDER = "gepa_lab_compose_under"
-_COMPOSING = threading.Lock()
+# Hydra's config store and GlobalHydra are the process's: composing and storing take turns (a module that stores
+# its defaults may be imported in one thread while another composes)
+_COMPOSING = threading.RLock()
 
 
 def register_resolvers() -> None:
     """The resolvers conf/*.yaml use (${project_root:})."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def store_config(name: str, node: Any) -> None:
+    """Hydra's ConfigStore.store, taking turns with compose()."""
+    from hydra.core.config_store import ConfigStore
+
+    with _COMPOSING:
+        ConfigStore.instance().store(name=name, node=node)
 
 
 def hydra_message(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 import pytest
 import yaml
 from hydra import compose as hydra_compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 
 from gepa_lab.compose import compose
@@ -67,3 +68,26 @@ def test_threads_compose_at_once_each_getting_its_own_config(app):
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(size, range(32))) == list(range(32))
+
+
+def test_storing_a_config_while_other_threads_compose(app):
+    """A module that stores its defaults (gepa_lab.config.schema.store_defaults) may be imported in one thread while
+    another composes: Hydra copies its whole config store as it composes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gepa_lab.compose import store_config
+
+    def size(n: int) -> int:
+        return compose("app", [f"size={n}"], config_dir=app).size
+
+    names = [f"gepa_lab_test_store_{i}" for i in range(3000)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            sizes = pool.map(size, range(24))
+            for name in names:
+                store_config(name, {"values": {str(k): [k] for k in range(10)}})
+            assert list(sizes) == list(range(24))
+    finally:  # later composes in this process copy the store: leave it as it was
+        repo = ConfigStore.instance().repo
+        for name in names:
+            repo.pop(f"{name}.yaml", None)

@@ -238,9 +238,9 @@ def store_defaults(name: str, model: type[BaseModel]) -> None:
     """Hydra's config store gets `model`'s defaults as the config `name`, which conf/run.yaml (conf/sweep.yaml) names
     first in its defaults list: conf/ then states only what differs from the model's defaults, and every option can
     still be overridden as key=value (no '+')."""
-    from hydra.core.config_store import ConfigStore
+    from gepa_lab.compose import store_config
 
-    ConfigStore.instance().store(name=name, node=defaults_of(model))
+    store_config(name, defaults_of(model))
 
 
 store_defaults("run_defaults", RunConfig)
